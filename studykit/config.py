@@ -1,0 +1,68 @@
+"""Hydra composition of ``conf/``: model × data × study × profile, plus command-line style overrides.
+
+``compose(["study=quickstart", "profile=smoke", "train.learning_rate=1e-5"])`` returns the resolved, read-only
+config.  Every composition problem (unknown study, unknown key, malformed override) becomes one
+:class:`ConfigError` that says what was wrong and what exists.
+"""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+ROOT = Path(__file__).resolve().parent.parent
+CONF_DIR = ROOT / "conf"
+NOTEBOOK_DIR = ROOT / "notebooks"
+
+
+def results_root() -> Path:
+    """``results/`` of the repository, or ``$STUDYKIT_RESULTS`` (the tests point it at a temporary directory)."""
+    return Path(os.environ.get("STUDYKIT_RESULTS", ROOT / "results"))
+
+
+class ConfigError(ValueError):
+    """A study name or override that does not compose."""
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def list_studies() -> list[str]:
+    return _options("study")
+
+
+def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """Compose ``conf/config.yaml`` with Hydra overrides; raises :class:`ConfigError` on any problem."""
+    overrides = list(overrides)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        group = key.lstrip("+~")
+        if sep and (CONF_DIR / group).is_dir() and value not in _options(group):
+            raise ConfigError(f"unknown {group} '{value}' in override '{item}'; available: {', '.join(_options(group))}")
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = hydra_compose(config_name="config", overrides=overrides)
+        OmegaConf.resolve(cfg)
+    except (HydraException, OmegaConfBaseException) as err:
+        message = " ".join(line.strip() for line in str(err).strip().splitlines() if line.strip())
+        raise ConfigError(f"cannot compose config with overrides {overrides}: {message}") from None
+    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
+        raise ConfigError(f"seed must be an integer, got {cfg.seed!r}")
+    OmegaConf.set_readonly(cfg, True)
+    return cfg
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU runs with the same seed are then bit-identical)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)

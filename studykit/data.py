@@ -1,0 +1,173 @@
+"""Loaders for real instruction / preference formats, normalized to the kit's two record shapes.
+
+* instruction record: ``{"id", "prompt", "response"}`` (+ any extra columns the source had)
+* preference record:  ``{"id", "prompt", "chosen", "rejected"}``
+
+Sources: Alpaca JSON/JSONL (``instruction``, optional ``input``, ``output``), chat JSONL (``messages``: a list of
+``{"role", "content"}`` whose last turn is the assistant's), and UltraFeedback-style preference JSONL (``prompt``
+plus ``chosen`` / ``rejected`` given as strings or as message lists ending in the assistant turn).  A path on
+disk is read directly; anything else is treated as a hub dataset id (``datasets.load_dataset``), which needs a
+reachable hub.
+
+Every problem is reported as one :class:`DataError` naming the file, the line/row and the field.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable, Iterator
+
+
+class DataError(ValueError):
+    """Malformed or empty input data; the message names the source, the row and the field."""
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Read a JSONL file (one JSON object per non-blank line)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    rows = []
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}:{lineno}: malformed JSON ({err.msg} at column {err.colno})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+            rows.append(row)
+    return rows
+
+
+def _read_rows(source: str | Path, split: str) -> tuple[str, list[dict], str]:
+    """Rows of a local .json / .jsonl file or of a hub dataset; returns (label, rows, row-unit)."""
+    path = Path(source)
+    if path.suffix in {".json", ".jsonl"} or path.exists():
+        if path.suffix == ".json":
+            if not path.is_file():
+                raise DataError(f"{path}: file not found")
+            try:
+                rows = json.loads(path.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}: malformed JSON ({err.msg} at line {err.lineno})") from None
+            if not isinstance(rows, list):
+                raise DataError(f"{path}: expected a JSON list of objects, got {type(rows).__name__}")
+            return str(path), rows, "item"
+        return str(path), read_jsonl(path), "line"
+    import datasets  # hub path: only imported when used
+
+    return f"{source}[{split}]", list(datasets.load_dataset(str(source), split=split)), "row"
+
+
+def _field(row: dict, name: str, where: str, expected: str = "a non-empty string"):
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    if name not in row:
+        raise DataError(f"{where}: missing field '{name}' (expected {expected})")
+    value = row[name]
+    if expected == "a non-empty string" and (not isinstance(value, str) or not value.strip()):
+        raise DataError(f"{where}: field '{name}' must be {expected}, got {value!r:.60}")
+    return value
+
+
+def _checked(records: list[dict], label: str) -> list[dict]:
+    if not records:
+        raise DataError(f"{label}: no examples (the dataset is empty)")
+    return records
+
+
+def _split_messages(messages, where: str, field: str) -> tuple[list[dict], str]:
+    """(prompt messages, final assistant content) of a chat transcript."""
+    if not isinstance(messages, list) or not messages:
+        raise DataError(f"{where}: field '{field}' must be a non-empty list of {{role, content}} messages")
+    for i, msg in enumerate(messages):
+        if not isinstance(msg, dict) or not isinstance(msg.get("role"), str) or not isinstance(msg.get("content"), str):
+            raise DataError(f"{where}: {field}[{i}] must be an object with string 'role' and 'content'")
+    if messages[-1]["role"] != "assistant":
+        raise DataError(f"{where}: the last message of '{field}' must have role 'assistant', got '{messages[-1]['role']}'")
+    return messages[:-1], messages[-1]["content"]
+
+
+def _prompt_text(messages: list[dict]) -> str:
+    """Single-turn transcripts become their user text; longer ones keep role tags."""
+    if len(messages) == 1 and messages[0]["role"] == "user":
+        return messages[0]["content"]
+    return "\n".join(f"{m['role']}: {m['content']}" for m in messages)
+
+
+def load_alpaca(source: str | Path, split: str = "train") -> list[dict]:
+    """Alpaca format: ``instruction`` + optional ``input`` → prompt, ``output`` → response."""
+    label, rows, unit = _read_rows(source, split)
+    records = []
+    for i, row in enumerate(rows):
+        where = f"{label}: {unit} {i + 1}"
+        instruction = _field(row, "instruction", where)
+        output = _field(row, "output", where)
+        extra = row.get("input") or ""
+        if not isinstance(extra, str):
+            raise DataError(f"{where}: field 'input' must be a string, got {type(extra).__name__}")
+        prompt = f"{instruction}\n\n{extra}" if extra.strip() else instruction
+        records.append({"id": str(row.get("id", i)), "prompt": prompt, "response": output,
+                        "instruction": instruction, "input": extra})
+    return _checked(records, label)
+
+
+def load_chat(source: str | Path, split: str = "train") -> list[dict]:
+    """Chat format: ``messages`` whose final assistant turn is the response (UltraChat-style)."""
+    label, rows, unit = _read_rows(source, split)
+    records = []
+    for i, row in enumerate(rows):
+        where = f"{label}: {unit} {i + 1}"
+        prompt_msgs, response = _split_messages(_field(row, "messages", where, "a list of messages"), where, "messages")
+        if not prompt_msgs:
+            raise DataError(f"{where}: 'messages' has no turn before the assistant's response")
+        records.append({"id": str(row.get("id", row.get("prompt_id", i))), "prompt": _prompt_text(prompt_msgs),
+                        "response": response})
+    return _checked(records, label)
+
+
+def _preference_side(row: dict, name: str, where: str) -> str:
+    value = _field(row, name, where, "a string or a list of messages")
+    if isinstance(value, str):
+        if not value.strip():
+            raise DataError(f"{where}: field '{name}' is empty")
+        return value
+    return _split_messages(value, where, name)[1]
+
+
+def load_preferences(source: str | Path, split: str = "train") -> list[dict]:
+    """UltraFeedback-binarized style: ``prompt`` and ``chosen`` / ``rejected`` (strings or message lists)."""
+    label, rows, unit = _read_rows(source, split)
+    records = []
+    for i, row in enumerate(rows):
+        where = f"{label}: {unit} {i + 1}"
+        prompt = _field(row, "prompt", where)
+        records.append({"id": str(row.get("id", row.get("prompt_id", i))), "prompt": prompt,
+                        "chosen": _preference_side(row, "chosen", where),
+                        "rejected": _preference_side(row, "rejected", where)})
+    return _checked(records, label)
+
+
+LOADERS = {"alpaca": load_alpaca, "chat": load_chat, "preferences": load_preferences}
+
+
+def load_records(fmt: str, source: str | Path, split: str = "train", limit: int | None = None) -> list[dict]:
+    """Dispatch on ``fmt`` (a key of :data:`LOADERS`); ``limit`` keeps the first N records."""
+    if fmt not in LOADERS:
+        raise DataError(f"unknown data format '{fmt}'; expected one of {sorted(LOADERS)}")
+    records = LOADERS[fmt](source, split)
+    return records[:limit] if limit else records
+
+
+def write_jsonl(records: Iterable[dict], path: str | Path) -> None:
+    with Path(path).open("w", encoding="utf-8") as fh:
+        for row in records:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def iter_batches(items: list, batch_size: int) -> Iterator[list]:
+    for start in range(0, len(items), batch_size):
+        yield items[start:start + batch_size]

@@ -1,0 +1,119 @@
+"""Batched, padding-aware per-token log-probabilities of responses given prompts.
+
+The workhorse of every training-free score in the kit (Nuggets' golden score, IFD, GRAPE, RewardRank's
+implicit rewards): ``log p(response_t | prompt, response_<t)`` for each response token, prompt tokens masked out.
+
+How it is batched: examples are sorted by length (so each batch holds similar lengths and little padding),
+left-padded (so every response ends at the last position), and position ids are rebuilt from the attention mask
+(so a padded row sees the same positions as the unpadded sequence).  Because all responses end at the right
+edge, only the last ``max_response_len + 1`` positions need logits (``logits_to_keep``): the LM head — the
+largest matmul for small models with big vocabularies — never runs over prompt tokens.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+
+def format_prompt(tokenizer, prompt: str, chat: bool) -> str:
+    """The text the model sees before its response: the chat template's user turn + assistant header, or a
+    plain ``Question: … / Answer:`` frame for models without a chat template."""
+    if chat:
+        return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                             add_generation_prompt=True)
+    return f"Question: {prompt}\nAnswer: "
+
+
+def format_pair(tokenizer, prompt: str, response: str, chat: bool, add_eos: bool = True) -> tuple[str, str]:
+    """(prompt text, response text) exactly as TRL's SFT/DPO build prompt–completion data: with a chat template
+    the response is the full transcript minus the prompt (so it carries the template's end-of-turn tokens);
+    without one it is the raw response plus EOS."""
+    prompt_text = format_prompt(tokenizer, prompt, chat)
+    if not chat:
+        return prompt_text, response + (tokenizer.eos_token if add_eos else "")
+    full = tokenizer.apply_chat_template([{"role": "user", "content": prompt},
+                                          {"role": "assistant", "content": response}], tokenize=False)
+    if not full.startswith(prompt_text):
+        raise ValueError("the chat template does not render the prompt as a prefix of the full transcript")
+    response_text = full[len(prompt_text):]
+    return prompt_text, (response_text if add_eos else response)
+
+
+def encode_pair(tokenizer, prompt_text: str, response_text: str) -> tuple[list[int], list[int]]:
+    """Token ids of an already-formatted prompt and response, tokenized separately so the boundary is exact."""
+    prompt_ids = tokenizer(prompt_text, add_special_tokens=True)["input_ids"]
+    response_ids = tokenizer(response_text, add_special_tokens=False)["input_ids"]
+    if not response_ids:
+        raise ValueError(f"empty response after tokenization for prompt {prompt_text[-60:]!r}")
+    return prompt_ids, response_ids
+
+
+def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[target] without materializing the full log-softmax (fp32)."""
+    logits = logits.float()
+    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def collate_left(pairs: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Left-pad (prompt_ids, response_ids) pairs; returns input_ids, attention_mask, position_ids and the
+    right-aligned response ids / mask of width max_response_len."""
+    lengths = [len(p) + len(r) for p, r in pairs]
+    width, resp_width = max(lengths), max(len(r) for _, r in pairs)
+    batch = len(pairs)
+    input_ids = torch.full((batch, width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((batch, width), dtype=torch.long)
+    response_ids = torch.full((batch, resp_width), pad_id, dtype=torch.long)
+    response_mask = torch.zeros((batch, resp_width), dtype=torch.bool)
+    for i, (prompt, response) in enumerate(pairs):
+        ids = prompt + response
+        input_ids[i, width - len(ids):] = torch.tensor(ids)
+        attention_mask[i, width - len(ids):] = 1
+        response_ids[i, resp_width - len(response):] = torch.tensor(response)
+        response_mask[i, resp_width - len(response):] = True
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids,
+            "response_ids": response_ids, "response_mask": response_mask}
+
+
+def batch_response_logprobs(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Per-token response log-probs for one collated batch: shape (B, max_response_len), 0 where masked."""
+    device = next(model.parameters()).device
+    resp_width = batch["response_ids"].shape[1]
+    out = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                position_ids=batch["position_ids"].to(device), logits_to_keep=resp_width + 1, use_cache=False)
+    logp = token_logprobs(out.logits[:, :-1], batch["response_ids"].to(device))
+    return logp.masked_fill(~batch["response_mask"].to(device), 0.0)
+
+
+@torch.no_grad()
+def response_logprobs(model, tokenizer, prompt_texts: list[str], response_texts: list[str], *,
+                      batch_size: int = 16, progress: bool = False) -> list[np.ndarray]:
+    """Per-token log-probs (float32 arrays, one per example, in input order) of each response given its prompt.
+
+    ``prompt_texts`` / ``response_texts`` are already formatted (see :func:`format_pair`).
+    """
+    if len(prompt_texts) != len(response_texts):
+        raise ValueError(f"{len(prompt_texts)} prompts but {len(response_texts)} responses")
+    pairs = [encode_pair(tokenizer, p, r) for p, r in zip(prompt_texts, response_texts)]
+    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]), reverse=True)
+    results: list[np.ndarray | None] = [None] * len(pairs)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    for start in tqdm(range(0, len(order), batch_size), disable=not progress, desc="log-probs", unit="batch"):
+        index = order[start:start + batch_size]
+        batch = collate_left([pairs[i] for i in index], pad_id)
+        logp = batch_response_logprobs(model, batch).cpu().numpy()
+        for row, i in enumerate(index):
+            results[i] = logp[row, logp.shape[1] - len(pairs[i][1]):]
+    return results
+
+
+def sequence_logprobs(model, tokenizer, prompts: list[str], responses: list[str], *, chat: bool,
+                      add_eos: bool = True, batch_size: int = 16, progress: bool = False) -> dict[str, np.ndarray]:
+    """Summed and mean response log-probs of raw (prompt, response) strings: ``{"sum", "mean", "n_tokens"}``."""
+    texts = [format_pair(tokenizer, p, r, chat, add_eos) for p, r in zip(prompts, responses)]
+    per_token = response_logprobs(model, tokenizer, [p for p, _ in texts], [r for _, r in texts],
+                                  batch_size=batch_size, progress=progress)
+    n_tokens = np.array([len(t) for t in per_token])
+    total = np.array([float(t.sum()) for t in per_token])
+    return {"sum": total, "mean": total / n_tokens, "n_tokens": n_tokens}

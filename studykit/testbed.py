@@ -1,0 +1,160 @@
+"""The embedded testbed: verifiable instruction data from ``reasoning-gym`` task generators.
+
+For each configured task family one seeded generator is drawn once, questions are de-duplicated, and the items
+are cut, in order, into three disjoint splits:
+
+* ``pool``        – instruction data with gold responses (the data that selection methods score and SFT uses);
+* ``eval``        – held-out questions, scored by the family's verifier (``score_answer``);
+* ``preference``  – held-out (prompt, chosen = gold, rejected = a verified-wrong answer) pairs.
+
+:func:`inject_noise` corrupts a known fraction of pool items (wrong answer, truncated, mismatched, junk) and keeps
+the ground truth (``is_noisy``, ``noise_kind``, ``clean_response``), so data-selection methods can be scored on how
+well they separate clean from noisy items.
+
+A record is a plain dict: ``id, family, prompt, response, answer, entry`` where ``entry`` is the reasoning-gym
+item serialized as JSON (the verifier needs it).
+"""
+from __future__ import annotations
+
+import json
+import random
+import string
+from functools import lru_cache
+
+import reasoning_gym
+
+NOISE_KINDS = ("wrong_answer", "truncated", "mismatched", "junk")
+
+
+@lru_cache(maxsize=None)
+def _verifier(family: str):
+    return reasoning_gym.create_dataset(family, size=1, seed=0)
+
+
+def verify(family: str, answer: str, entry: dict | str) -> float:
+    """The family's verifier score of ``answer`` (1.0 = correct; reasoning-gym gives partial credit below)."""
+    if isinstance(entry, str):
+        entry = json.loads(entry)
+    return float(_verifier(family).score_answer(answer, entry))
+
+
+def is_correct(family: str, answer: str, entry: dict | str) -> bool:
+    return verify(family, answer, entry) >= 1.0
+
+
+def _generate(family: str, params: dict, n: int, seed: int) -> list[dict]:
+    """``n`` de-duplicated items of one family (draws up to 4n candidates from one seeded generator)."""
+    dataset = reasoning_gym.create_dataset(family, size=4 * n, seed=seed, **params)
+    seen, items = set(), []
+    for i in range(len(dataset)):
+        entry = dataset[i]
+        if entry["question"] in seen:
+            continue
+        seen.add(entry["question"])
+        items.append(json.loads(json.dumps(entry, default=str)))
+        if len(items) == n:
+            return items
+    raise ValueError(
+        f"data.families.{family}: only {len(items)} distinct questions for {n} requested; "
+        f"widen the family's parameters or lower the split sizes"
+    )
+
+
+def _record(family: str, split: str, index: int, entry: dict, instruction_suffix: str) -> dict:
+    prompt = entry["question"].strip()
+    if instruction_suffix:
+        prompt = f"{prompt}\n{instruction_suffix}"
+    answer = str(entry["answer"])
+    return {"id": f"{family}/{split}/{index}", "family": family, "prompt": prompt, "response": answer,
+            "answer": answer, "entry": json.dumps(entry)}
+
+
+def build_testbed(data_cfg) -> dict[str, list[dict]]:
+    """Build ``{"pool", "eval", "preference"}`` from ``conf/data/testbed.yaml``-style config."""
+    sizes = {"pool": int(data_cfg.pool_per_family), "eval": int(data_cfg.eval_per_family),
+             "preference": int(data_cfg.preference_per_family)}
+    if not data_cfg.families:
+        raise ValueError("data.families: at least one reasoning-gym task family is required")
+    splits = {name: [] for name in sizes}
+    for offset, (family, params) in enumerate(data_cfg.families.items()):
+        if family not in reasoning_gym.factory.DATASETS:
+            raise ValueError(f"data.families: unknown reasoning-gym task '{family}'")
+        items = _generate(family, dict(params or {}), sum(sizes.values()), int(data_cfg.seed) + offset)
+        start = 0
+        for split, size in sizes.items():
+            for index, entry in enumerate(items[start:start + size]):
+                splits[split].append(_record(family, split, index, entry, data_cfg.instruction_suffix))
+            start += size
+    rng = random.Random(int(data_cfg.seed))
+    by_family = _answers_by_family(splits["pool"] + splits["preference"])
+    splits["preference"] = [_preference_pair(r, by_family, rng) for r in splits["preference"]]
+    return splits
+
+
+def _answers_by_family(records: list[dict]) -> dict[str, list[str]]:
+    answers: dict[str, list[str]] = {}
+    for r in records:
+        answers.setdefault(r["family"], []).append(r["answer"])
+    return answers
+
+
+def _wrong_answer(record: dict, by_family: dict[str, list[str]], rng: random.Random) -> str | None:
+    """Another item's gold answer from the same family that the verifier rejects for this item."""
+    candidates = [a for a in dict.fromkeys(by_family[record["family"]]) if a != record["answer"]]
+    rng.shuffle(candidates)
+    for candidate in candidates:
+        if not is_correct(record["family"], candidate, record["entry"]):
+            return candidate
+    return None
+
+
+def _preference_pair(record: dict, by_family: dict[str, list[str]], rng: random.Random) -> dict:
+    rejected = _wrong_answer(record, by_family, rng) or _junk(record["answer"], rng)
+    return {**record, "chosen": record["answer"], "rejected": rejected}
+
+
+def _junk(reference: str, rng: random.Random) -> str:
+    alphabet = string.ascii_letters + string.digits + "     .,;!?#"
+    return "".join(rng.choice(alphabet) for _ in range(max(8, len(reference))))
+
+
+def inject_noise(pool: list[dict], fraction: float, kinds=NOISE_KINDS, seed: int = 0) -> list[dict]:
+    """Corrupt ``round(fraction * len(pool))`` randomly chosen items, cycling through ``kinds``.
+
+    * ``wrong_answer`` – another same-family item's answer that the verifier rejects;
+    * ``truncated``    – the response cut to its first half (single-character answers fall back to wrong_answer);
+    * ``mismatched``   – the response of an item from another family;
+    * ``junk``         – random characters.
+
+    Every corrupted response is checked to fail the verifier.  Returns new records with ``is_noisy``,
+    ``noise_kind`` ('' when clean) and ``clean_response``.
+    """
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"data.noise.fraction must be in [0, 1], got {fraction}")
+    unknown = set(kinds) - set(NOISE_KINDS)
+    if unknown:
+        raise ValueError(f"data.noise.kinds: unknown kinds {sorted(unknown)}; expected a subset of {NOISE_KINDS}")
+    rng = random.Random(seed)
+    out = [{**r, "is_noisy": False, "noise_kind": "", "clean_response": r["response"]} for r in pool]
+    chosen = rng.sample(range(len(out)), round(fraction * len(out)))
+    by_family = _answers_by_family(pool)
+    for n, index in enumerate(sorted(chosen)):
+        record = out[index]
+        kind = kinds[n % len(kinds)]
+        kind, noisy = _corrupt(record, kind, out, by_family, rng)
+        if noisy is None or is_correct(record["family"], noisy, record["entry"]):
+            kind, noisy = "junk", _junk(record["answer"], rng)
+        record.update(response=noisy, is_noisy=True, noise_kind=kind)
+    return out
+
+
+def _corrupt(record: dict, kind: str, pool: list[dict], by_family, rng: random.Random) -> tuple[str, str | None]:
+    """(kind actually applied, corrupted response or None)."""
+    if kind == "truncated" and len(record["response"]) >= 2:
+        return kind, record["response"][: len(record["response"]) // 2]
+    if kind in ("wrong_answer", "truncated"):
+        return "wrong_answer", _wrong_answer(record, by_family, rng)
+    if kind == "mismatched":
+        others = [r["clean_response"] for r in pool if r["family"] != record["family"]]
+        return kind, (rng.choice(others) if others else None)
+    return kind, _junk(record["answer"], rng)

@@ -1,0 +1,119 @@
+"""Thin wrappers over TRL's SFTTrainer / DPOTrainer, configured correctly for CPU and GPU.
+
+The ``train`` / ``dpo`` groups of the Hydra config are passed through to ``SFTConfig`` / ``DPOConfig`` as they
+are (any TRL field can be set from the command line: ``+train.max_grad_norm=0.5``); this module only adds what
+depends on the hardware: on CPU, fp32 and plain AdamW (TRL's defaults assume a GPU: bf16, gradient checkpointing,
+fused AdamW); on GPU, bf16 where supported.
+
+Also a plain module for ``accelerate launch``::
+
+    accelerate launch --config_file conf/accelerate/multi_gpu.yaml -m studykit.train sft profile=gpu
+    python -m studykit.train sft --output-dir /tmp/sft profile=smoke      # same entry point, one process
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from omegaconf import OmegaConf
+from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
+
+from .logprobs import format_prompt
+
+
+def hardware_args() -> dict:
+    """TrainingArguments that depend on the device."""
+    if torch.cuda.is_available():
+        return {"bf16": torch.cuda.is_bf16_supported(), "use_cpu": False}
+    return {"bf16": False, "fp16": False, "use_cpu": True, "activation_checkpointing": False,
+            "optim": "adamw_torch", "dataloader_pin_memory": False}
+
+
+def _args(cls, section, output_dir: str | Path, seed: int, **extra):
+    kwargs = OmegaConf.to_container(section, resolve=True) if section is not None else {}
+    kwargs.update(output_dir=str(output_dir), seed=seed, data_seed=seed, report_to="none",
+                  disable_tqdm=True, save_strategy=kwargs.get("save_strategy", "no"))
+    kwargs.update(extra)
+    kwargs.update(hardware_args())
+    return cls(**kwargs)
+
+
+def sft_dataset(records: list[dict], chat: bool) -> Dataset:
+    """Prompt–completion rows for SFTTrainer (conversational when the model has a chat template), so the loss
+    covers the response tokens only."""
+    if chat:
+        rows = [{"prompt": [{"role": "user", "content": r["prompt"]}],
+                 "completion": [{"role": "assistant", "content": r["response"]}]} for r in records]
+    else:
+        rows = [{"prompt": format_prompt(None, r["prompt"], chat=False), "completion": r["response"]}
+                for r in records]
+    if not rows:
+        raise ValueError("SFT needs at least one training record; the selected pool is empty")
+    return Dataset.from_list(rows)
+
+
+def dpo_dataset(pairs: list[dict], chat: bool) -> Dataset:
+    """Prompt / chosen / rejected rows for DPOTrainer."""
+    if chat:
+        rows = [{"prompt": [{"role": "user", "content": p["prompt"]}],
+                 "chosen": [{"role": "assistant", "content": p["chosen"]}],
+                 "rejected": [{"role": "assistant", "content": p["rejected"]}]} for p in pairs]
+    else:
+        rows = [{"prompt": format_prompt(None, p["prompt"], chat=False), "chosen": p["chosen"],
+                 "rejected": p["rejected"]} for p in pairs]
+    if not rows:
+        raise ValueError("DPO needs at least one preference pair")
+    return Dataset.from_list(rows)
+
+
+def train_sft(model, tokenizer, records: list[dict], cfg, output_dir: str | Path, *, eval_records=None,
+              callbacks=None, compute_loss_func=None, **args) -> SFTTrainer:
+    """Run TRL SFT on ``records`` with ``cfg.train`` (+ ``args`` overrides); returns the trainer after training."""
+    chat = bool(cfg.model.chat_template)
+    trainer = SFTTrainer(
+        model=model, processing_class=tokenizer,
+        args=_args(SFTConfig, cfg.train, output_dir, int(cfg.seed), **args),
+        train_dataset=sft_dataset(records, chat),
+        eval_dataset=sft_dataset(eval_records, chat) if eval_records else None,
+        callbacks=callbacks, compute_loss_func=compute_loss_func)
+    trainer.train()
+    return trainer
+
+
+def train_dpo(model, ref_model, tokenizer, pairs: list[dict], cfg, output_dir: str | Path, *, callbacks=None,
+              **args) -> DPOTrainer:
+    """Run TRL DPO from ``model`` against the frozen ``ref_model`` with ``cfg.dpo`` (+ ``args`` overrides)."""
+    trainer = DPOTrainer(
+        model=model, ref_model=ref_model, processing_class=tokenizer,
+        args=_args(DPOConfig, cfg.dpo, output_dir, int(cfg.seed), **args),
+        train_dataset=dpo_dataset(pairs, bool(cfg.model.chat_template)), callbacks=callbacks)
+    trainer.train()
+    return trainer
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m studykit.train sft [--output-dir DIR] [hydra overrides]`` – SFT on the configured testbed pool
+    (with the configured noise), saving the final model; launchable with ``accelerate launch``."""
+    import argparse
+
+    from .config import compose
+    from .models import load_model_and_tokenizer
+    from .testbed import build_testbed, inject_noise
+
+    parser = argparse.ArgumentParser(prog="python -m studykit.train")
+    parser.add_argument("method", choices=["sft"])
+    parser.add_argument("--output-dir", help="default: runs/<study>/<profile>/sft")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. profile=gpu train.learning_rate=1e-5")
+    args = parser.parse_intermixed_args(argv)
+    cfg = compose(args.overrides)
+    output_dir = Path(args.output_dir or Path("runs") / cfg.study.name / cfg.profile.name / "sft")
+    model, tokenizer = load_model_and_tokenizer(cfg.model)
+    pool = inject_noise(build_testbed(cfg.data)["pool"], cfg.data.noise.fraction, list(cfg.data.noise.kinds),
+                        int(cfg.seed))
+    trainer = train_sft(model, tokenizer, pool, cfg, output_dir)
+    trainer.save_model(str(output_dir / "final"))
+
+
+if __name__ == "__main__":
+    main()

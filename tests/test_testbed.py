@@ -1,0 +1,72 @@
+import collections
+
+import pytest
+
+from studykit.testbed import NOISE_KINDS, build_testbed, inject_noise, is_correct, verify
+
+
+@pytest.fixture(scope="module")
+def splits(smoke_cfg):
+    return build_testbed(smoke_cfg.data)
+
+
+def test_splits_have_configured_sizes_and_disjoint_questions(smoke_cfg, splits):
+    n_families = len(smoke_cfg.data.families)
+    assert len(splits["pool"]) == smoke_cfg.data.pool_per_family * n_families
+    assert len(splits["eval"]) == smoke_cfg.data.eval_per_family * n_families
+    assert len(splits["preference"]) == smoke_cfg.data.preference_per_family * n_families
+    questions = {name: {r["prompt"] for r in rows} for name, rows in splits.items()}
+    assert not questions["pool"] & questions["eval"]
+    assert not questions["pool"] & questions["preference"]
+    assert not questions["eval"] & questions["preference"]
+
+
+def test_gold_responses_pass_the_verifier(splits):
+    for record in splits["pool"] + splits["eval"]:
+        assert is_correct(record["family"], record["response"], record["entry"])
+
+
+def test_preference_pairs_are_verified_correct_vs_incorrect(splits):
+    for pair in splits["preference"]:
+        assert verify(pair["family"], pair["chosen"], pair["entry"]) == 1.0
+        assert verify(pair["family"], pair["rejected"], pair["entry"]) < 1.0
+
+
+def test_testbed_is_deterministic(smoke_cfg, splits):
+    again = build_testbed(smoke_cfg.data)
+    assert again == splits
+
+
+def test_noise_injection_counts_labels_and_ground_truth(splits):
+    pool = splits["pool"]
+    noisy = inject_noise(pool, 0.5, NOISE_KINDS, seed=3)
+    flagged = [r for r in noisy if r["is_noisy"]]
+    assert len(flagged) == round(0.5 * len(pool))
+    assert set(collections.Counter(r["noise_kind"] for r in flagged)) <= set(NOISE_KINDS)
+    for before, after in zip(pool, noisy):
+        assert after["clean_response"] == before["response"]
+        if after["is_noisy"]:
+            assert not is_correct(after["family"], after["response"], after["entry"])
+            assert after["response"] != before["response"]
+        else:
+            assert after["response"] == before["response"] and after["noise_kind"] == ""
+    assert inject_noise(pool, 0.5, NOISE_KINDS, seed=3) == noisy
+    assert not any(r["is_noisy"] for r in inject_noise(pool, 0.0))
+
+
+def test_truncated_items_really_are_prefixes(splits):
+    noisy = inject_noise(splits["pool"], 1.0, ["truncated"], seed=0)
+    for r in noisy:
+        if r["noise_kind"] == "truncated":
+            assert r["clean_response"].startswith(r["response"]) and len(r["response"]) < len(r["clean_response"])
+        else:  # single-character answers cannot be truncated: labelled as the corruption actually applied
+            assert r["noise_kind"] in {"wrong_answer", "junk"}
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"fraction": 1.5}, "fraction must be in"),
+    ({"fraction": 0.1, "kinds": ["typo"]}, "unknown kinds"),
+])
+def test_noise_rejects_bad_arguments(splits, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        inject_noise(splits["pool"], **kwargs)

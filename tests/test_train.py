@@ -1,0 +1,88 @@
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from studykit.logprobs import sequence_logprobs
+from studykit.testbed import build_testbed
+from studykit.train import dpo_dataset, hardware_args, sft_dataset, train_dpo, train_sft
+
+
+@pytest.fixture(scope="module")
+def splits(smoke_cfg):
+    return build_testbed(smoke_cfg.data)
+
+
+def test_cpu_settings_override_trls_gpu_defaults():
+    if torch.cuda.is_available():
+        pytest.skip("CPU-only check")
+    args = hardware_args()
+    assert args["use_cpu"] and not args["bf16"] and not args["activation_checkpointing"]
+    assert args["optim"] == "adamw_torch"
+
+
+def test_datasets_are_conversational_prompt_completion(splits):
+    sft = sft_dataset(splits["pool"], chat=True)
+    assert set(sft.column_names) == {"prompt", "completion"}
+    assert sft[0]["completion"] == [{"role": "assistant", "content": splits["pool"][0]["response"]}]
+    dpo = dpo_dataset(splits["preference"], chat=True)
+    assert set(dpo.column_names) == {"prompt", "chosen", "rejected"}
+    with pytest.raises(ValueError, match="at least one training record"):
+        sft_dataset([], chat=True)
+
+
+def test_sft_loss_at_zero_lr_equals_mean_response_nll(tiny, smoke_cfg, splits, tmp_path):
+    """With lr=0 and the whole pool in one batch, TRL's logged loss must be the token-mean NLL of the responses
+    as studykit.logprobs scores them: the same tokens (prompt masked, template end-of-turn included)."""
+    model, tokenizer = tiny
+    records = splits["pool"]
+    trainer = train_sft(copy.deepcopy(model), tokenizer, records, smoke_cfg, tmp_path, learning_rate=0.0,
+                        max_steps=1, per_device_train_batch_size=len(records), logging_steps=1)
+    logged = trainer.state.log_history[0]["loss"]
+    scores = sequence_logprobs(model, tokenizer, [r["prompt"] for r in records], [r["response"] for r in records],
+                               chat=True)
+    assert logged == pytest.approx(-scores["sum"].sum() / scores["n_tokens"].sum(), rel=1e-4)
+
+
+def test_sft_updates_weights_and_is_seed_deterministic(tiny, smoke_cfg, splits, tmp_path):
+    model, tokenizer = tiny
+    runs = [train_sft(copy.deepcopy(model), tokenizer, splits["pool"], smoke_cfg, tmp_path / str(i)) for i in range(2)]
+    losses = [[row["loss"] for row in t.state.log_history if "loss" in row] for t in runs]
+    assert losses[0] == losses[1] and all(np.isfinite(losses[0]))
+    before, after = model.model.embed_tokens.weight, runs[0].model.model.embed_tokens.weight
+    assert not torch.equal(before, after.cpu())
+    for p, q in zip(runs[0].model.parameters(), runs[1].model.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_dpo_runs_from_a_given_reference(tiny, smoke_cfg, splits, tmp_path):
+    model, tokenizer = tiny
+    trainer = train_dpo(copy.deepcopy(model), copy.deepcopy(model), tokenizer, splits["preference"], smoke_cfg,
+                        tmp_path)
+    logs = [row for row in trainer.state.log_history if "loss" in row]
+    assert trainer.state.global_step == smoke_cfg.dpo.max_steps
+    # policy == reference at the first step: every implicit reward is 0, so the loss is log 2
+    assert logs[0]["loss"] == pytest.approx(np.log(2), abs=1e-4)
+
+
+@pytest.mark.slow
+def test_embedded_model_takes_a_real_sft_step(embedded, embedded_cfg, tmp_path):
+    model, tokenizer = embedded
+    records = build_testbed(embedded_cfg.data)["pool"][:4]
+    trainer = train_sft(copy.deepcopy(model), tokenizer, records, embedded_cfg, tmp_path, max_steps=1,
+                        per_device_train_batch_size=4, logging_steps=1)
+    assert np.isfinite(trainer.state.log_history[0]["loss"]) and trainer.state.global_step == 1
+
+
+def test_train_module_entry_point_saves_a_loadable_model(tmp_path):
+    """`python -m studykit.train` is the accelerate-launchable entry point."""
+    import subprocess
+    import sys
+
+    from transformers import AutoModelForCausalLM
+
+    done = subprocess.run([sys.executable, "-m", "studykit.train", "sft", "--output-dir", str(tmp_path),
+                           "profile=smoke", "data.noise.fraction=0.25"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "final").config.num_hidden_layers == 2
