@@ -76,17 +76,46 @@ def collate_left(pairs: list[tuple[list[int], list[int]]], pad_id: int) -> dict[
             "response_ids": response_ids, "response_mask": response_mask}
 
 
-def batch_response_logprobs(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Per-token response log-probs for one collated batch: shape (B, max_response_len), 0 where masked."""
+def batch_response_logprobs(model, batch: dict[str, torch.Tensor], prefix=None) -> torch.Tensor:
+    """Per-token response log-probs for one collated batch: shape (B, max_response_len), 0 where masked.
+
+    ``prefix`` optionally continues every row from a cached prefix (Nuggets' demonstration):
+    ``(past_key_values, prefix_attention_mask (B, P), prefix_lengths (B,))``.  Rows are then laid out as
+    [prefix | left pad | prompt | response], the pads masked out and positions continuing from the prefix.
+    """
     device = next(model.parameters()).device
     resp_width = batch["response_ids"].shape[1]
-    out = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                position_ids=batch["position_ids"].to(device), logits_to_keep=resp_width + 1, use_cache=False)
+    attention_mask, position_ids, cache = batch["attention_mask"], batch["position_ids"], None
+    if prefix is not None:
+        cache, prefix_mask, prefix_lengths = prefix
+        attention_mask = torch.cat([prefix_mask, attention_mask], dim=1)
+        position_ids = position_ids + prefix_lengths[:, None]
+    out = model(input_ids=batch["input_ids"].to(device), attention_mask=attention_mask.to(device),
+                position_ids=position_ids.to(device), past_key_values=cache, use_cache=cache is not None,
+                logits_to_keep=resp_width + 1)
     logp = token_logprobs(out.logits[:, :-1], batch["response_ids"].to(device))
     return logp.masked_fill(~batch["response_mask"].to(device), 0.0)
 
 
 @torch.no_grad()
+def pair_logprobs(model, pairs: list[tuple[list[int], list[int]]], pad_id: int, *, batch_size: int = 16,
+                  progress: bool = False) -> list[np.ndarray]:
+    """Per-token log-probs of each response given its prompt, for (prompt_ids, response_ids) pairs: float32
+    arrays in input order.  Batches are length-bucketed (sorted by total length)."""
+    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]), reverse=True)
+    results: list[np.ndarray | None] = [None] * len(pairs)
+    for start in tqdm(range(0, len(order), batch_size), disable=not progress, desc="log-probs", unit="batch"):
+        index = order[start:start + batch_size]
+        logp = batch_response_logprobs(model, collate_left([pairs[i] for i in index], pad_id)).cpu().numpy()
+        for row, i in enumerate(index):
+            results[i] = logp[row, logp.shape[1] - len(pairs[i][1]):]
+    return results
+
+
+def pad_token_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
 def response_logprobs(model, tokenizer, prompt_texts: list[str], response_texts: list[str], *,
                       batch_size: int = 16, progress: bool = False) -> list[np.ndarray]:
     """Per-token log-probs (float32 arrays, one per example, in input order) of each response given its prompt.
@@ -96,16 +125,7 @@ def response_logprobs(model, tokenizer, prompt_texts: list[str], response_texts:
     if len(prompt_texts) != len(response_texts):
         raise ValueError(f"{len(prompt_texts)} prompts but {len(response_texts)} responses")
     pairs = [encode_pair(tokenizer, p, r) for p, r in zip(prompt_texts, response_texts)]
-    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]), reverse=True)
-    results: list[np.ndarray | None] = [None] * len(pairs)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    for start in tqdm(range(0, len(order), batch_size), disable=not progress, desc="log-probs", unit="batch"):
-        index = order[start:start + batch_size]
-        batch = collate_left([pairs[i] for i in index], pad_id)
-        logp = batch_response_logprobs(model, batch).cpu().numpy()
-        for row, i in enumerate(index):
-            results[i] = logp[row, logp.shape[1] - len(pairs[i][1]):]
-    return results
+    return pair_logprobs(model, pairs, pad_token_id(tokenizer), batch_size=batch_size, progress=progress)
 
 
 def sequence_logprobs(model, tokenizer, prompts: list[str], responses: list[str], *, chat: bool,

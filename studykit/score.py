@@ -13,6 +13,7 @@ import argparse
 import os
 from pathlib import Path
 
+import torch
 from accelerate import PartialState
 from accelerate.utils import gather_object
 
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. profile=smoke model=qwen2_5_0_5b")
     args = parser.parse_intermixed_args(argv)
 
-    state = PartialState()
+    state = PartialState(cpu=not torch.cuda.is_available())  # gloo backend on CPU-only machines
     cfg = compose(args.overrides)
     rows = _validated(read_jsonl(args.input), args.input)
     for i, row in enumerate(rows):
@@ -58,6 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     model, tokenizer = load_model_and_tokenizer(cfg.model, device=state.device)
     with state.split_between_processes(rows) as shard:
         scored = score_rows(model, tokenizer, shard, chat=bool(cfg.model.chat_template), batch_size=args.batch_size)
+    print(f"[rank {state.process_index}/{state.num_processes}] scored {len(scored)} rows", flush=True)
     scored = gather_object(scored)
     if state.is_main_process:
         output = Path(args.output)

