@@ -2,7 +2,7 @@
 
     studykit list                         studies and the config groups they compose with
     studykit run <study> [overrides ...]  execute notebooks/<study>.ipynb into results/<study>/<profile>/
-    studykit run all [overrides ...]      every study, in order, stopping at the first failure
+    studykit run all [overrides ...]      every study (but hub-only ones), in order, stopping at the first failure
 
 Overrides are Hydra's: ``profile=smoke``, ``model=qwen2_5_0_5b``, ``train.learning_rate=1e-5``, ``seed=1``.
 Exit status: 0 success, 1 a notebook failed, 2 bad study / override / input.
@@ -23,6 +23,13 @@ def _list() -> None:
         print(f"{group}:", ", ".join(sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))))
 
 
+def _runnable_studies() -> list[str]:
+    """Studies for `run all`: those that need a hub (``study.hub_only``) only run when named."""
+    from .config import compose
+
+    return [s for s in list_studies() if not compose([f"study={s}"]).study.get("hub_only", False)]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="studykit", description="Run studykit study notebooks with papermill.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -37,8 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from .runner import StudyError, run_study  # papermill import only when running
 
-    studies = list_studies() if args.study == "all" else [args.study]
     try:
+        studies = _runnable_studies() if args.study == "all" else [args.study]
         for study in studies:
             print(f"[studykit] running {study} {' '.join(args.overrides)}", flush=True)
             path = run_study(study, args.overrides)

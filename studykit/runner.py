@@ -87,7 +87,7 @@ def run_study(study: str, overrides: list[str] = (), *, log_output: bool = True)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".tmp-{cfg.profile.name}-"))
     tmp.chmod(0o755)
-    started = datetime.now(timezone.utc)
+    started, git = datetime.now(timezone.utc), _git_state()  # the code the run starts from
     t0 = time.perf_counter()
     try:
         try:
@@ -101,7 +101,7 @@ def run_study(study: str, overrides: list[str] = (), *, log_output: bool = True)
             "study": study, "profile": cfg.profile.name, "notebook": str(notebook.relative_to(ROOT)),
             "command": [Path(sys.argv[0]).name, *sys.argv[1:]], "overrides": overrides, "seed": cfg.seed,
             "started_at": started.isoformat(timespec="seconds"), "wall_time_s": round(time.perf_counter() - t0, 1),
-            "git": _git_state(), "packages": _versions(), "hardware": _hardware(),
+            "git": git, "packages": _versions(), "hardware": _hardware(),
             "config": OmegaConf.to_container(cfg, resolve=True),
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")

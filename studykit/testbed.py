@@ -158,3 +158,12 @@ def _corrupt(record: dict, kind: str, pool: list[dict], by_family, rng: random.R
         others = [r["clean_response"] for r in pool if r["family"] != record["family"]]
         return kind, (rng.choice(others) if others else None)
     return kind, _junk(record["answer"], rng)
+
+
+def interleave_families(records: list[dict]) -> list[dict]:
+    """Round-robin over task families (order within a family kept), so any prefix is family-balanced."""
+    groups: dict[str, list[dict]] = {}
+    for r in records:
+        groups.setdefault(r["family"], []).append(r)
+    longest = max((len(g) for g in groups.values()), default=0)
+    return [g[i] for i in range(longest) for g in groups.values() if i < len(g)]

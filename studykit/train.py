@@ -139,3 +139,28 @@ def finetune_and_evaluate(base_model, tokenizer, records: list[dict], eval_recor
     losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
     return {"accuracy": accuracy_by_family(predictions), "steps": trainer.state.global_step,
             "final_loss": losses[-1] if losses else float("nan"), "seconds": time.perf_counter() - start}
+
+
+def train_sft_with_checkpoints(model, tokenizer, records: list[dict], val_records: list[dict], cfg,
+                               output_dir: str | Path, *, n_checkpoints: int | None, **args):
+    """SFT saving model-only checkpoints and logging the validation loss at each.  ``n_checkpoints`` spreads that
+    many checkpoints evenly over training; None keeps ``train.save_steps`` (e.g. every 100 steps as in Zephyr).
+    Returns (trainer, DataFrame[step, val_loss, path])."""
+    import math
+
+    import pandas as pd
+
+    train = {**OmegaConf.to_container(cfg.train, resolve=True), **args}  # what SFTConfig will receive
+    if n_checkpoints:
+        per_epoch = math.ceil(len(records) / (train["per_device_train_batch_size"] * train["gradient_accumulation_steps"]))
+        total = train["max_steps"] if train["max_steps"] > 0 else per_epoch * train["num_train_epochs"]
+        save_steps = max(1, total // n_checkpoints)
+    else:
+        save_steps = int(train["save_steps"])
+    trainer = train_sft(model, tokenizer, records, cfg, output_dir, eval_records=val_records,
+                        **{"save_strategy": "steps", "save_steps": save_steps, "eval_strategy": "steps",
+                           "eval_steps": save_steps, "save_only_model": True, **args})
+    rows = [{"step": row["step"], "val_loss": row["eval_loss"], "path": str(Path(output_dir) / f"checkpoint-{row['step']}")}
+            for row in trainer.state.log_history if "eval_loss" in row]
+    table = pd.DataFrame(rows)
+    return trainer, table[table["path"].map(lambda p: Path(p).is_dir())].reset_index(drop=True)
