@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 
 class DataError(ValueError):
@@ -167,7 +167,3 @@ def write_jsonl(records: Iterable[dict], path: str | Path) -> None:
         for row in records:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
 
-
-def iter_batches(items: list, batch_size: int) -> Iterator[list]:
-    for start in range(0, len(items), batch_size):
-        yield items[start:start + batch_size]

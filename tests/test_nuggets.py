@@ -144,3 +144,12 @@ def test_nuggets_notebook_runs_on_the_smoke_profile(tmp_path, monkeypatch):
     for name in ("summary.csv", "auroc.csv", "claims.csv", "item_scores.csv", "paper_numbers.csv",
                  "golden_score_distribution.png", "accuracy_and_auroc.png", "manifest.json"):
         assert (out / name).is_file(), name
+
+
+def test_minilm_embeddings_load_offline_from_their_pypi_package():
+    from studykit.nuggets import minilm_embeddings
+
+    emb = minilm_embeddings(["Add 2 and 3.", "Add two and three.", "Spell 'cat' backward."])
+    assert emb.shape == (3, 384)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    assert emb[0] @ emb[1] > emb[0] @ emb[2]  # paraphrases are closer than unrelated instructions
