@@ -69,15 +69,29 @@ def dpo_dataset(pairs: list[dict], chat: bool) -> Dataset:
 
 
 def train_sft(model, tokenizer, records: list[dict], cfg, output_dir: str | Path, *, eval_records=None,
-              callbacks=None, compute_loss_func=None, **args) -> SFTTrainer:
-    """Run TRL SFT on ``records`` with ``cfg.train`` (+ ``args`` overrides); returns the trainer after training."""
+              callbacks=None, objective: str | None = None, objective_params: dict | None = None, ref_model=None,
+              **args) -> SFTTrainer:
+    """Run TRL SFT on ``records`` with ``cfg.train`` (+ ``args`` overrides); returns the trainer after training.
+
+    ``objective`` picks a registered token-weighted loss from :mod:`studykit.objectives` (default: TRL's own NLL);
+    ``ref_model`` is ASFT's frozen reference; PEAR's data-policy log-probs are stored from the model before training.
+    """
     chat = bool(cfg.model.chat_template)
-    trainer = SFTTrainer(
-        model=model, processing_class=tokenizer,
-        args=_args(SFTConfig, cfg.train, output_dir, int(cfg.seed), args),
-        train_dataset=sft_dataset(records, chat),
-        eval_dataset=sft_dataset(eval_records, chat) if eval_records else None,
-        callbacks=callbacks, compute_loss_func=compute_loss_func)
+    common = dict(model=model, processing_class=tokenizer, train_dataset=sft_dataset(records, chat),
+                  eval_dataset=sft_dataset(eval_records, chat) if eval_records else None, callbacks=callbacks)
+    if objective is None:
+        trainer = SFTTrainer(args=_args(SFTConfig, cfg.train, output_dir, int(cfg.seed), args), **common)
+    else:
+        from .objectives import ObjectiveSFTTrainer, get_objective
+
+        spec = get_objective(objective)
+        if spec.trl_loss_type is not None:
+            args = {**args, "loss_type": spec.trl_loss_type}
+        trainer = ObjectiveSFTTrainer(args=_args(SFTConfig, cfg.train, output_dir, int(cfg.seed), args),
+                                      objective=objective, objective_params=objective_params, ref_model=ref_model,
+                                      **common)
+        if "behavior" in spec.needs:
+            trainer.store_behavior_log_probs()
     trainer.train()
     return trainer
 
@@ -121,9 +135,10 @@ if __name__ == "__main__":
 
 
 def finetune_and_evaluate(base_model, tokenizer, records: list[dict], eval_records: list[dict], cfg, *, seed: int,
-                          **args) -> dict:
-    """SFT a fresh copy of ``base_model`` on ``records`` with ``seed``, then verifier-evaluate it on
-    ``eval_records``.  Returns ``{"accuracy": per-family Series (+ "mean"), "steps", "final_loss", "seconds"}``."""
+                          return_model: bool = False, **args) -> dict:
+    """SFT a fresh copy of ``base_model`` on ``records`` with ``seed`` (``args`` go to :func:`train_sft`: an
+    objective, SFTConfig overrides), then verifier-evaluate it on ``eval_records``.  Returns ``{"accuracy": per-family
+    Series (+ "mean"), "steps", "final_loss", "seconds"}`` (+ ``"model"`` with ``return_model``)."""
     import copy
     import tempfile
     import time
@@ -137,8 +152,9 @@ def finetune_and_evaluate(base_model, tokenizer, records: list[dict], eval_recor
     predictions = evaluate_records(trainer.model, tokenizer, eval_records, chat=bool(cfg.model.chat_template),
                                    max_new_tokens=int(cfg.eval.max_new_tokens), batch_size=int(cfg.eval.batch_size))
     losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
-    return {"accuracy": accuracy_by_family(predictions), "steps": trainer.state.global_step,
-            "final_loss": losses[-1] if losses else float("nan"), "seconds": time.perf_counter() - start}
+    result = {"accuracy": accuracy_by_family(predictions), "steps": trainer.state.global_step,
+              "final_loss": losses[-1] if losses else float("nan"), "seconds": time.perf_counter() - start}
+    return {**result, "model": trainer.model} if return_model else result
 
 
 def train_sft_with_checkpoints(model, tokenizer, records: list[dict], val_records: list[dict], cfg,

@@ -1,0 +1,252 @@
+"""SFT objectives as one token-weighted loss, plugged into TRL's SFTTrainer.
+
+Every objective here has the form (METHODS.md, "SFT objectives")
+
+    loss = ( −Σ_t m_t · w_t · log πθ(y_t | x, y<t)  +  Σ_t m_t · r_t ) / N
+
+with the weight w_t computed without gradient, an optional per-token term r_t (ASFT's KL, OTR's constant), the
+completion mask m_t and N the number of completion tokens in the (accumulated) batch, normalized exactly like
+TRL's own ``loss_type="nll"`` / ``"dft"``.  An objective is one registered function returning ``(w, r)``; adding
+one is a function + a config entry (``conf/study/sft_objectives.yaml``).
+
+How it plugs into TRL 1.16: :class:`ObjectiveSFTTrainer` subclasses ``SFTTrainer`` and overrides ``compute_loss``,
+reading log πθ from TRL's fused LM head (chunked, no ``(batch, seq, vocab)`` logits), so a weight-only objective
+costs what ``loss_type="nll"`` costs.  ``compute_loss_func`` — the hook the issue names — is deprecated in TRL 1.16
+and makes SFTTrainer run a second, no-grad forward for its metrics (about a third more compute); the subclass is
+what TRL's deprecation message asks for.  DFT itself runs TRL's built-in ``loss_type="dft"``; the core's DFT weight
+is tested to match it.  Only ASFT needs full-vocabulary logits (and a frozen reference model).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from trl import SFTTrainer
+from trl.trainer.utils import add_fused_lm_head
+
+
+@dataclass
+class TokenStats:
+    """What an objective may read, per next-token position (shape ``(batch, seq-1)``, aligned with
+    ``labels[:, 1:]``).  ``log_probs`` carries the gradient; everything else is detached."""
+    log_probs: torch.Tensor                        # log πθ(y_t), 0 where mask is False
+    mask: torch.Tensor                             # bool, completion tokens
+    entropy: torch.Tensor | None = None            # H(πθ(·|x, y<t))
+    behavior_log_probs: torch.Tensor | None = None  # log πβ(y_t), stored before training (PEAR)
+    logits: torch.Tensor | None = None             # (n_masked, vocab) policy logits at masked positions (ASFT)
+    ref_logits: torch.Tensor | None = None         # (n_masked, vocab) frozen reference logits (ASFT)
+
+
+@dataclass(frozen=True)
+class Objective:
+    name: str
+    fn: Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
+    needs: frozenset = frozenset()      # subset of {"entropy", "behavior", "full_logits"}
+    trl_loss_type: str | None = None    # run TRL's built-in loss instead of the core (DFT)
+
+
+OBJECTIVES: dict[str, Objective] = {}
+
+
+def register(name: str, *, needs=(), trl_loss_type: str | None = None):
+    def add(fn):
+        OBJECTIVES[name] = Objective(name, fn, frozenset(needs), trl_loss_type)
+        return fn
+    return add
+
+
+def get_objective(name: str) -> Objective:
+    if name not in OBJECTIVES:
+        raise ValueError(f"unknown SFT objective '{name}'; available: {', '.join(sorted(OBJECTIVES))}")
+    return OBJECTIVES[name]
+
+
+def objective_loss(name: str, stats: TokenStats, num_tokens, **params) -> torch.Tensor:
+    """The core: (−Σ m·sg(w)·log p + Σ m·r) / N for the registered objective ``name``."""
+    weights, extra = get_objective(name).fn(stats, **params)
+    per_token = -weights.detach() * stats.log_probs
+    if extra is not None:
+        per_token = per_token + extra
+    per_token = per_token.masked_fill(~stats.mask, 0.0)
+    return per_token.sum() / torch.as_tensor(num_tokens, device=per_token.device).clamp(min=1)
+
+
+# --- objectives ---------------------------------------------------------------------------------------------------
+
+@register("sft")
+def sft(stats: TokenStats):
+    """Plain SFT: w_t = 1 (token-averaged NLL, as TRL's ``loss_type="nll"``)."""
+    return torch.ones_like(stats.log_probs), None
+
+
+@register("low_lr_sft")
+def low_lr_sft(stats: TokenStats):
+    """Low-LR SFT ("Implicit Reward as the Bridge", NeurIPS 2025): SFT is implicit-reward learning whose KL term is
+    constant, so its fix is a smaller learning rate — same loss as SFT, the rate is scaled in the study config."""
+    return torch.ones_like(stats.log_probs), None
+
+
+@register("dft", trl_loss_type="dft")
+def dft(stats: TokenStats):
+    """DFT (Wu et al., arXiv 2508.05629, Eq. 9): w_t = sg(πθ(y_t)), each token's NLL rescaled by its probability.
+    Trained with TRL's ``SFTConfig(loss_type="dft")``; this weight is the core's version, tested to match TRL."""
+    return stats.log_probs.exp(), None
+
+
+@register("asft", needs=("full_logits",))
+def asft(stats: TokenStats, kl_coef: float = 0.1):
+    """ASFT (arXiv 2509.23753): DFT + λ·KL(π_ref ‖ πθ) over the full vocabulary at every response token, π_ref the
+    frozen pre-SFT model (λ 0.05–0.1 in the paper's code).  The KL anchors DFT, whose weights let the policy drift."""
+    log_policy = F.log_softmax(stats.logits.float(), dim=-1)
+    log_ref = F.log_softmax(stats.ref_logits.float(), dim=-1)
+    kl = (log_ref.exp() * (log_ref - log_policy)).sum(-1)          # (n_masked,)
+    extra = torch.zeros_like(stats.log_probs).masked_scatter(stats.mask, kl.to(stats.log_probs.dtype))
+    return stats.log_probs.exp(), kl_coef * extra
+
+
+def _pear_log_ratio(stats: TokenStats, clip: tuple[float, float]) -> torch.Tensor:
+    if stats.behavior_log_probs is None:
+        raise ValueError("PEAR needs the data policy's stored log-probs (column 'behavior_log_probs')")
+    log_delta = (stats.log_probs.detach() - stats.behavior_log_probs).clamp(*clip)
+    return log_delta.masked_fill(~stats.mask, 0.0)
+
+
+@register("pear", needs=("behavior",))
+def pear(stats: TokenStats, level: str = "suffix", gamma: float = 0.999, block_size: int = 8,
+         log_delta_clip=(-0.08, 0.3), log_weight_clip=(-10.0, 5.0)):
+    """PEAR (arXiv 2602.01058): importance weights of the policy against the data-generating policy πβ, in log
+    space, Δ_t = πθ(y_t)/πβ(y_t) with log Δ clipped to [−0.08, 0.3] and log G to [−10, 5].
+
+    ``level="sequence"``: G = Π_t Δ_t for every token of the response.
+    ``level="suffix"``:   G_t = γ^(T−t) Π_{j>t} Δ_j (the tokens after t decide whether y_t leads somewhere πθ goes).
+    ``level="block"``:    G_t = Π_{j in t's block} Δ_j over consecutive blocks of ``block_size`` response tokens
+                          (our reading of the paper's block level: it interpolates token (1) and sequence (T)).
+    With πβ = πθ every Δ is 1 and PEAR is SFT."""
+    log_delta = _pear_log_ratio(stats, tuple(log_delta_clip))
+    mask = stats.mask
+    if level == "sequence":
+        log_weight = log_delta.sum(-1, keepdim=True).expand_as(log_delta)
+    elif level == "suffix":
+        after = log_delta.sum(-1, keepdim=True) - log_delta.cumsum(-1)                  # Σ_{j>t} log Δ_j
+        n_after = mask.sum(-1, keepdim=True) - mask.long().cumsum(-1)                    # T − t
+        log_weight = after + n_after * math.log(gamma)
+    elif level == "block":
+        position = mask.long().cumsum(-1) - 1                                            # index within the response
+        block = (position.clamp(min=0) // block_size) + torch.arange(len(mask), device=mask.device)[:, None] * mask.shape[1]
+        sums = torch.zeros(mask.numel(), dtype=log_delta.dtype, device=mask.device)
+        sums.index_add_(0, block.flatten(), log_delta.flatten())
+        log_weight = sums[block]
+    else:
+        raise ValueError(f"PEAR level must be sequence, suffix or block, got '{level}'")
+    return log_weight.clamp(*log_weight_clip).exp(), None
+
+
+@register("otr", needs=("entropy",))
+def otr(stats: TokenStats, beta: float = -0.1):
+    """OTR (arXiv 2509.26313): per position, tokens sampled from the detached policy π' earn reward 1 if equal to
+    the gold token, else β.  Its expectation J_t = π'(y_t)·log π(y_t) + β Σ_{a≠y_t} π'(a)·log π(a) needs no full
+    logits: Σ_a π'(a)∇log π(a) = ∇Σ_a π(a) = 0, so ∇J_t = (1−β)·π'(y_t)·∇log π(y_t) and
+    J_t = (1−β)·p·log p − β·H.  Hence w_t = (1−β)·sg(p_t) — DFT scaled by (1−β) — and r_t = β·H_t, a constant that
+    makes the reported loss the exact −J."""
+    p = stats.log_probs.detach().exp()
+    return (1.0 - beta) * p, beta * stats.entropy.detach()
+
+
+# --- TRL integration ----------------------------------------------------------------------------------------------
+
+class _StoredLogProbsCollator:
+    """Pads the stored per-token ``behavior_log_probs`` next to TRL's (right-padded) batch."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __call__(self, examples):
+        stored = [example.pop("behavior_log_probs") for example in examples]
+        batch = self.inner(examples)
+        padded = torch.zeros(len(stored), batch["input_ids"].shape[1] - 1)
+        for row, values in enumerate(stored):
+            padded[row, :len(values)] = torch.as_tensor(values)
+        batch["behavior_log_probs"] = padded
+        return batch
+
+
+class ObjectiveSFTTrainer(SFTTrainer):
+    """``SFTTrainer`` whose loss is the registered objective ``objective`` (see module docstring)."""
+
+    def __init__(self, *args, objective: str, objective_params: dict | None = None, ref_model=None, **kwargs):
+        self.objective = get_objective(objective)
+        self.objective_params = dict(objective_params or {})
+        super().__init__(*args, **kwargs)
+        if self.args.packing or self.args.padding_free:
+            raise ValueError("token-weighted objectives need unpacked, padded batches (packing=False, padding_free=False)")
+        if "full_logits" in self.objective.needs and ref_model is None:
+            raise ValueError(f"objective '{self.objective.name}' needs a frozen reference model (ref_model=...)")
+        self.ref_model = ref_model.eval() if ref_model is not None else None   # used under no_grad, never trained
+
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        if "behavior_log_probs" not in self._signature_columns:
+            self._signature_columns = [*self._signature_columns, "behavior_log_probs"]
+
+    @torch.no_grad()
+    def store_behavior_log_probs(self, behavior_model=None, batch_size: int = 16) -> None:
+        """PEAR's πβ: score every training row once with ``behavior_model`` (default: the model before training, the
+        policy that generated self-generated data) on exactly the tokens SFT will see; stored as a dataset column."""
+        model = self.model
+        if behavior_model is not None:
+            model = behavior_model
+            add_fused_lm_head(model, outputs=("log_probs",))
+        was_training = model.training
+        model.eval()
+        dataset, device = self.train_dataset, next(model.parameters()).device
+        rows = []
+        for start in range(0, len(dataset), batch_size):
+            examples = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+            batch = self.data_collator([{k: v for k, v in e.items() if k != "behavior_log_probs"} for e in examples])
+            out = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                        labels=batch["labels"].to(device), fused_lm_head=True)
+            for row, example in enumerate(examples):
+                rows.append(out.log_probs[row, :len(example["input_ids"]) - 1].float().cpu().tolist())
+        model.train(was_training)
+        if "behavior_log_probs" in dataset.column_names:
+            dataset = dataset.remove_columns("behavior_log_probs")
+        self.train_dataset = dataset.add_column("behavior_log_probs", rows)
+        if not isinstance(self.data_collator, _StoredLogProbsCollator):
+            self.data_collator = _StoredLogProbsCollator(self.data_collator)
+
+    def token_stats(self, model, inputs) -> tuple[TokenStats, object]:
+        behavior = inputs.pop("behavior_log_probs", None)
+        if "behavior" in self.objective.needs and behavior is None:
+            raise ValueError("PEAR needs stored data-policy log-probs: call store_behavior_log_probs() before train()")
+        if "full_logits" in self.objective.needs:
+            model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+            outputs = model(**model_inputs)
+            mask = inputs["labels"][:, 1:] != -100
+            logits = outputs.logits[:, :-1][mask]
+            targets = inputs["labels"][:, 1:][mask]
+            token_log_probs = F.log_softmax(logits.float(), -1).gather(-1, targets[:, None]).squeeze(-1)
+            log_probs = torch.zeros(mask.shape, dtype=token_log_probs.dtype,
+                                    device=mask.device).masked_scatter(mask, token_log_probs)
+            with torch.no_grad():
+                ref_logits = self.ref_model(**model_inputs).logits[:, :-1][mask]
+            stats = TokenStats(log_probs, mask, logits=logits, ref_logits=ref_logits)
+        else:
+            outputs = model(**inputs, fused_lm_head=True)
+            stats = TokenStats(outputs.log_probs, outputs.label_mask, entropy=outputs.entropy)
+        if behavior is not None:
+            stats.behavior_log_probs = behavior.to(stats.log_probs.device)
+        return stats, outputs
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.objective.trl_loss_type is not None:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        inputs["use_cache"] = False
+        stats, outputs = self.token_stats(model, inputs)
+        num_tokens = stats.mask.sum() if num_items_in_batch is None else num_items_in_batch
+        loss = objective_loss(self.objective.name, stats, num_tokens, **self.objective_params)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * self.accelerator.num_processes
+        return (loss, outputs) if return_outputs else loss

@@ -1,0 +1,179 @@
+"""Analytic checks of the token-weighted SFT objectives, and their wiring into TRL's SFTTrainer."""
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from trl import SFTConfig, SFTTrainer
+
+from studykit.objectives import OBJECTIVES, ObjectiveSFTTrainer, TokenStats, get_objective, objective_loss
+from studykit.testbed import build_testbed
+from studykit.train import _args, sft_dataset, train_sft
+
+VOCAB = 11
+
+
+def stats_from_logits(all_logits, targets, mask, **extra) -> TokenStats:
+    """TokenStats the way the fused head would produce them, from explicit logits (B, T, V)."""
+    log_p = F.log_softmax(all_logits, -1)
+    log_probs = log_p.gather(-1, targets[..., None]).squeeze(-1).masked_fill(~mask, 0.0)
+    entropy = -(log_p.exp() * log_p).sum(-1).masked_fill(~mask, 0.0)
+    return TokenStats(log_probs, mask, entropy=entropy.detach(), **extra)
+
+
+@pytest.fixture
+def batch():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 7, VOCAB, requires_grad=True)
+    targets = torch.randint(0, VOCAB, (3, 7))
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1, 1], [0, 1, 1, 1, 0, 0, 0], [0, 0, 0, 1, 1, 1, 1]], dtype=torch.bool)
+    return logits, targets, mask
+
+
+def test_every_objective_is_documented_and_registered():
+    assert {"sft", "low_lr_sft", "dft", "asft", "pear", "otr"} <= set(OBJECTIVES)
+    for objective in OBJECTIVES.values():
+        assert objective.fn.__doc__ and "arXiv" in objective.fn.__doc__ or objective.name in ("sft", "low_lr_sft")
+    with pytest.raises(ValueError, match="unknown SFT objective 'nope'"):
+        get_objective("nope")
+
+
+def test_uniform_logits_give_log_vocab_for_sft_and_half_of_it_for_dft_at_vocab_two():
+    mask = torch.ones(2, 4, dtype=torch.bool)
+    targets = torch.zeros(2, 4, dtype=torch.long)
+    uniform = stats_from_logits(torch.zeros(2, 4, VOCAB, requires_grad=True), targets, mask)
+    assert objective_loss("sft", uniform, mask.sum()).item() == pytest.approx(math.log(VOCAB))
+    assert objective_loss("dft", uniform, mask.sum()).item() == pytest.approx(math.log(VOCAB) / VOCAB)
+    two = stats_from_logits(torch.zeros(2, 4, 2, requires_grad=True), targets, mask)
+    assert objective_loss("dft", two, mask.sum()).item() == pytest.approx(objective_loss("sft", two, mask.sum()).item() / 2)
+
+
+def test_dft_is_cross_entropy_times_detached_probability(batch):
+    logits, targets, mask = batch
+    stats = stats_from_logits(logits, targets, mask)
+    loss = objective_loss("dft", stats, mask.sum())
+    ce = F.cross_entropy(logits[mask], targets[mask], reduction="none")
+    expected = (ce * torch.exp(-ce).detach()).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    (grad,) = torch.autograd.grad(loss, logits)
+    (expected_grad,) = torch.autograd.grad(expected, logits)
+    torch.testing.assert_close(grad, expected_grad)
+
+
+def test_asft_kl_vanishes_when_reference_equals_policy_and_is_positive_otherwise(batch):
+    logits, targets, mask = batch
+    same = stats_from_logits(logits, targets, mask, logits=logits[mask], ref_logits=logits[mask].detach())
+    assert objective_loss("asft", same, mask.sum(), kl_coef=0.1).item() == pytest.approx(
+        objective_loss("dft", same, mask.sum()).item(), rel=1e-6)
+    other = stats_from_logits(logits, targets, mask, logits=logits[mask], ref_logits=torch.zeros_like(logits[mask]))
+    kl = (F.log_softmax(torch.zeros(VOCAB), -1).exp()
+          * (F.log_softmax(torch.zeros(VOCAB), -1) - F.log_softmax(logits[mask], -1))).sum(-1).mean()
+    got = objective_loss("asft", other, mask.sum(), kl_coef=0.1) - objective_loss("dft", other, mask.sum())
+    assert got.item() == pytest.approx(0.1 * kl.item(), rel=1e-5)
+    assert kl.item() > 0
+
+
+@pytest.mark.parametrize("level", ["sequence", "suffix", "block"])
+def test_pear_with_data_policy_equal_to_policy_is_sft(batch, level):
+    logits, targets, mask = batch
+    stats = stats_from_logits(logits, targets, mask)
+    stats.behavior_log_probs = stats.log_probs.detach().clone()
+    params = {"level": level, "gamma": 1.0} if level == "suffix" else {"level": level}
+    torch.testing.assert_close(objective_loss("pear", stats, mask.sum(), **params), objective_loss("sft", stats, mask.sum()))
+
+
+def test_pear_weights_follow_the_papers_products_and_clips(batch):
+    logits, targets, mask = batch
+    stats = stats_from_logits(logits, targets, mask)
+    log_delta = torch.full(mask.shape, 0.05)
+    stats.behavior_log_probs = stats.log_probs.detach() - log_delta          # Δ_t = e^0.05 everywhere
+    n = mask.sum(-1)                                                           # response lengths 5, 3, 4
+    weights, _ = OBJECTIVES["pear"].fn(stats, level="sequence")
+    for row in range(3):
+        assert weights[row][mask[row]].tolist() == pytest.approx([math.exp(0.05 * n[row].item())] * n[row].item())
+    weights, _ = OBJECTIVES["pear"].fn(stats, level="suffix", gamma=0.9)
+    row0 = weights[0][mask[0]]                                                # T=5: G_t = (0.9 e^0.05)^(T−t)
+    assert row0.tolist() == pytest.approx([(0.9 * math.exp(0.05)) ** k for k in (4, 3, 2, 1, 0)], rel=1e-5)
+    weights, _ = OBJECTIVES["pear"].fn(stats, level="block", block_size=2)
+    assert weights[0][mask[0]].tolist() == pytest.approx([math.exp(0.1)] * 4 + [math.exp(0.05)], rel=1e-5)
+    stats.behavior_log_probs = stats.log_probs.detach() - 5.0                # log Δ clipped to 0.3, log G to 5
+    weights, _ = OBJECTIVES["pear"].fn(stats, level="sequence")
+    assert weights[0][mask[0]][0].item() == pytest.approx(math.exp(min(0.3 * 5, 5.0)), rel=1e-5)
+    stats.behavior_log_probs = None
+    with pytest.raises(ValueError, match="behavior_log_probs"):
+        OBJECTIVES["pear"].fn(stats)
+
+
+@pytest.mark.parametrize("beta", [-0.1, 0.0, 0.3])
+def test_otr_matches_its_full_vocabulary_expectation_in_value_and_gradient(batch, beta):
+    logits, targets, mask = batch
+    loss = objective_loss("otr", stats_from_logits(logits, targets, mask), mask.sum(), beta=beta)
+    log_p = F.log_softmax(logits, -1)[mask]                                    # (N, V)
+    reward = torch.full_like(log_p, beta).scatter(-1, targets[mask][:, None], 1.0)
+    expected = -(reward * log_p.exp().detach() * log_p).sum(-1).mean()       # −E_{a∼sg(π)}[r(a)·log π(a)]
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    (grad,) = torch.autograd.grad(loss, logits)
+    (expected_grad,) = torch.autograd.grad(expected, logits)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-5, atol=1e-7)
+
+
+@pytest.fixture(scope="module")
+def records(smoke_cfg):
+    return build_testbed(smoke_cfg.data)["pool"][:8]
+
+
+def _first_batch(trainer):
+    batch = next(iter(trainer.get_train_dataloader()))
+    return {k: v for k, v in batch.items()}
+
+
+def test_core_dft_matches_trls_builtin_dft_on_a_real_batch(tiny, smoke_cfg, records, tmp_path):
+    model, tokenizer = tiny
+    data = sft_dataset(records, chat=True)
+    trl_dft = SFTTrainer(model=copy.deepcopy(model), processing_class=tokenizer, train_dataset=data,
+                         args=_args(SFTConfig, smoke_cfg.train, tmp_path / "a", 0, {"loss_type": "dft"}))
+    core = ObjectiveSFTTrainer(model=copy.deepcopy(model), processing_class=tokenizer, train_dataset=data,
+                               args=_args(SFTConfig, smoke_cfg.train, tmp_path / "b", 0, {}), objective="sft")
+    batch = _first_batch(trl_dft)
+    expected = trl_dft.compute_loss(trl_dft.model, dict(batch))
+    stats, _ = core.token_stats(core.model, dict(batch))
+    got = objective_loss("dft", stats, stats.mask.sum())
+    assert got.item() == pytest.approx(expected.item(), rel=1e-5)
+    nll = SFTTrainer.compute_loss(core, core.model, dict(batch))                 # TRL's own nll path
+    assert core.compute_loss(core.model, dict(batch)).item() == pytest.approx(nll.item(), rel=1e-5)
+
+
+def test_pear_stores_data_policy_log_probs_aligned_with_the_training_tokens(tiny, smoke_cfg, records, tmp_path):
+    model, tokenizer = tiny
+    trainer = ObjectiveSFTTrainer(model=copy.deepcopy(model), processing_class=tokenizer,
+                                  train_dataset=sft_dataset(records, chat=True),
+                                  args=_args(SFTConfig, smoke_cfg.train, tmp_path, 0, {}), objective="pear",
+                                  objective_params={"level": "sequence"})
+    trainer.store_behavior_log_probs()
+    batch = _first_batch(trainer)
+    assert batch["behavior_log_probs"].shape == (batch["input_ids"].shape[0], batch["input_ids"].shape[1] - 1)
+    stats, _ = trainer.token_stats(trainer.model.eval(), dict(batch))
+    torch.testing.assert_close(stats.behavior_log_probs, stats.log_probs.detach(), atol=1e-5, rtol=1e-5)
+    pear = trainer.compute_loss(trainer.model, dict(batch))                       # πβ = πθ before the first step
+    assert pear.item() == pytest.approx(SFTTrainer.compute_loss(trainer, trainer.model, dict(batch)).item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("name", ["dft", "asft", "pear", "otr", "low_lr_sft"])
+def test_each_objective_trains_through_trl(tiny, smoke_cfg, records, tmp_path, name):
+    model, tokenizer = tiny
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer = train_sft(copy.deepcopy(model), tokenizer, records, smoke_cfg, tmp_path, objective=name,
+                        ref_model=copy.deepcopy(model) if name == "asft" else None)
+    losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
+    assert trainer.state.global_step == 2 and all(math.isfinite(loss) for loss in losses)
+    changed = any(not torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+    assert changed
+
+
+def test_asft_without_reference_is_a_clear_error(tiny, smoke_cfg, records, tmp_path):
+    model, tokenizer = tiny
+    with pytest.raises(ValueError, match="needs a frozen reference model"):
+        train_sft(copy.deepcopy(model), tokenizer, records, smoke_cfg, tmp_path, objective="asft")
