@@ -2,9 +2,12 @@
 
 Each transform maps pool records (``prompt``, ``response``, ``family``, ``entry``) to new records of the same shape,
 marking what it changed in ``source``; training is then plain SFT.  The judge of verifiable tasks is the family's
-verifier on the first line of the response (:func:`accepted`), exactly as evaluation scores answers.
+verifier applied to where a free-form response states its answer (:func:`accepted`): the SSR / S3FT judges check
+whether the model's answer is *right*, not whether it is formatted like the gold one.
 """
 from __future__ import annotations
+
+import re
 
 import numpy as np
 
@@ -16,9 +19,23 @@ PARAPHRASE_INSTRUCTION = ("Rewrite the answer below in your own words without ch
                           "Reply with only the rewritten answer.")
 
 
+def answer_spans(response: str) -> list[str]:
+    """Where a free-form response may state its answer: the first line (what evaluation scores), the last line, what
+    follows the last "answer is" / ":" / " is ", and quoted strings; trailing punctuation stripped."""
+    lines = [line.strip() for line in response.splitlines() if line.strip()]
+    spans = [extract_answer(response), *lines[-1:]]
+    for marker in ("answer is", ":", " is "):
+        cut = response.rfind(marker)
+        if cut >= 0:
+            spans.append(extract_answer(response[cut + len(marker):]))
+    spans += re.findall(r'"([^"]+)"', response)
+    cleaned = [span.strip(" \"'*.!") for span in spans]
+    return list(dict.fromkeys(span for span in cleaned if span))
+
+
 def accepted(record: dict, response: str) -> bool:
-    """The verifier's judgement of ``response`` as an answer to ``record`` (first line, full score)."""
-    return is_correct(record["family"], extract_answer(response), record["entry"])
+    """The verifier's judgement of ``response`` as an answer to ``record``: full score on any of its answer spans."""
+    return any(is_correct(record["family"], span, record["entry"]) for span in answer_spans(response))
 
 
 def grape(records: list[dict], candidates: list[list[str]], model, tokenizer, *, chat: bool,
@@ -51,9 +68,9 @@ def self_generated(records: list[dict], own: list[str], paraphrases: list[str] |
     out = []
     for i, record in enumerate(records):
         if accepted(record, own[i]):
-            response, source = extract_answer(own[i]), "own"
+            response, source = own[i].strip(), "own"
         elif paraphrases is not None and accepted(record, paraphrases[i]):
-            response, source = extract_answer(paraphrases[i]), "paraphrase"
+            response, source = paraphrases[i].strip(), "paraphrase"
         else:
             response, source = record["response"], "gold"
         out.append({**record, "response": response, "source": source})

@@ -1,0 +1,107 @@
+"""Training throughput of each SFT objective vs TRL's built-in ``loss_type="nll"``, measured side by side.
+
+    .venv/bin/python benchmarks/sft_objectives.py [--steps 6 --rounds 3] [hydra overrides, e.g. profile=smoke]
+
+Every objective trains its own copy of the model on the *same* batches (taken once from the nll trainer's
+dataloader): forward + backward (``trainer.training_step``) + AdamW step.  Objectives are timed in interleaved rounds
+so drift in the machine's speed hits all of them alike; tokens/s counts every attended token.  Printed: tokens/s and
+the ratio to nll (target ≥ 0.95 for the weight-only objectives: sft core, dft, pear, otr; ASFT needs full logits and
+a reference forward, so it is reported, not targeted).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import tempfile
+import time
+
+import torch
+from trl import SFTConfig, SFTTrainer
+
+from studykit.config import compose
+from studykit.models import load_model_and_tokenizer
+from studykit.objectives import ObjectiveSFTTrainer
+from studykit.testbed import build_testbed
+from studykit.train import _args, sft_dataset
+
+# label -> (objective or None for TRL's own nll, objective params, SFTConfig overrides)
+CASES = {
+    "trl nll": (None, {}, {}),
+    "trl dft": ("dft", {}, {"loss_type": "dft"}),
+    "core sft": ("sft", {}, {}),
+    "core otr": ("otr", {"beta": -0.1}, {}),
+    "core pear (sequence)": ("pear", {"level": "sequence"}, {}),
+    "core pear (suffix)": ("pear", {"level": "suffix"}, {}),
+    "core asft": ("asft", {"kl_coef": 0.1}, {}),
+}
+WEIGHT_ONLY = {"trl dft", "core sft", "core otr", "core pear (sequence)", "core pear (suffix)"}
+
+
+def build(label, model, tokenizer, data, cfg, scratch):
+    objective, params, extra = CASES[label]
+    args = _args(SFTConfig, cfg.train, f"{scratch}/{len(label)}", 0, extra)
+    if objective is None:
+        trainer = SFTTrainer(model=copy.deepcopy(model), processing_class=tokenizer, train_dataset=data, args=args)
+    else:
+        trainer = ObjectiveSFTTrainer(model=copy.deepcopy(model), processing_class=tokenizer, train_dataset=data,
+                                      args=args, objective=objective, objective_params=params,
+                                      ref_model=model if objective == "asft" else None)
+        if objective == "pear":
+            trainer.store_behavior_log_probs()
+    trainer.create_optimizer()
+    trainer.current_gradient_accumulation_steps = 1      # set by Trainer's own loop, which is bypassed here
+    trainer.model.train()
+    return trainer
+
+
+def run_steps(trainer, batches) -> float:
+    start = time.perf_counter()
+    for batch in batches:
+        trainer.training_step(trainer.model, dict(batch))
+        trainer.optimizer.step()
+        trainer.optimizer.zero_grad()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=6, help="timed steps per objective per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("overrides", nargs="*")
+    cli = parser.parse_args()
+    cfg = compose(cli.overrides)
+    torch.manual_seed(0)
+    model, tokenizer = load_model_and_tokenizer(cfg.model)
+    pool = build_testbed(cfg.data)["pool"]
+    data = sft_dataset(pool, chat=bool(cfg.model.chat_template))
+    with tempfile.TemporaryDirectory() as scratch:
+        trainers = {label: build(label, model, tokenizer, data, cfg, scratch) for label in CASES}
+        loader = iter(trainers["trl nll"].get_train_dataloader())
+        base_batches = [next(loader) for _ in range(cli.steps)]
+        tokens = sum(int(b["attention_mask"].sum()) for b in base_batches)
+        batches = {}
+        for label, trainer in trainers.items():          # the same rows, plus PEAR's stored log-probs where needed
+            if "behavior_log_probs" in trainer.train_dataset.column_names:
+                loader = iter(trainer.get_train_dataloader())
+                batches[label] = [next(loader) for _ in range(cli.steps)]
+                assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(batches[label], base_batches))
+            else:
+                batches[label] = base_batches
+        for label, trainer in trainers.items():          # warm-up
+            run_steps(trainer, batches[label][:1])
+        seconds = dict.fromkeys(CASES, 0.0)
+        for _ in range(cli.rounds):
+            for label, trainer in trainers.items():
+                seconds[label] += run_steps(trainer, batches[label])
+    total = tokens * cli.rounds
+    print(f"{cfg.model.name}, {torch.get_num_threads()} threads, batch {cfg.train.per_device_train_batch_size}, "
+          f"{cli.steps} steps x {cli.rounds} rounds, {tokens / cli.steps:.0f} tokens per batch")
+    print(f"{'objective':<22}{'tokens/s':>10}{'vs nll':>9}  target")
+    for label in CASES:
+        ratio = seconds["trl nll"] / seconds[label]
+        target = ("≥ 0.95 " + ("met" if ratio >= 0.95 else "NOT met")) if label in WEIGHT_ONLY else "-"
+        print(f"{label:<22}{total / seconds[label]:>10.0f}{ratio:>9.3f}  {target}")
+
+
+if __name__ == "__main__":
+    main()
