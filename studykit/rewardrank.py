@@ -25,7 +25,7 @@ from .logprobs import sequence_logprobs
 METRICS = ("rank_acc", "rank_acc_norm", "reward_acc", "rank_margin", "rank_margin_norm", "reward_margin")
 
 
-def pair_logprobs(model, tokenizer, pairs: list[dict], *, chat: bool, batch_size: int = 16) -> dict[str, np.ndarray]:
+def preference_logprobs(model, tokenizer, pairs: list[dict], *, chat: bool, batch_size: int = 16) -> dict[str, np.ndarray]:
     """Summed log-probs and token counts of chosen and rejected responses, in one batched pass over 2N sequences."""
     prompts = [p["prompt"] for p in pairs] * 2
     responses = [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs]

@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 from studykit.config import compose
-from studykit.rewardrank import (METRICS, checkpoint_metrics, correlations, pair_logprobs, regret, selection_rules,
+from studykit.rewardrank import (METRICS, checkpoint_metrics, correlations, preference_logprobs, regret, selection_rules,
                                  study_data, verifier_win_rate)
 from studykit.testbed import build_testbed
 
@@ -56,7 +56,7 @@ def test_pair_logprobs_one_pass_matches_separate_scoring(tiny):
 
     model, tok = tiny
     pairs = [{"prompt": "2+2?", "chosen": "4", "rejected": "5"}, {"prompt": "Say hi", "chosen": "hi", "rejected": "no way"}]
-    got = pair_logprobs(model, tok, pairs, chat=True)
+    got = preference_logprobs(model, tok, pairs, chat=True)
     want = sequence_logprobs(model, tok, ["2+2?", "Say hi"], ["5", "no way"], chat=True)
     np.testing.assert_allclose(got["rejected"], want["sum"], atol=1e-5)
     assert got["rejected_tokens"].tolist() == want["n_tokens"].tolist()
