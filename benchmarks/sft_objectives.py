@@ -16,38 +16,29 @@ import tempfile
 import time
 
 import torch
-from trl import SFTConfig, SFTTrainer
 
 from studykit.config import compose
 from studykit.models import load_model_and_tokenizer
-from studykit.objectives import ObjectiveSFTTrainer
 from studykit.testbed import build_testbed
-from studykit.train import _args, sft_dataset
+from studykit.train import build_sft_trainer
 
-# label -> (objective or None for TRL's own nll, objective params, SFTConfig overrides)
+# label -> (objective or None for TRL's own nll, objective params)
 CASES = {
-    "trl nll": (None, {}, {}),
-    "trl dft": ("dft", {}, {"loss_type": "dft"}),
-    "core sft": ("sft", {}, {}),
-    "core otr": ("otr", {"beta": -0.1}, {}),
-    "core pear (sequence)": ("pear", {"level": "sequence"}, {}),
-    "core pear (suffix)": ("pear", {"level": "suffix"}, {}),
-    "core asft": ("asft", {"kl_coef": 0.1}, {}),
+    "trl nll": (None, {}),
+    "trl dft": ("dft", {}),
+    "core sft": ("sft", {}),
+    "core otr": ("otr", {"beta": -0.1}),
+    "core pear (sequence)": ("pear", {"level": "sequence"}),
+    "core pear (suffix)": ("pear", {"level": "suffix"}),
+    "core asft": ("asft", {"kl_coef": 0.1}),
 }
 WEIGHT_ONLY = {"trl dft", "core sft", "core otr", "core pear (sequence)", "core pear (suffix)"}
 
 
-def build(label, model, tokenizer, data, cfg, scratch):
-    objective, params, extra = CASES[label]
-    args = _args(SFTConfig, cfg.train, f"{scratch}/{len(label)}", 0, extra)
-    if objective is None:
-        trainer = SFTTrainer(model=copy.deepcopy(model), processing_class=tokenizer, train_dataset=data, args=args)
-    else:
-        trainer = ObjectiveSFTTrainer(model=copy.deepcopy(model), processing_class=tokenizer, train_dataset=data,
-                                      args=args, objective=objective, objective_params=params,
-                                      ref_model=model if objective == "asft" else None)
-        if objective == "pear":
-            trainer.store_behavior_log_probs()
+def build(label, model, tokenizer, pool, cfg, output_dir):
+    objective, params = CASES[label]
+    trainer = build_sft_trainer(copy.deepcopy(model), tokenizer, pool, cfg, output_dir, objective=objective,
+                                objective_params=params, ref_model=model if objective == "asft" else None)
     trainer.create_optimizer()
     trainer.current_gradient_accumulation_steps = 1      # set by Trainer's own loop, which is bypassed here
     trainer.model.train()
@@ -73,9 +64,8 @@ def main() -> None:
     torch.manual_seed(0)
     model, tokenizer = load_model_and_tokenizer(cfg.model)
     pool = build_testbed(cfg.data)["pool"]
-    data = sft_dataset(pool, chat=bool(cfg.model.chat_template))
     with tempfile.TemporaryDirectory() as scratch:
-        trainers = {label: build(label, model, tokenizer, data, cfg, scratch) for label in CASES}
+        trainers = {label: build(label, model, tokenizer, pool, cfg, f"{scratch}/{i}") for i, label in enumerate(CASES)}
         loader = iter(trainers["trl nll"].get_train_dataloader())
         base_batches = [next(loader) for _ in range(cli.steps)]
         tokens = sum(int(b["attention_mask"].sum()) for b in base_batches)

@@ -36,8 +36,8 @@ class TokenStats:
     mask: torch.Tensor                             # bool, completion tokens
     entropy: torch.Tensor | None = None            # H(πθ(·|x, y<t))
     behavior_log_probs: torch.Tensor | None = None  # log πβ(y_t), stored before training (PEAR)
-    logits: torch.Tensor | None = None             # (n_masked, vocab) policy logits at masked positions (ASFT)
-    ref_logits: torch.Tensor | None = None         # (n_masked, vocab) frozen reference logits (ASFT)
+    vocab_log_probs: torch.Tensor | None = None      # (n_masked, vocab) log πθ(·) at masked positions (ASFT)
+    ref_vocab_log_probs: torch.Tensor | None = None  # (n_masked, vocab) log π_ref(·), frozen reference (ASFT)
 
 
 @dataclass(frozen=True)
@@ -100,9 +100,8 @@ def dft(stats: TokenStats):
 def asft(stats: TokenStats, kl_coef: float = 0.1):
     """ASFT (arXiv 2509.23753): DFT + λ·KL(π_ref ‖ πθ) over the full vocabulary at every response token, π_ref the
     frozen pre-SFT model (λ 0.05–0.1 in the paper's code).  The KL anchors DFT, whose weights let the policy drift."""
-    log_policy = F.log_softmax(stats.logits.float(), dim=-1)
-    log_ref = F.log_softmax(stats.ref_logits.float(), dim=-1)
-    kl = (log_ref.exp() * (log_ref - log_policy)).sum(-1)          # (n_masked,)
+    log_ref = stats.ref_vocab_log_probs
+    kl = (log_ref.exp() * (log_ref - stats.vocab_log_probs)).sum(-1)          # (n_masked,)
     extra = torch.zeros_like(stats.log_probs).masked_scatter(stats.mask, kl.to(stats.log_probs.dtype))
     return stats.log_probs.exp(), kl_coef * extra
 
@@ -225,14 +224,15 @@ class ObjectiveSFTTrainer(SFTTrainer):
             model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
             outputs = model(**model_inputs)
             mask = inputs["labels"][:, 1:] != -100
-            logits = outputs.logits[:, :-1][mask]
+            vocab_log_probs = F.log_softmax(outputs.logits[:, :-1][mask].float(), -1)
             targets = inputs["labels"][:, 1:][mask]
-            token_log_probs = F.log_softmax(logits.float(), -1).gather(-1, targets[:, None]).squeeze(-1)
+            token_log_probs = vocab_log_probs.gather(-1, targets[:, None]).squeeze(-1)
             log_probs = torch.zeros(mask.shape, dtype=token_log_probs.dtype,
                                     device=mask.device).masked_scatter(mask, token_log_probs)
             with torch.no_grad():
-                ref_logits = self.ref_model(**model_inputs).logits[:, :-1][mask]
-            stats = TokenStats(log_probs, mask, logits=logits, ref_logits=ref_logits)
+                ref_vocab_log_probs = F.log_softmax(self.ref_model(**model_inputs).logits[:, :-1][mask].float(), -1)
+            stats = TokenStats(log_probs, mask, vocab_log_probs=vocab_log_probs,
+                               ref_vocab_log_probs=ref_vocab_log_probs)
         else:
             outputs = model(**inputs, fused_lm_head=True)
             stats = TokenStats(outputs.log_probs, outputs.label_mask, entropy=outputs.entropy)

@@ -68,10 +68,10 @@ def dpo_dataset(pairs: list[dict], chat: bool) -> Dataset:
     return Dataset.from_list(rows)
 
 
-def train_sft(model, tokenizer, records: list[dict], cfg, output_dir: str | Path, *, eval_records=None,
-              callbacks=None, objective: str | None = None, objective_params: dict | None = None, ref_model=None,
-              **args) -> SFTTrainer:
-    """Run TRL SFT on ``records`` with ``cfg.train`` (+ ``args`` overrides); returns the trainer after training.
+def build_sft_trainer(model, tokenizer, records: list[dict], cfg, output_dir: str | Path, *, eval_records=None,
+                      callbacks=None, objective: str | None = None, objective_params: dict | None = None,
+                      ref_model=None, **args) -> SFTTrainer:
+    """A TRL SFT trainer on ``records`` with ``cfg.train`` (+ ``args`` overrides), ready to ``train()``.
 
     ``objective`` picks a registered token-weighted loss from :mod:`studykit.objectives` (default: TRL's own NLL);
     ``ref_model`` is ASFT's frozen reference; PEAR's data-policy log-probs are stored from the model before training.
@@ -80,18 +80,23 @@ def train_sft(model, tokenizer, records: list[dict], cfg, output_dir: str | Path
     common = dict(model=model, processing_class=tokenizer, train_dataset=sft_dataset(records, chat),
                   eval_dataset=sft_dataset(eval_records, chat) if eval_records else None, callbacks=callbacks)
     if objective is None:
-        trainer = SFTTrainer(args=_args(SFTConfig, cfg.train, output_dir, int(cfg.seed), args), **common)
-    else:
-        from .objectives import ObjectiveSFTTrainer, get_objective
+        return SFTTrainer(args=_args(SFTConfig, cfg.train, output_dir, int(cfg.seed), args), **common)
+    from .objectives import ObjectiveSFTTrainer, get_objective
 
-        spec = get_objective(objective)
-        if spec.trl_loss_type is not None:
-            args = {**args, "loss_type": spec.trl_loss_type}
-        trainer = ObjectiveSFTTrainer(args=_args(SFTConfig, cfg.train, output_dir, int(cfg.seed), args),
-                                      objective=objective, objective_params=objective_params, ref_model=ref_model,
-                                      **common)
-        if "behavior" in spec.needs:
-            trainer.store_behavior_log_probs()
+    spec = get_objective(objective)
+    if spec.trl_loss_type is not None:
+        args = {**args, "loss_type": spec.trl_loss_type}
+    trainer = ObjectiveSFTTrainer(args=_args(SFTConfig, cfg.train, output_dir, int(cfg.seed), args),
+                                  objective=objective, objective_params=objective_params, ref_model=ref_model,
+                                  **common)
+    if "behavior" in spec.needs:
+        trainer.store_behavior_log_probs()
+    return trainer
+
+
+def train_sft(model, tokenizer, records: list[dict], cfg, output_dir: str | Path, **kwargs) -> SFTTrainer:
+    """:func:`build_sft_trainer`, trained; returns the trainer after training."""
+    trainer = build_sft_trainer(model, tokenizer, records, cfg, output_dir, **kwargs)
     trainer.train()
     return trainer
 
@@ -105,33 +110,6 @@ def train_dpo(model, ref_model, tokenizer, pairs: list[dict], cfg, output_dir: s
         train_dataset=dpo_dataset(pairs, bool(cfg.model.chat_template)), callbacks=callbacks)
     trainer.train()
     return trainer
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m studykit.train sft [--output-dir DIR] [hydra overrides]`` – SFT on the configured testbed pool
-    (with the configured noise), saving the final model; launchable with ``accelerate launch``."""
-    import argparse
-
-    from .config import compose
-    from .models import load_model_and_tokenizer
-    from .testbed import build_testbed, inject_noise
-
-    parser = argparse.ArgumentParser(prog="python -m studykit.train")
-    parser.add_argument("method", choices=["sft"])
-    parser.add_argument("--output-dir", help="default: runs/<study>/<profile>/sft")
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. profile=gpu train.learning_rate=1e-5")
-    args = parser.parse_intermixed_args(argv)
-    cfg = compose(args.overrides)
-    output_dir = Path(args.output_dir or Path("runs") / cfg.study.name / cfg.profile.name / "sft")
-    model, tokenizer = load_model_and_tokenizer(cfg.model)
-    pool = inject_noise(build_testbed(cfg.data)["pool"], cfg.data.noise.fraction, list(cfg.data.noise.kinds),
-                        int(cfg.seed))
-    trainer = train_sft(model, tokenizer, pool, cfg, output_dir)
-    trainer.save_model(str(output_dir / "final"))
-
-
-if __name__ == "__main__":
-    main()
 
 
 def finetune_and_evaluate(base_model, tokenizer, records: list[dict], eval_records: list[dict], cfg, *, seed: int,
@@ -180,3 +158,30 @@ def train_sft_with_checkpoints(model, tokenizer, records: list[dict], val_record
             for row in trainer.state.log_history if "eval_loss" in row]
     table = pd.DataFrame(rows)
     return trainer, table[table["path"].map(lambda p: Path(p).is_dir())].reset_index(drop=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m studykit.train sft [--output-dir DIR] [hydra overrides]`` – SFT on the configured testbed pool
+    (with the configured noise), saving the final model; launchable with ``accelerate launch``."""
+    import argparse
+
+    from .config import compose
+    from .models import load_model_and_tokenizer
+    from .testbed import build_testbed, inject_noise
+
+    parser = argparse.ArgumentParser(prog="python -m studykit.train")
+    parser.add_argument("method", choices=["sft"])
+    parser.add_argument("--output-dir", help="default: runs/<study>/<profile>/sft")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. profile=gpu train.learning_rate=1e-5")
+    args = parser.parse_intermixed_args(argv)
+    cfg = compose(args.overrides)
+    output_dir = Path(args.output_dir or Path("runs") / cfg.study.name / cfg.profile.name / "sft")
+    model, tokenizer = load_model_and_tokenizer(cfg.model)
+    pool = inject_noise(build_testbed(cfg.data)["pool"], cfg.data.noise.fraction, list(cfg.data.noise.kinds),
+                        int(cfg.seed))
+    trainer = train_sft(model, tokenizer, pool, cfg, output_dir)
+    trainer.save_model(str(output_dir / "final"))
+
+
+if __name__ == "__main__":
+    main()

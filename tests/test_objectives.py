@@ -65,10 +65,12 @@ def test_dft_is_cross_entropy_times_detached_probability(batch):
 
 def test_asft_kl_vanishes_when_reference_equals_policy_and_is_positive_otherwise(batch):
     logits, targets, mask = batch
-    same = stats_from_logits(logits, targets, mask, logits=logits[mask], ref_logits=logits[mask].detach())
+    log_p = F.log_softmax(logits[mask], -1)
+    same = stats_from_logits(logits, targets, mask, vocab_log_probs=log_p, ref_vocab_log_probs=log_p.detach())
     assert objective_loss("asft", same, mask.sum(), kl_coef=0.1).item() == pytest.approx(
         objective_loss("dft", same, mask.sum()).item(), rel=1e-6)
-    other = stats_from_logits(logits, targets, mask, logits=logits[mask], ref_logits=torch.zeros_like(logits[mask]))
+    other = stats_from_logits(logits, targets, mask, vocab_log_probs=log_p,
+                              ref_vocab_log_probs=F.log_softmax(torch.zeros_like(logits[mask]), -1))
     kl = (F.log_softmax(torch.zeros(VOCAB), -1).exp()
           * (F.log_softmax(torch.zeros(VOCAB), -1) - F.log_softmax(logits[mask], -1))).sum(-1).mean()
     got = objective_loss("asft", other, mask.sum(), kl_coef=0.1) - objective_loss("dft", other, mask.sum())
