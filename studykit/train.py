@@ -20,6 +20,7 @@ from omegaconf import OmegaConf
 from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
 from .logprobs import format_prompt
+from .objectives import ObjectiveSFTTrainer, get_objective
 
 
 def hardware_args() -> dict:
@@ -81,8 +82,6 @@ def build_sft_trainer(model, tokenizer, records: list[dict], cfg, output_dir: st
                   eval_dataset=sft_dataset(eval_records, chat) if eval_records else None, callbacks=callbacks)
     if objective is None:
         return SFTTrainer(args=_args(SFTConfig, cfg.train, output_dir, int(cfg.seed), args), **common)
-    from .objectives import ObjectiveSFTTrainer, get_objective
-
     spec = get_objective(objective)
     if spec.trl_loss_type is not None:
         args = {**args, "loss_type": spec.trl_loss_type}
