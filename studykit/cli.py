@@ -5,11 +5,12 @@
     studykit run all [overrides ...]      every study (but hub-only ones), in order, stopping at the first failure
 
 Overrides are Hydra's: ``profile=smoke``, ``model=qwen2_5_0_5b``, ``train.learning_rate=1e-5``, ``seed=1``.
-Exit status: 0 success, 1 a notebook failed, 2 bad study / override / input.
+Exit status: 0 success, 1 a notebook failed, 2 bad study / override / input, 143 stopped by SIGTERM (cleaned up).
 """
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from .config import CONF_DIR, ConfigError, list_studies
@@ -30,6 +31,12 @@ def _runnable_studies() -> list[str]:
     return [s for s in list_studies() if not compose([f"study={s}"]).study.get("hub_only", False)]
 
 
+def _exit_on_sigterm(signum, frame):
+    """SIGTERM (``kill``, ``timeout``, batch schedulers) as an exception, so the runner's cleanup still runs and a
+    stopped run leaves no half-written ``.tmp-*`` directory in ``results/``."""
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="studykit", description="Run studykit study notebooks with papermill.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -44,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from .runner import StudyError, run_study  # papermill import only when running
 
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         studies = _runnable_studies() if args.study == "all" else [args.study]
         for study in studies:
@@ -56,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     except StudyError as err:
         print(f"studykit: error: {err}", file=sys.stderr)
         return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
 
 

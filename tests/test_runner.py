@@ -62,3 +62,24 @@ def test_list_names_studies_and_groups(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     assert "quickstart" in out and "smoke" in out and "smollm2_135m" in out
+
+
+def test_sigterm_mid_run_removes_the_temporary_directory(results):
+    """`kill` / `timeout` on a running study: exit 143, no `.tmp-*` directory and no result directory left."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "studykit.cli", "run", "quickstart", "profile=smoke"],
+                            env={**os.environ, "STUDYKIT_RESULTS": str(results)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not leftovers(results) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert leftovers(results), "the run never created its temporary directory"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+    assert leftovers(results) == []
+    assert not (results / "quickstart" / "smoke").exists()
