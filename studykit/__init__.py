@@ -6,11 +6,17 @@ Modules (each readable on its own):
   data      – Alpaca / chat / preference loaders with clear errors
   testbed   – reasoning-gym instruction pool, held-out eval, preference pairs, controlled noise
   logprobs  – batched, padding-aware response log-probs (the scoring core)
-  evaluate  – greedy generation + verifier accuracy per task family
+  answers   – the one answer extractor: strict and lenient correctness
+  evaluate  – generation, per-item judged predictions, accuracy with chance / majority baselines
+  stats     – paired bootstrap CIs, McNemar, permutation correlations, AUROC, MDE, the verdict rule
+  claims    – the claims YAML of a study → claims table with verdicts
+  report    – the accuracy / claims sections every study notebook shows
   train     – TRL SFT / DPO wrappers for CPU and GPU (accelerate-launchable)
   score     – sharded response scoring over JSONL (accelerate-launchable)
-  results   – metrics / tables / figures written by notebooks
+  results   – metrics / tables / figures / predictions written by notebooks, logs to a file
   runner    – papermill execution into results/<study>/<profile>/ with a manifest
+  provenance – the generated results/README.md
+  validate  – config values checked before any work
 """
 from .config import compose, seed_everything
 

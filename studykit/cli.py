@@ -3,6 +3,7 @@
     studykit list                         studies and the config groups they compose with
     studykit run <study> [overrides ...]  execute notebooks/<study>.ipynb into results/<study>/<profile>/
     studykit run all [overrides ...]      every study (but hub-only ones), in order, stopping at the first failure
+    studykit run ... --allow-dirty        run from a git tree with uncommitted changes (recorded in the manifest)
 
 Overrides are Hydra's: ``profile=smoke``, ``model=qwen2_5_0_5b``, ``train.learning_rate=1e-5``, ``seed=1``.
 Exit status: 0 success, 1 a notebook failed, 2 bad study / override / input, 143 stopped by SIGTERM (cleaned up).
@@ -12,10 +13,25 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+from typing import Callable
 
+from .claims import ClaimsError
 from .config import CONF_DIR, ConfigError, list_studies
 from .data import DataError
 from .models import ModelSourceError
+
+INPUT_ERRORS = (ConfigError, DataError, ModelSourceError, ClaimsError)
+
+
+def one_line_errors(entry_point: Callable[[], None], prog: str) -> int:
+    """Run a module entry point (``python -m studykit.score`` / ``.train``) with the same one-line errors and exit
+    status 2 as ``studykit run``."""
+    try:
+        entry_point()
+    except INPUT_ERRORS as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _list() -> None:
@@ -44,7 +60,14 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="run a study notebook (or 'all')")
     run.add_argument("study")
     run.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. profile=smoke seed=1")
-    args = parser.parse_args(argv)
+    run.add_argument("--allow-dirty", action="store_true",
+                     help="run from a git tree with uncommitted changes (recorded in the manifest)")
+    args, rest = parser.parse_known_args(argv)
+    unknown = [a for a in rest if a.startswith("-")]
+    if unknown or (rest and args.command != "run"):
+        parser.error(f"unrecognized arguments: {' '.join(unknown or rest)}")
+    if rest:  # overrides after --allow-dirty
+        args.overrides = [*args.overrides, *rest]
 
     if args.command == "list":
         _list()
@@ -56,9 +79,9 @@ def main(argv: list[str] | None = None) -> int:
         studies = _runnable_studies() if args.study == "all" else [args.study]
         for study in studies:
             print(f"[studykit] running {study} {' '.join(args.overrides)}", flush=True)
-            path = run_study(study, args.overrides)
+            path = run_study(study, args.overrides, allow_dirty=args.allow_dirty)
             print(f"[studykit] {study}: results in {path}", flush=True)
-    except (ConfigError, DataError, ModelSourceError) as err:
+    except INPUT_ERRORS as err:
         print(f"studykit: error: {err}", file=sys.stderr)
         return 2
     except StudyError as err:

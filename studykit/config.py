@@ -55,8 +55,9 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     except (HydraException, OmegaConfBaseException) as err:
         message = " ".join(line.strip() for line in str(err).strip().splitlines() if line.strip())
         raise ConfigError(f"cannot compose config with overrides {overrides}: {message}") from None
-    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
-        raise ConfigError(f"seed must be an integer, got {cfg.seed!r}")
+    from .validate import validate
+
+    validate(cfg)
     OmegaConf.set_readonly(cfg, True)
     return cfg
 

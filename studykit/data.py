@@ -28,18 +28,25 @@ def read_jsonl(path: str | Path) -> list[dict]:
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     rows = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}:{lineno}: malformed JSON ({err.msg} at column {err.colno})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            rows.append(row)
+    for lineno, line in enumerate(_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}:{lineno}: malformed JSON ({err.msg} at column {err.colno})") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+        rows.append(row)
     return rows
+
+
+def _text(path: Path) -> str:
+    """A file's text as UTF-8, or one DataError naming the file and the first undecodable byte."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start})") from None
 
 
 def _read_rows(source: str | Path, split: str) -> tuple[str, list[dict], str]:
@@ -50,7 +57,7 @@ def _read_rows(source: str | Path, split: str) -> tuple[str, list[dict], str]:
             if not path.is_file():
                 raise DataError(f"{path}: file not found")
             try:
-                rows = json.loads(path.read_text(encoding="utf-8"))
+                rows = json.loads(_text(path))
             except json.JSONDecodeError as err:
                 raise DataError(f"{path}: malformed JSON ({err.msg} at line {err.lineno})") from None
             if not isinstance(rows, list):

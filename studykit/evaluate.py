@@ -1,42 +1,44 @@
-"""Greedy generation + verifier scoring: accuracy per task family on held-out testbed items.
+"""Greedy generation, per-item predictions judged by the one answer extractor, and accuracy baselines.
 
-An answer is the first non-empty line of the generated text; it is *correct* when the family's reasoning-gym
-verifier gives it the full score (1.0).  The verifier's partial credit is kept as ``score``.
+Each evaluated item gets a row: id, family, the reply, its first line, the extracted answer, strict and lenient
+correctness (:mod:`studykit.answers`).  Accuracy tables report both, beside the chance and majority-answer
+baselines of each family (:func:`answer_baselines`).
 """
 from __future__ import annotations
 
+from collections import Counter
+
 import pandas as pd
 import torch
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
+from .answers import judge
 from .logprobs import format_prompt
-from .testbed import verify
 
-
-def extract_answer(text: str) -> str:
-    for line in text.strip().splitlines():
-        if line.strip():
-            return line.strip()
-    return ""
+METRICS = ("strict", "lenient")
+SKEWED = 0.5  # a family whose majority answer alone scores at least this is flagged
 
 
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], *, chat: bool, max_new_tokens: int, batch_size: int = 16,
-             progress: bool = False) -> list[str]:
-    """Greedy continuations of raw prompts (formatted with :func:`format_prompt`), special tokens stripped."""
+             progress: bool = False, do_sample: bool = False, temperature: float = 1.0) -> list[str]:
+    """Continuations of raw prompts (formatted with :func:`format_prompt`), special tokens stripped; greedy unless
+    ``do_sample``.  Batches are length-sorted and left-padded on the model's device."""
     device = next(model.parameters()).device
     texts = [format_prompt(tokenizer, p, chat) for p in prompts]
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
     outputs: list[str] = [""] * len(texts)
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
+    sampling = {"do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": None} if do_sample else \
+        {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
     try:
         for start in tqdm(range(0, len(order), batch_size), disable=not progress, desc="generate", unit="batch"):
             index = order[start:start + batch_size]
             enc = tokenizer([texts[i] for i in index], return_tensors="pt", padding=True,
                             add_special_tokens=True).to(device)
-            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, temperature=None,
-                                 top_p=None, top_k=None, pad_token_id=tokenizer.pad_token_id)
+            out = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                                 **sampling)
             decoded = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
             for i, text in zip(index, decoded):
                 outputs[i] = text
@@ -45,21 +47,55 @@ def generate(model, tokenizer, prompts: list[str], *, chat: bool, max_new_tokens
     return outputs
 
 
-def evaluate_records(model, tokenizer, records: list[dict], *, chat: bool, max_new_tokens: int,
-                     batch_size: int = 16, progress: bool = False) -> pd.DataFrame:
-    """One row per record: id, family, generation, answer extracted, verifier score, correct."""
-    generations = generate(model, tokenizer, [r["prompt"] for r in records], chat=chat,
-                           max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
+def judge_replies(records: list[dict], replies: list[str]) -> pd.DataFrame:
+    """One row per (record, reply): id, family, gold, reply, first_line, extracted, strict, lenient."""
     rows = []
-    for record, text in zip(records, generations):
-        answer = extract_answer(text)
-        score = verify(record["family"], answer, record["entry"])
-        rows.append({"id": record["id"], "family": record["family"], "generation": text, "answer": answer,
-                     "gold": record["answer"], "score": score, "correct": score >= 1.0})
+    for record, reply in zip(records, replies, strict=True):
+        verdict = judge(record, reply)
+        rows.append({"id": record["id"], "family": record["family"], "gold": record["answer"], "reply": reply,
+                     "first_line": verdict.first_line, "extracted": verdict.extracted, "strict": verdict.strict,
+                     "lenient": verdict.lenient})
     return pd.DataFrame(rows)
 
 
-def accuracy_by_family(predictions: pd.DataFrame) -> pd.Series:
+def evaluate_records(model, tokenizer, records: list[dict], *, chat: bool, max_new_tokens: int,
+                     batch_size: int = 16, progress: bool = False) -> pd.DataFrame:
+    """Greedy replies to ``records``' prompts, judged: see :func:`judge_replies`."""
+    replies = generate(model, tokenizer, [r["prompt"] for r in records], chat=chat, max_new_tokens=max_new_tokens,
+                       batch_size=batch_size, progress=progress)
+    return judge_replies(records, replies)
+
+
+def accuracy_by_family(predictions: pd.DataFrame, metric: str = "lenient") -> pd.Series:
     """Accuracy per family plus the macro average over families (``"mean"``)."""
-    per_family = predictions.groupby("family")["correct"].mean()
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    per_family = predictions.groupby("family")[metric].mean()
     return pd.concat([per_family, pd.Series({"mean": per_family.mean()})])
+
+
+def answer_baselines(records: list[dict]) -> pd.DataFrame:
+    """Per family: items, distinct gold answers, chance accuracy (a uniform guess among the distinct gold answers:
+    1 / distinct), majority accuracy (always the most common gold answer), the most common answer, and ``skewed``
+    when the majority answer alone scores ≥ 0.5.  The last row is the macro mean."""
+    rows = []
+    for family in dict.fromkeys(r["family"] for r in records):
+        answers = Counter(r["answer"] for r in records if r["family"] == family)
+        n = sum(answers.values())
+        common, count = answers.most_common(1)[0]
+        rows.append({"family": family, "items": n, "distinct_answers": len(answers), "chance": 1 / len(answers),
+                     "majority": count / n, "majority_answer": common, "skewed": count / n >= SKEWED})
+    table = pd.DataFrame(rows)
+    mean = {"family": "mean", "items": int(table["items"].sum()), "chance": table["chance"].mean(),
+            "majority": table["majority"].mean(), "skewed": bool(table["skewed"].any())}
+    return pd.concat([table, pd.DataFrame([mean])], ignore_index=True)
+
+
+def accuracy_table(predictions: dict[str, pd.DataFrame], records: list[dict]) -> pd.DataFrame:
+    """Strict and lenient accuracy per family (+ macro mean) for each named model, beside the chance and majority
+    baselines of the same eval items."""
+    table = answer_baselines(records).set_index("family")[["items", "chance", "majority", "skewed"]]
+    for name, frame in predictions.items():
+        for metric in METRICS:
+            table[f"{name} {metric}"] = accuracy_by_family(frame, metric)
+    return table.rename_axis("family").reset_index()

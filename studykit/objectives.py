@@ -149,7 +149,8 @@ def otr(stats: TokenStats, beta: float = -0.1):
     the gold token, else β.  Its expectation J_t = π'(y_t)·log π(y_t) + β Σ_{a≠y_t} π'(a)·log π(a) needs no full
     logits: Σ_a π'(a)∇log π(a) = ∇Σ_a π(a) = 0, so ∇J_t = (1−β)·π'(y_t)·∇log π(y_t) and
     J_t = (1−β)·p·log p − β·H.  Hence w_t = (1−β)·sg(p_t) — DFT scaled by (1−β) — and r_t = β·H_t, a constant that
-    makes the reported loss the exact −J."""
+    makes the reported loss the exact −J.  This equivalence holds only when the sampling policy π' is the model itself
+    at temperature 1 (as here); OTR sampled at another temperature, or from another policy, is not DFT."""
     p = stats.log_probs.detach().exp()
     return (1.0 - beta) * p, beta * stats.entropy.detach()
 

@@ -51,3 +51,50 @@ def save_figure(output_dir: Path, name: str, figure) -> Path:
     path = Path(output_dir) / f"{name}.png"
     figure.savefig(path, dpi=120, bbox_inches="tight")
     return path
+
+
+def save_predictions(output_dir: Path, predictions) -> list[Path]:
+    """Per-item predictions (``condition, seed, id, family, reply, extracted, strict, lenient`` …) as one CSV per
+    evaluated model under ``predictions/<condition>-seed<seed>.csv``, so any comparison can be re-analysed paired."""
+    folder = Path(output_dir) / "predictions"
+    folder.mkdir(exist_ok=True)
+    paths = []
+    for (condition, seed), frame in predictions.groupby(["condition", "seed"], sort=False):
+        path = folder / f"{condition}-seed{seed}.csv"
+        frame.to_csv(path, index=False)
+        paths.append(path)
+    return paths
+
+
+def load_predictions(output_dir: Path):
+    """All per-item predictions of a result directory as one long table (what :func:`save_predictions` wrote)."""
+    import pandas as pd
+
+    files = sorted((Path(output_dir) / "predictions").glob("*.csv"))
+    if not files:
+        raise FileNotFoundError(f"{output_dir}/predictions: no prediction files")
+    return pd.concat([pd.read_csv(f, keep_default_na=False) for f in files], ignore_index=True)
+
+
+def log_to_file(output_dir: Path, name: str = "run.log") -> Path:
+    """Send training, tokenization and progress logs (transformers, TRL, datasets, warnings) to a file in the
+    results directory, so the executed notebook stays readable top to bottom."""
+    import logging
+    import warnings
+
+    import datasets
+    import transformers
+
+    path = Path(output_dir) / name
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    for logger_name in ("transformers", "trl", "datasets", "accelerate", "py.warnings", "studykit"):
+        logger = logging.getLogger(logger_name)
+        logger.handlers = [handler]
+        logger.propagate = False
+        logger.setLevel(logging.INFO)
+    transformers.utils.logging.disable_default_handler()
+    datasets.disable_progress_bars()
+    logging.captureWarnings(True)
+    warnings.simplefilter("default")
+    return path

@@ -1,28 +1,31 @@
 """RewardRank: training-free choice of the SFT checkpoint that DPO starts from (and uses as its reference).
 
 "Select Before Use: On the Importance of Reference Model Selection in Preference Alignment" (Li et al., ACL 2026).
-Only the abstract is public: RewardRank scores a checkpoint by the "initial implicit alignment between reference
-model and preference objective", and selecting by it beats the usual minimum-validation-loss choice.  The exact
-formula is not published, so this module computes the plausible candidates side by side, each from one batched pass
-of the checkpoint over held-out preference pairs (y_w preferred to y_l):
+RewardRank scores a checkpoint by the "initial implicit alignment between reference model and preference objective",
+and selecting by it beats the usual minimum-validation-loss choice.  Only the paper's abstract was available when
+the kit was written, so its exact formula is not known here; this module computes the plausible candidates side by
+side, each from one batched pass of the checkpoint over held-out preference pairs (y_w preferred to y_l):
 
   (A) ranking accuracy      mean 1[ log π_ckpt(y_w|x) > log π_ckpt(y_l|x) ]            raw and length-normalized
   (B) implicit-reward acc.  mean 1[ r(y_w) > r(y_l) ],  r(y) = log π_ckpt(y|x) − log π_base(y|x)
                             (DPO's implicit reward at initialization with the pre-SFT model as reference; β > 0
                             does not change the sign)
-  (C) margins               the mean differences behind (A) and (B)
+  (C) margins               the mean differences behind (A)
 
-Baselines: minimum validation loss, the last checkpoint, the best held-out verifier accuracy before DPO.
+The mean implicit-reward margin is not a separate candidate: it equals the ranking margin minus the base model's
+margin, a constant over checkpoints, so it ranks checkpoints exactly as the ranking margin does.
+
+Baselines: minimum validation loss, the last checkpoint, the best pre-DPO accuracy on the *dev* split (never on the
+eval items the post-DPO result is scored on).
 """
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from scipy import stats as scipy_stats
-
 from .logprobs import sequence_logprobs
+from .stats import rank_correlation
 
-METRICS = ("rank_acc", "rank_acc_norm", "reward_acc", "rank_margin", "rank_margin_norm", "reward_margin")
+METRICS = ("rank_acc", "rank_acc_norm", "reward_acc", "rank_margin", "rank_margin_norm")
 
 
 def preference_logprobs(model, tokenizer, pairs: list[dict], *, chat: bool, batch_size: int = 16) -> dict[str, np.ndarray]:
@@ -36,7 +39,8 @@ def preference_logprobs(model, tokenizer, pairs: list[dict], *, chat: bool, batc
 
 
 def checkpoint_metrics(ckpt: dict[str, np.ndarray], base: dict[str, np.ndarray]) -> dict[str, float]:
-    """All candidate RewardRank metrics of one checkpoint from its and the base model's pair log-probs."""
+    """All candidate RewardRank metrics of one checkpoint from its and the base model's pair log-probs (plus
+    ``reward_margin``, reported for reference: ``rank_margin`` minus a constant, so not a separate candidate)."""
     margin = ckpt["chosen"] - ckpt["rejected"]
     margin_norm = ckpt["chosen"] / ckpt["chosen_tokens"] - ckpt["rejected"] / ckpt["rejected_tokens"]
     reward_margin = (ckpt["chosen"] - base["chosen"]) - (ckpt["rejected"] - base["rejected"])
@@ -47,26 +51,27 @@ def checkpoint_metrics(ckpt: dict[str, np.ndarray], base: dict[str, np.ndarray])
 
 def selection_rules(table: pd.DataFrame) -> dict[str, int]:
     """Checkpoint step chosen by each rule (ties → the earliest checkpoint).  ``table`` has one row per checkpoint
-    with ``step``, ``val_loss``, ``pre_dpo_accuracy`` and the :data:`METRICS` columns."""
+    with ``step``, ``val_loss``, ``pre_dpo_dev_accuracy`` (on the dev split) and the :data:`METRICS` columns."""
     table = table.sort_values("step")
     rules = {"min_val_loss": int(table.loc[table["val_loss"].idxmin(), "step"]),
              "last_checkpoint": int(table["step"].iloc[-1]),
-             "best_pre_dpo_accuracy": int(table.loc[table["pre_dpo_accuracy"].idxmax(), "step"])}
+             "best_pre_dpo_dev_accuracy": int(table.loc[table["pre_dpo_dev_accuracy"].idxmax(), "step"])}
     for metric in METRICS:
         rules[f"rewardrank_{metric}"] = int(table.loc[table[metric].idxmax(), "step"])
     return rules
 
 
 def correlations(table: pd.DataFrame, target: str) -> pd.DataFrame:
-    """Spearman ρ and Kendall τ between each checkpoint-level signal and ``target`` (e.g. post-DPO accuracy).
-    Validation loss enters negated (lower loss = predicted better)."""
+    """Spearman ρ and Kendall τ, each with a permutation p-value, between each checkpoint-level signal and
+    ``target`` (e.g. post-DPO accuracy).  Validation loss enters negated (lower loss = predicted better)."""
     rows = []
-    signals = {"-val_loss": -table["val_loss"], "pre_dpo_accuracy": table["pre_dpo_accuracy"],
+    signals = {"-val_loss": -table["val_loss"], "pre_dpo_dev_accuracy": table["pre_dpo_dev_accuracy"],
                **{m: table[m] for m in METRICS}}
     for name, signal in signals.items():
-        rho = scipy_stats.spearmanr(signal, table[target]).statistic
-        tau = scipy_stats.kendalltau(signal, table[target]).statistic
-        rows.append({"signal": name, "spearman": rho, "kendall": tau})
+        rho = rank_correlation(signal, table[target], "spearman")
+        tau = rank_correlation(signal, table[target], "kendall")
+        rows.append({"signal": name, "spearman": rho["statistic"], "spearman_p": rho["p_value"],
+                     "kendall": tau["statistic"], "kendall_p": tau["p_value"], "checkpoints": rho["n"]})
     return pd.DataFrame(rows)
 
 
@@ -108,9 +113,7 @@ def study_data(cfg, splits: dict[str, list[dict]]) -> dict[str, list[dict]]:
                              study.preference_data.limit)
     held_out = {}
     for name, key, records in (("sft_data", "validation", sft), ("preference_data", "metric_pairs", prefs)):
-        fraction = float(study[name][key])
-        if not 0.0 < fraction < 1.0:
-            raise ValueError(f"study.{name}.{key} must be a fraction in (0, 1), got {fraction}")
+        fraction = float(study[name][key])  # in (0, 1): checked when the config is composed
         held_out[name] = max(1, round(fraction * len(records)))
         if held_out[name] >= len(records):
             raise ValueError(f"study.{name}.{key}={fraction} leaves none of the {len(records)} items for training")

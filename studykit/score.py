@@ -70,4 +70,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    from .cli import one_line_errors
+
+    sys.exit(one_line_errors(main, "python -m studykit.score"))

@@ -1,11 +1,16 @@
 """The embedded testbed: verifiable instruction data from ``reasoning-gym`` task generators.
 
 For each configured task family one seeded generator is drawn once, questions are de-duplicated, and the items
-are cut, in order, into three disjoint splits:
+are cut into four disjoint splits:
 
 * ``pool``        – instruction data with gold responses (the data that selection methods score and SFT uses);
-* ``eval``        – held-out questions, scored by the family's verifier (``score_answer``);
-* ``preference``  – held-out (prompt, chosen = gold, rejected = a verified-wrong answer) pairs.
+* ``preference``  – held-out (prompt, chosen = gold, rejected = a verified-wrong answer) pairs;
+* ``eval``        – held-out questions, scored by the family's verifier through :mod:`studykit.answers`;
+* ``dev``         – held-out questions for choosing anything (a checkpoint, a threshold, a subset), never scored
+  as a result.
+
+Eval and dev are answer-balanced: no gold answer takes more than ``data.max_answer_share`` of a family's items
+(a Yes/No family is 50/50), so always giving the most common answer cannot look like skill.
 
 :func:`inject_noise` corrupts a known fraction of pool items (wrong answer, truncated, mismatched, junk) and keeps
 the ground truth (``is_noisy``, ``noise_kind``, ``clean_response``), so data-selection methods can be scored on how
@@ -69,22 +74,47 @@ def _record(family: str, split: str, index: int, entry: dict, instruction_suffix
             "answer": answer, "entry": json.dumps(entry)}
 
 
+def _balanced(items: list[dict], size: int, max_share: float | None, where: str) -> tuple[list[dict], list[dict]]:
+    """The first ``size`` items (in order) such that no answer exceeds ``max_share`` of them; (chosen, rest)."""
+    cap = size if max_share is None else max(1, int(max_share * size))
+    counts: dict[str, int] = {}
+    chosen, rest = [], []
+    for entry in items:
+        answer = str(entry["answer"])
+        if len(chosen) < size and counts.get(answer, 0) < cap:
+            counts[answer] = counts.get(answer, 0) + 1
+            chosen.append(entry)
+        else:
+            rest.append(entry)
+    if len(chosen) < size:
+        raise ValueError(f"{where}: only {len(chosen)} items with no answer over data.max_answer_share={max_share} "
+                         f"of {size}; the family's answers are too skewed for this split size")
+    return chosen, rest
+
+
 def build_testbed(data_cfg) -> dict[str, list[dict]]:
-    """Build ``{"pool", "eval", "preference"}`` from ``conf/data/testbed.yaml``-style config."""
-    sizes = {"pool": int(data_cfg.pool_per_family), "eval": int(data_cfg.eval_per_family),
-             "preference": int(data_cfg.preference_per_family)}
+    """Build ``{"pool", "preference", "eval", "dev"}`` from ``conf/data/testbed.yaml``-style config."""
+    sizes = {"pool": int(data_cfg.pool_per_family), "preference": int(data_cfg.preference_per_family),
+             "eval": int(data_cfg.eval_per_family), "dev": int(data_cfg.get("dev_per_family", 0))}
+    max_share = data_cfg.get("max_answer_share")
     if not data_cfg.families:
         raise ValueError("data.families: at least one reasoning-gym task family is required")
     splits = {name: [] for name in sizes}
     for offset, (family, params) in enumerate(data_cfg.families.items()):
         if family not in reasoning_gym.factory.DATASETS:
             raise ValueError(f"data.families: unknown reasoning-gym task '{family}'")
-        items = _generate(family, dict(params or {}), sum(sizes.values()), int(data_cfg.seed) + offset)
-        start = 0
-        for split, size in sizes.items():
-            for index, entry in enumerate(items[start:start + size]):
+        held_out = sizes["eval"] + sizes["dev"]
+        spare = held_out if max_share is None else 3 * held_out  # room to balance the answers
+        items = _generate(family, dict(params or {}), sizes["pool"] + sizes["preference"] + spare,
+                          int(data_cfg.seed) + offset)
+        parts = {"pool": items[:sizes["pool"]],
+                 "preference": items[sizes["pool"]:sizes["pool"] + sizes["preference"]]}
+        rest = items[sizes["pool"] + sizes["preference"]:]
+        for split in ("eval", "dev"):
+            parts[split], rest = _balanced(rest, sizes[split], max_share, f"data.families.{family} ({split})")
+        for split, entries in parts.items():
+            for index, entry in enumerate(entries):
                 splits[split].append(_record(family, split, index, entry, data_cfg.instruction_suffix))
-            start += size
     rng = random.Random(int(data_cfg.seed))
     by_family = _answers_by_family(splits["pool"] + splits["preference"])
     splits["preference"] = [_preference_pair(r, by_family, rng) for r in splits["preference"]]

@@ -12,15 +12,19 @@ Also a plain module for ``accelerate launch``::
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
 from datasets import Dataset
 from omegaconf import OmegaConf
+from transformers import PrinterCallback, TrainerCallback
 from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
 from .logprobs import format_prompt
 from .objectives import ObjectiveSFTTrainer, get_objective
+
+LOGGER = logging.getLogger("studykit.train")
 
 
 def hardware_args() -> dict:
@@ -39,6 +43,21 @@ def _args(cls, section, output_dir: str | Path, seed: int, extra: dict):
     kwargs.update(extra)
     kwargs.update(hardware_args())
     return cls(**kwargs)
+
+
+class _LogToLogger(TrainerCallback):
+    """Training logs (loss, learning rate, …) to the ``studykit.train`` logger — a file under ``studykit run`` —
+    instead of stdout, where transformers' PrinterCallback puts them when progress bars are off."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            LOGGER.info("step %s: %s", state.global_step, logs)
+
+
+def _logged(trainer):
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(_LogToLogger())
+    return trainer
 
 
 def sft_dataset(records: list[dict], chat: bool) -> Dataset:
@@ -81,7 +100,7 @@ def build_sft_trainer(model, tokenizer, records: list[dict], cfg, output_dir: st
     common = dict(model=model, processing_class=tokenizer, train_dataset=sft_dataset(records, chat),
                   eval_dataset=sft_dataset(eval_records, chat) if eval_records else None, callbacks=callbacks)
     if objective is None:
-        return SFTTrainer(args=_args(SFTConfig, cfg.train, output_dir, int(cfg.seed), args), **common)
+        return _logged(SFTTrainer(args=_args(SFTConfig, cfg.train, output_dir, int(cfg.seed), args), **common))
     spec = get_objective(objective)
     if spec.trl_loss_type is not None:
         args = {**args, "loss_type": spec.trl_loss_type}
@@ -90,7 +109,7 @@ def build_sft_trainer(model, tokenizer, records: list[dict], cfg, output_dir: st
                                   **common)
     if "behavior" in spec.needs:
         trainer.store_behavior_log_probs()
-    return trainer
+    return _logged(trainer)
 
 
 def train_sft(model, tokenizer, records: list[dict], cfg, output_dir: str | Path, **kwargs) -> SFTTrainer:
@@ -107,15 +126,16 @@ def train_dpo(model, ref_model, tokenizer, pairs: list[dict], cfg, output_dir: s
         model=model, ref_model=ref_model, processing_class=tokenizer,
         args=_args(DPOConfig, cfg.dpo, output_dir, int(cfg.seed), args),
         train_dataset=dpo_dataset(pairs, bool(cfg.model.chat_template)), callbacks=callbacks)
-    trainer.train()
+    _logged(trainer).train()
     return trainer
 
 
 def finetune_and_evaluate(base_model, tokenizer, records: list[dict], eval_records: list[dict], cfg, *, seed: int,
                           return_model: bool = False, **args) -> dict:
     """SFT a fresh copy of ``base_model`` on ``records`` with ``seed`` (``args`` go to :func:`train_sft`: an
-    objective, SFTConfig overrides), then verifier-evaluate it on ``eval_records``.  Returns ``{"accuracy": per-family
-    Series (+ "mean"), "steps", "final_loss", "seconds"}`` (+ ``"model"`` with ``return_model``)."""
+    objective, SFTConfig overrides), then evaluate it on ``eval_records``.  Returns ``{"predictions": per-item
+    judged replies, "accuracy": per-family lenient accuracy (+ "mean"), "steps", "final_loss", "seconds"}``
+    (+ ``"model"`` with ``return_model``)."""
     import copy
     import tempfile
     import time
@@ -129,8 +149,9 @@ def finetune_and_evaluate(base_model, tokenizer, records: list[dict], eval_recor
     predictions = evaluate_records(trainer.model, tokenizer, eval_records, chat=bool(cfg.model.chat_template),
                                    max_new_tokens=int(cfg.eval.max_new_tokens), batch_size=int(cfg.eval.batch_size))
     losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
-    result = {"accuracy": accuracy_by_family(predictions), "steps": trainer.state.global_step,
-              "final_loss": losses[-1] if losses else float("nan"), "seconds": time.perf_counter() - start}
+    result = {"predictions": predictions, "accuracy": accuracy_by_family(predictions),
+              "steps": trainer.state.global_step, "final_loss": losses[-1] if losses else float("nan"),
+              "seconds": time.perf_counter() - start}
     return {**result, "model": trainer.model} if return_model else result
 
 
@@ -183,4 +204,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    from .cli import one_line_errors
+
+    sys.exit(one_line_errors(main, "python -m studykit.train"))

@@ -1,41 +1,26 @@
 """SFT data transforms: which response an instruction is trained on (METHODS.md, "SFT objectives").
 
 Each transform maps pool records (``prompt``, ``response``, ``family``, ``entry``) to new records of the same shape,
-marking what it changed in ``source``; training is then plain SFT.  The judge of verifiable tasks is the family's
-verifier applied to where a free-form response states its answer (:func:`accepted`): the SSR / S3FT judges check
-whether the model's answer is *right*, not whether it is formatted like the gold one.
+marking what it changed in ``source``; training is then plain SFT.  The judge of verifiable tasks is the kit's one
+answer extractor (:func:`accepted`, lenient accuracy of :mod:`studykit.answers`): the SSR / S3FT judges check whether
+the model's answer is *right*, not whether it is formatted like the gold one — by the rule the evaluator reports.
 """
 from __future__ import annotations
 
-import re
-
 import numpy as np
 
-from .evaluate import extract_answer, generate
+from .answers import judge
+from .evaluate import generate
 from .logprobs import sequence_logprobs
-from .testbed import is_correct
 
 PARAPHRASE_INSTRUCTION = ("Rewrite the answer below in your own words without changing what it says. "
                           "Reply with only the rewritten answer.")
 
 
-def answer_spans(response: str) -> list[str]:
-    """Where a free-form response may state its answer: the first line (what evaluation scores), the last line, what
-    follows the last "answer is" / ":" / " is ", and quoted strings; trailing punctuation stripped."""
-    lines = [line.strip() for line in response.splitlines() if line.strip()]
-    spans = [extract_answer(response), *lines[-1:]]
-    for marker in ("answer is", ":", " is "):
-        cut = response.rfind(marker)
-        if cut >= 0:
-            spans.append(extract_answer(response[cut + len(marker):]))
-    spans += re.findall(r'"([^"]+)"', response)
-    cleaned = [span.strip(" \"'*.!") for span in spans]
-    return list(dict.fromkeys(span for span in cleaned if span))
-
-
 def accepted(record: dict, response: str) -> bool:
-    """The verifier's judgement of ``response`` as an answer to ``record``: full score on any of its answer spans."""
-    return any(is_correct(record["family"], span, record["entry"]) for span in answer_spans(response))
+    """The judge of SSR / S3FT / GRAPE candidates: the kit's one answer extractor, lenient accuracy
+    (:func:`studykit.answers.judge`) — the same rule the evaluator reports."""
+    return judge(record, response).lenient
 
 
 def grape(records: list[dict], candidates: list[list[str]], model, tokenizer, *, chat: bool,

@@ -26,7 +26,7 @@ def test_composed_config_is_read_only():
     (["study=nope"], "unknown study 'nope'.*available: .*quickstart"),
     (["profile=huge"], "unknown profile 'huge'.*embedded, gpu, smoke"),
     (["train.not_a_field=1"], "Could not override 'train.not_a_field'"),
-    (["seed=abc"], "seed must be an integer"),
+    (["seed=abc"], "seed=.abc. is not allowed: expected an integer"),
     (["novalue"], "Error parsing override 'novalue'"),
 ])
 def test_bad_overrides_are_one_clear_error(overrides, message):
@@ -39,3 +39,40 @@ def test_every_study_has_a_notebook():
 
     for study in list_studies():
         assert (NOTEBOOK_DIR / compose([f"study={study}"]).study.notebook).is_file()
+
+
+@pytest.mark.parametrize("overrides, key, allowed", [
+    (["data.noise.fraction=1.5"], "data.noise.fraction", r"a fraction in \[0, 1\]"),
+    (["data.noise.fraction=-0.1"], "data.noise.fraction", r"a fraction in \[0, 1\]"),
+    (["data.pool_per_family=0"], "data.pool_per_family", "an integer ≥ 1"),
+    (["data.eval_per_family=2.5"], "data.eval_per_family", "an integer ≥ 1"),
+    (["data.preference_per_family=-1"], "data.preference_per_family", "an integer ≥ 0"),
+    (["eval.batch_size=0"], "eval.batch_size", "an integer ≥ 1"),
+    (["eval.max_new_tokens=-4"], "eval.max_new_tokens", "an integer ≥ 1"),
+    (["train.learning_rate=-1e-4"], "train.learning_rate", "a number > 0"),
+    (["train.learning_rate=0"], "train.learning_rate", "a number > 0"),
+    (["dpo.learning_rate=-5e-7"], "dpo.learning_rate", "a number > 0"),
+    (["dpo.beta=0"], "dpo.beta", "a number > 0"),
+    (["train.max_steps=0"], "train.max_steps", "-1 .use epochs. or an integer ≥ 1"),
+    (["train.per_device_train_batch_size=0"], "train.per_device_train_batch_size", "an integer ≥ 1"),
+    (["train.num_train_epochs=0"], "train.num_train_epochs", "a number > 0"),
+    (["profile.seeds=[]"], "profile.seeds", "a non-empty list of integers"),
+    (["profile.anchors=0"], "profile.anchors", "an integer ≥ 1"),
+    (["+data.families.not_a_task={}"], "data.families", "reasoning-gym task names"),
+    (["data.noise.kinds=[wrong_answer,typo]"], "data.noise.kinds", "subset of wrong_answer"),
+    (["study=nuggets", "study.headline_threshold=1.5"], "study.headline_threshold", r"threshold in \[0, 1\]"),
+    (["study=nuggets", "study.low_threshold=-0.5"], "study.low_threshold", r"threshold in \[0, 1\]"),
+    (["study=nuggets", "study.nuggets.anchors.n=0"], "study.nuggets.anchors.n", "an integer ≥ 1"),
+    (["study=nuggets", "study.nuggets.mode=fast"], "study.nuggets.mode", "faithful or clean"),
+    (["study=nuggets", "study.nuggets.anchors.method=greedy"], "study.nuggets.anchors.method", "kmeans or random"),
+    (["study=rewardrank", "study.checkpoints=1"], "study.checkpoints", "null or an integer ≥ 2"),
+    (["study=rewardrank", "study.sft_data.validation=1.0"], "study.sft_data.validation", r"a fraction in \(0, 1\)"),
+    (["study=rewardrank", "study.preference_data.metric_pairs=0"], "study.preference_data.metric_pairs",
+     r"a fraction in \(0, 1\)"),
+    (["study=sft_objectives", "study.objectives.sft.objective=magic"], "study.objectives", "a registered objective"),
+    (["study=sft_objectives", "study.transforms=[grape,swap]"], "study.transforms", "a subset of grape, ssr, s3ft"),
+    (["study=sft_objectives", "study.in_domain=[chain_sum,nonsense]"], "study.in_domain", "a proper subset"),
+])
+def test_bad_values_are_one_clear_error_naming_key_value_and_what_is_allowed(overrides, key, allowed):
+    with pytest.raises(ConfigError, match=rf"^{key}=.* is not allowed: expected .*{allowed}"):
+        compose(overrides)

@@ -131,21 +131,6 @@ def test_sharded_scoring_over_two_processes_equals_one_process(tmp_path):
         np.testing.assert_allclose(one["zero_shot"], two["zero_shot"], atol=1e-4)
 
 
-def test_nuggets_notebook_runs_on_the_smoke_profile(tmp_path, monkeypatch):
-    import json
-
-    from studykit.cli import main
-
-    monkeypatch.setenv("STUDYKIT_RESULTS", str(tmp_path))
-    assert main(["run", "nuggets", "profile=smoke"]) == 0
-    out = tmp_path / "nuggets" / "smoke"
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert 0.0 <= metrics["nuggets_auroc"] <= 1.0 and metrics["n_anchors"] == 4
-    for name in ("summary.csv", "auroc.csv", "claims.csv", "item_scores.csv", "paper_numbers.csv",
-                 "golden_score_distribution.png", "accuracy_and_auroc.png", "manifest.json"):
-        assert (out / name).is_file(), name
-
-
 def test_minilm_embeddings_load_offline_from_their_pypi_package():
     from studykit.nuggets import minilm_embeddings
 

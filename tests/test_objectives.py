@@ -179,19 +179,3 @@ def test_asft_without_reference_is_a_clear_error(tiny, smoke_cfg, records, tmp_p
     model, tokenizer = tiny
     with pytest.raises(ValueError, match="needs a frozen reference model"):
         train_sft(copy.deepcopy(model), tokenizer, records, smoke_cfg, tmp_path, objective="asft")
-
-
-def test_sft_objectives_notebook_runs_on_the_smoke_profile(tmp_path, monkeypatch):
-    import json
-
-    from studykit.cli import main
-
-    monkeypatch.setenv("STUDYKIT_RESULTS", str(tmp_path))
-    assert main(["run", "sft_objectives", "profile=smoke"]) == 0
-    out = tmp_path / "sft_objectives" / "smoke"
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert {"sft", "dft", "low_lr_sft", "asft", "pear_sequence", "pear_suffix", "otr"} <= set(metrics["runs"])
-    assert metrics["n_eval_ood"] > 0 and set(metrics["in_domain_families"]).isdisjoint({"syllogism"})
-    for name in ("objectives.csv", "per_seed.csv", "claims.csv", "transforms.csv", "sft_objectives.png",
-                 "manifest.json", "timings.json"):
-        assert (out / name).is_file(), name

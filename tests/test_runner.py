@@ -7,7 +7,8 @@ import pytest
 from studykit.cli import main
 
 EXPECTED_FILES = {"quickstart.ipynb", "manifest.json", "metrics.json", "timings.json", "accuracy_by_family.csv",
-                  "train_log.csv", "predictions.csv", "accuracy_before_after.png"}
+                  "train_log.csv", "predictions", "accuracy_before_after.png"}
+SMOKE = ["profile=smoke", "--allow-dirty"]
 
 
 @pytest.fixture
@@ -21,7 +22,7 @@ def leftovers(root):
 
 
 def test_run_writes_complete_results_with_manifest(results):
-    assert main(["run", "quickstart", "profile=smoke"]) == 0
+    assert main(["run", "quickstart", *SMOKE]) == 0
     out = results / "quickstart" / "smoke"
     assert EXPECTED_FILES <= {p.name for p in out.iterdir()}
     manifest = json.loads((out / "manifest.json").read_text())
@@ -30,18 +31,19 @@ def test_run_writes_complete_results_with_manifest(results):
     assert manifest["packages"]["trl"] == "1.16.0" and manifest["hardware"]["cpu_count"] >= 1
     assert manifest["wall_time_s"] > 0 and "commit" in manifest["git"]
     metrics = json.loads((out / "metrics.json").read_text())
-    assert 0.0 <= metrics["accuracy_before"] <= 1.0 and metrics["train_steps"] == 2
+    assert 0.0 <= metrics["accuracy"]["lenient"]["base"] <= 1.0 and metrics["train_steps"] == 2
     executed = nbformat.read(out / "quickstart.ipynb", as_version=4)
     assert any("injected-parameters" in c.metadata.get("tags", []) for c in executed.cells)
     assert not leftovers(results)
 
     # same seed ⇒ identical metrics and predictions
-    first = {name: (out / name).read_text() for name in ("metrics.json", "predictions.csv", "train_log.csv")}
-    assert main(["run", "quickstart", "profile=smoke"]) == 0
+    first = {name: (out / name).read_text() for name in ("metrics.json", "predictions/sft-seed0.csv", "train_log.csv")}
+    assert main(["run", "quickstart", *SMOKE]) == 0
     assert {name: (out / name).read_text() for name in first} == first
 
     # a failing run exits non-zero, keeps the previous results and leaves nothing half-written
-    assert main(["run", "quickstart", "profile=smoke", "data.pool_per_family=0"]) == 1
+    assert main(["run", "quickstart", *SMOKE, "data.families={chain_sum: {min_terms: 2, max_terms: 2, "
+                 "min_digits: 1, max_digits: 1}}", "data.pool_per_family=300"]) == 1
     assert {name: (out / name).read_text() for name in first} == first
     assert not leftovers(results)
 
@@ -72,7 +74,7 @@ def test_sigterm_mid_run_removes_the_temporary_directory(results):
     import sys
     import time
 
-    proc = subprocess.Popen([sys.executable, "-m", "studykit.cli", "run", "quickstart", "profile=smoke"],
+    proc = subprocess.Popen([sys.executable, "-m", "studykit.cli", "run", "quickstart", *SMOKE],
                             env={**os.environ, "STUDYKIT_RESULTS": str(results)},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
@@ -83,3 +85,50 @@ def test_sigterm_mid_run_removes_the_temporary_directory(results):
     assert proc.wait(timeout=120) == 128 + signal.SIGTERM
     assert leftovers(results) == []
     assert not (results / "quickstart" / "smoke").exists()
+
+
+def test_a_dirty_tree_is_refused_unless_allowed(results, capsys, monkeypatch):
+    from studykit import runner
+
+    monkeypatch.setattr(runner, "_git_state", lambda: {"commit": "abc1234", "dirty": True})
+    assert main(["run", "quickstart", "profile=smoke"]) == 2
+    assert "uncommitted changes" in capsys.readouterr().err and not any(results.iterdir())
+
+
+def test_leftovers_of_killed_runs_are_swept_and_live_ones_kept(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from studykit.runner import sweep_dead_runs
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / f".tmp-embedded-{dead.pid}-abc").mkdir()
+    (tmp_path / f".tmp-old-{dead.pid}-embedded").mkdir()
+    (tmp_path / f".tmp-embedded-{os.getpid()}-xyz").mkdir()
+    removed = sweep_dead_runs(tmp_path)
+    assert len(removed) == 2 and [p.name for p in tmp_path.iterdir()] == [f".tmp-embedded-{os.getpid()}-xyz"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["studykit.score", "--input", "{bad}", "--output", "{out}", "profile=smoke"], "not UTF-8 text"),
+    (["studykit.score", "--input", "{empty}", "--output", "{out}", "profile=smoke"], "no examples"),
+    (["studykit.score", "--input", "{missing}", "--output", "{out}", "profile=smoke"], "file not found"),
+    (["studykit.score", "--input", "{malformed}", "--output", "{out}", "profile=smoke"], "malformed JSON"),
+    (["studykit.train", "sft", "profile=smoke", "eval.batch_size=0"], "eval.batch_size=0 is not allowed"),
+])
+def test_module_entry_points_print_one_line_errors(tmp_path, argv, message):
+    import subprocess
+    import sys
+
+    files = {"bad": tmp_path / "bad.jsonl", "empty": tmp_path / "empty.jsonl", "malformed": tmp_path / "m.jsonl",
+             "missing": tmp_path / "missing.jsonl", "out": tmp_path / "out.jsonl"}
+    files["bad"].write_bytes(b"\xff\xfe{}")
+    files["empty"].write_text("")
+    files["malformed"].write_text('{"prompt": "a", ')
+    argv = [a.format(**files) for a in argv]
+    run = subprocess.run([sys.executable, "-m", *argv], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2
+    assert message in run.stderr and "Traceback" not in run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1

@@ -6,7 +6,7 @@ import pytest
 
 from studykit.logprobs import sequence_logprobs
 from studykit.testbed import build_testbed, inject_noise
-from studykit.transforms import accepted, answer_spans, critique_format, grape, own_responses, self_generated
+from studykit.transforms import accepted, critique_format, grape, own_responses, self_generated
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,6 @@ def test_self_generated_prefers_own_then_paraphrase_then_gold(pool):
 def test_the_judge_reads_the_answer_out_of_a_sentence_and_still_rejects_wrong_ones(pool):
     record = next(r for r in pool if r["family"] == "chain_sum")
     gold = record["answer"]
-    assert gold in answer_spans(f'The final answer is "{gold}".') and gold in answer_spans(f"{gold}.")
     assert accepted(record, f"The final answer to this arithmetic problem is {gold}.")
     assert accepted(record, f"Let me see.\nAnswer: {gold}")
     assert not accepted(record, f"The final answer to this arithmetic problem is {int(gold) + 1}.")

@@ -1,0 +1,149 @@
+"""One answer extractor for the whole kit: what a reply answers, judged by the family's verifier.
+
+Every place that decides whether a reply is right — the evaluator, the SSR / S3FT / GRAPE judges, verifier win
+rates — calls :func:`judge`, so a training target and an evaluated answer are held to the same standard.
+
+Two accuracies, reported side by side:
+
+* **strict**  – the reply's first non-empty line, as it is, gets the verifier's full score: the answer *and* the
+  format the prompt asks for ("Reply with only the final answer.");
+* **lenient** – the final answer stated anywhere in the reply, extracted by the family's answer format
+  (:data:`FAMILY_FORMATS`), then verified: ``"The answer is 42."``, ``"Yes."``, ``"1."`` and ``**"nus"**`` count.
+
+Adding a task family is one entry in :data:`FAMILY_FORMATS`; adding an answer format is one function registered
+with :func:`register_format`.  Families without an entry use ``"phrase"``.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+from .testbed import verify
+
+_NUMBER = re.compile(r"[-+]?\d+(?:[.,]\d+)*")
+_YES_NO = re.compile(r"\b(yes|no)\b", re.IGNORECASE)
+_MARKER = re.compile(r"(?:final answer|answer)\s*(?:is|:|=)\s*", re.IGNORECASE)
+_QUOTED = re.compile(r"[\"“”'`]([^\"“”'`\n]+)[\"“”'`]")
+_STRIP = " \t\"'“”‘’`*_.,;:!?()[]{}"
+
+FORMATS: dict[str, Callable[[str], str]] = {}
+
+FAMILY_FORMATS = {
+    "chain_sum": "number",
+    "basic_arithmetic": "number",
+    "letter_counting": "number",
+    "syllogism": "yes_no",
+    "spell_backward": "word",
+    "family_relationships": "word",
+    "figlet_font": "word",
+    "word_sequence_reversal": "word_list",
+    "knights_knaves": "sentence",
+}
+
+
+def register_format(name: str):
+    """Decorator: register ``fn(reply) -> extracted answer`` as answer format ``name``."""
+    def wrap(fn):
+        FORMATS[name] = fn
+        return fn
+    return wrap
+
+
+def first_line(reply: str) -> str:
+    """The reply's first non-empty line, stripped (what the strict accuracy verifies)."""
+    for line in reply.strip().splitlines():
+        if line.strip():
+            return line.strip()
+    return ""
+
+
+def _after_marker(reply: str) -> str | None:
+    """What follows the last "answer is" / "answer:" in the reply, up to the end of that line."""
+    matches = list(_MARKER.finditer(reply))
+    if not matches:
+        return None
+    rest = reply[matches[-1].end():]
+    return first_line(rest) or None
+
+
+def _clean(span: str) -> str:
+    return span.strip().strip(_STRIP).strip()
+
+
+@register_format("number")
+def _number(reply: str) -> str:
+    """The number after the last "answer is", else the last number in the reply ("3 + 4 = 7" → 7)."""
+    marked = _NUMBER.findall(_after_marker(reply) or "")
+    numbers = marked[:1] or _NUMBER.findall(reply)[-1:]
+    return numbers[0].replace(",", "") if numbers else ""
+
+
+@register_format("yes_no")
+def _yes_no(reply: str) -> str:
+    """Yes or No, capitalized: after the last "answer is" if present, else the first yes/no word of the reply."""
+    for span in (_after_marker(reply), reply):
+        if span:
+            found = _YES_NO.search(span)
+            if found:
+                return found.group(1).capitalize()
+    return ""
+
+
+@register_format("word")
+def _word(reply: str) -> str:
+    """A one-word answer: after the last "answer is", else a quoted string, else the first line; a multi-word
+    span keeps its last word ("The word backward is nus" → nus)."""
+    span = _after_marker(reply)
+    if span is None:
+        quoted = _QUOTED.findall(reply)
+        span = quoted[-1] if quoted else first_line(reply)
+    words = [_clean(w) for w in _clean(span).split()]
+    words = [w for w in words if w]
+    return words[-1] if words else ""
+
+
+@register_format("word_list")
+def _word_list(reply: str) -> str:
+    """A comma-separated list: after the last "answer is", else the first line that contains a comma (after its
+    last colon: "The reversed list is: a, b, c")."""
+    span = _after_marker(reply)
+    if span is None:
+        lines = [line for line in reply.splitlines() if "," in line]
+        span = lines[0].rsplit(":", 1)[-1] if lines else first_line(reply)
+    return ", ".join(_clean(w) for w in _clean(span).split(",") if _clean(w))
+
+
+@register_format("sentence")
+def _sentence(reply: str) -> str:
+    """A sentence answer (e.g. knights and knaves): after the last "answer is", else the whole first line."""
+    return (_after_marker(reply) or first_line(reply)).strip()
+
+
+@register_format("phrase")
+def _phrase(reply: str) -> str:
+    """Default: after the last "answer is", else the first line, surrounding quotes and punctuation removed."""
+    return _clean(_after_marker(reply) or first_line(reply))
+
+
+def extract_answer(family: str, reply: str) -> str:
+    """The final answer ``reply`` states, by the family's answer format."""
+    return FORMATS[FAMILY_FORMATS.get(family, "phrase")](reply)
+
+
+@dataclass(frozen=True)
+class Judgement:
+    first_line: str
+    extracted: str
+    strict: bool
+    lenient: bool
+
+
+def judge(record: dict, reply: str) -> Judgement:
+    """Strict and lenient correctness of ``reply`` for testbed ``record`` (``family``, ``entry``).  A reply the
+    strict rule accepts is always accepted leniently too."""
+    line = first_line(reply)
+    extracted = extract_answer(record["family"], reply)
+    strict = bool(line) and verify(record["family"], line, record["entry"]) >= 1.0
+    lenient = strict or (bool(extracted) and verify(record["family"], extracted, record["entry"]) >= 1.0)
+    return Judgement(first_line=line, extracted=extracted, strict=strict, lenient=lenient)

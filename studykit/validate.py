@@ -1,0 +1,139 @@
+"""Validation of a composed config, before any work: one :class:`~studykit.config.ConfigError` naming the key, the
+value and what is allowed.
+
+Each rule is one line of :data:`RULES`: a dotted key, a check, and what the check allows.  Keys a study does not
+have are skipped, so study-specific rules live here beside the general ones.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+
+def _int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def positive_int(v) -> bool:
+    return _int(v) and v >= 1
+
+
+def non_negative_int(v) -> bool:
+    return _int(v) and v >= 0
+
+
+def positive(v) -> bool:
+    return _number(v) and v > 0
+
+
+def unit_interval(v) -> bool:
+    return _number(v) and 0.0 <= v <= 1.0
+
+
+def open_unit_interval(v) -> bool:
+    return _number(v) and 0.0 < v < 1.0
+
+
+def max_steps(v) -> bool:
+    return _int(v) and (v == -1 or v >= 1)
+
+
+def int_list(v) -> bool:
+    return isinstance(v, (list, ListConfig)) and len(v) > 0 and all(_int(x) for x in v)
+
+
+def one_of(*options) -> Callable[[Any], bool]:
+    return lambda v: v in options
+
+
+def _families(v) -> bool:
+    import reasoning_gym
+
+    return isinstance(v, (dict, DictConfig)) and len(v) > 0 and all(f in reasoning_gym.factory.DATASETS for f in v)
+
+
+def _noise_kinds(v) -> bool:
+    from .testbed import NOISE_KINDS
+
+    return isinstance(v, (list, ListConfig)) and len(v) > 0 and set(v) <= set(NOISE_KINDS)
+
+
+def _objectives(v) -> bool:
+    from .objectives import OBJECTIVES
+
+    return isinstance(v, (dict, DictConfig)) and all(
+        isinstance(spec, (dict, DictConfig)) and spec.get("objective") in OBJECTIVES for spec in v.values())
+
+
+RULES: list[tuple[str, Callable[[Any], bool], str]] = [
+    ("seed", _int, "an integer"),
+    ("data.families", _families, "a non-empty mapping of reasoning-gym task names to their parameters"),
+    ("data.pool_per_family", positive_int, "an integer ≥ 1"),
+    ("data.eval_per_family", positive_int, "an integer ≥ 1"),
+    ("data.preference_per_family", non_negative_int, "an integer ≥ 0"),
+    ("data.noise.fraction", unit_interval, "a fraction in [0, 1]"),
+    ("data.noise.kinds", _noise_kinds, "a non-empty subset of wrong_answer, truncated, mismatched, junk"),
+    ("data.dev_per_family", non_negative_int, "an integer ≥ 0"),
+    ("data.max_answer_share", lambda v: v is None or open_unit_interval(v) or v == 1, "null or a share in (0, 1]"),
+    ("eval.batch_size", positive_int, "an integer ≥ 1"),
+    ("eval.max_new_tokens", positive_int, "an integer ≥ 1"),
+    ("profile.seeds", int_list, "a non-empty list of integers"),
+    ("profile.anchors", positive_int, "an integer ≥ 1"),
+    ("train.learning_rate", positive, "a number > 0"),
+    ("train.num_train_epochs", positive, "a number > 0"),
+    ("train.max_steps", max_steps, "-1 (use epochs) or an integer ≥ 1"),
+    ("train.per_device_train_batch_size", positive_int, "an integer ≥ 1"),
+    ("train.gradient_accumulation_steps", positive_int, "an integer ≥ 1"),
+    ("train.max_length", positive_int, "an integer ≥ 1"),
+    ("dpo.learning_rate", positive, "a number > 0"),
+    ("dpo.beta", positive, "a number > 0"),
+    ("dpo.num_train_epochs", positive, "a number > 0"),
+    ("dpo.max_steps", max_steps, "-1 (use epochs) or an integer ≥ 1"),
+    ("dpo.per_device_train_batch_size", positive_int, "an integer ≥ 1"),
+    ("study.seeds", int_list, "a non-empty list of integers"),
+    ("study.headline_threshold", unit_interval, "a golden-score threshold in [0, 1]"),
+    ("study.low_threshold", unit_interval, "a golden-score threshold in [0, 1]"),
+    ("study.nuggets.anchors.n", positive_int, "an integer ≥ 1"),
+    ("study.min_subset", positive_int, "an integer ≥ 1"),
+    ("study.nuggets.mode", one_of("faithful", "clean"), "faithful or clean"),
+    ("study.nuggets.anchors.method", one_of("kmeans", "random"), "kmeans or random"),
+    ("study.nuggets.anchors.embedding", one_of("model", "minilm"), "model or minilm"),
+    ("study.nuggets.pairs_per_batch", positive_int, "an integer ≥ 1"),
+    ("study.checkpoints", lambda v: v is None or (_int(v) and v >= 2), "null or an integer ≥ 2"),
+    ("study.sft_data.validation", open_unit_interval, "a fraction in (0, 1)"),
+    ("study.rewardrank_metric", one_of("rank_acc", "rank_acc_norm", "reward_acc", "rank_margin", "rank_margin_norm"),
+     "one of rank_acc, rank_acc_norm, reward_acc, rank_margin, rank_margin_norm"),
+    ("study.preference_data.metric_pairs", open_unit_interval, "a fraction in (0, 1)"),
+    ("study.objectives", _objectives, "a mapping of run names to {objective: <a registered objective>, ...}"),
+    ("study.transforms", lambda v: set(v) <= {"grape", "ssr", "s3ft"}, "a subset of grape, ssr, s3ft"),
+    ("study.response_tokens", positive_int, "an integer ≥ 1"),
+    ("study.aliases", lambda v: isinstance(v, (dict, DictConfig)) and all(isinstance(x, str) for x in v.values()),
+     "a mapping of condition names to the run they are identical to"),
+]
+
+
+_MISSING = object()
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise :class:`~studykit.config.ConfigError` for the first value no rule allows."""
+    from .config import ConfigError
+
+    for key, check, allowed in RULES:
+        value = OmegaConf.select(cfg, key, default=_MISSING)
+        if value is _MISSING:
+            continue
+        if not check(value):
+            shown = OmegaConf.to_container(value) if isinstance(value, (DictConfig, ListConfig)) else value
+            raise ConfigError(f"{key}={shown!r} is not allowed: expected {allowed}")
+    in_domain = OmegaConf.select(cfg, "study.in_domain", default=None)
+    if in_domain is not None:
+        unknown = set(in_domain) - set(cfg.data.families)
+        if unknown or set(in_domain) == set(cfg.data.families):
+            raise ConfigError(f"study.in_domain={list(in_domain)!r} is not allowed: expected a proper subset of "
+                              f"data.families ({', '.join(cfg.data.families)})")

@@ -1,0 +1,93 @@
+"""The claims YAML → verdict table."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from studykit.claims import CLAIMS_DIR, ClaimsError, claims_table, conclusions, load_claims
+
+
+def predictions(conditions: dict[str, np.ndarray], families: list[str]) -> pd.DataFrame:
+    """Long predictions table from {condition: (seeds, items) 0/1}."""
+    rows = []
+    for name, matrix in conditions.items():
+        for seed, row in enumerate(np.atleast_2d(matrix)):
+            for i, value in enumerate(row):
+                rows.append({"condition": name, "seed": seed, "id": f"item{i}", "family": families[i],
+                             "strict": bool(value), "lenient": bool(value)})
+    return pd.DataFrame(rows)
+
+
+CLAIMS = [
+    {"id": "a.better", "paper": "studykit", "source": "s", "claim": "A beats B",
+     "test": {"treatment": "a", "control": "b", "direction": "greater"}},
+    {"id": "a.worse", "paper": "studykit", "source": "s", "claim": "A is worse than B",
+     "test": {"treatment": "a", "control": "b", "direction": "less"}},
+    {"id": "c.better", "paper": "studykit", "source": "s", "claim": "C beats B on family y",
+     "test": {"treatment": "c", "control": "b", "direction": "greater", "families": "y_only"}},
+    {"id": "d.same_as_a", "paper": "studykit", "source": "s", "claim": "D beats B",
+     "test": {"treatment": "d", "control": "b", "direction": "greater"}},
+    {"id": "later", "paper": "studykit", "source": "s", "claim": "needs RL", "not_tested": "no RL stage"},
+]
+
+
+def test_verdicts_from_paired_predictions():
+    families = ["x"] * 60 + ["y"] * 60
+    rng = np.random.default_rng(0)
+    b = rng.integers(0, 2, (3, 120))
+    a = np.maximum(b, rng.random((3, 120)) < 0.5)   # A fixes about half of B's errors: clearly better
+    c = b.copy()                                     # C equals B: not resolved
+    frame = predictions({"a": a, "b": b, "c": c}, families)
+    table = claims_table(CLAIMS, frame, family_groups={"y_only": ["y"]}, aliases={"d": "a"}).set_index("id")
+    assert table.loc["a.better = d.same_as_a", "verdict"] == "supported"   # D is A by construction: merged
+    assert table.loc["a.worse", "verdict"] == "contradicted"
+    assert table.loc["c.better", "verdict"].startswith("not resolved (MDE = ")
+    assert table.loc["c.better", "items"] == 60 and table.loc["c.better", "seeds"] == 3
+    assert table.loc["later", "verdict"] == "not tested: no RL stage"
+    assert table.loc["a.worse", "difference"] == pytest.approx((a - b).mean())
+    sentences = conclusions(table.reset_index())
+    assert any("supported here" in s for s in sentences) and any("not resolved at this power" in s for s in sentences)
+
+
+def test_a_condition_that_was_not_run_is_reported_not_tested():
+    frame = predictions({"a": np.ones(4), "b": np.zeros(4)}, ["x"] * 4)
+    claim = {**CLAIMS[0], "test": {"treatment": "e", "control": "b", "direction": "greater"}}
+    assert claims_table([claim], frame)["verdict"].iloc[0].startswith("not tested: ['e'] not run")
+
+
+def test_every_committed_claims_file_is_valid():
+    files = sorted(CLAIMS_DIR.glob("*.yaml"))
+    assert files
+    for path in files:
+        assert load_claims(path)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("- {id: x, paper: studykit, source: s}\n", r"missing \['claim'\]"),
+    ("- {id: x, paper: nobody2020, source: s, claim: c, not_tested: t}\n", "not a key of references.bib"),
+    ("- {id: x, paper: studykit, source: s, claim: c}\n", "exactly one of 'test' and 'not_tested'"),
+    ("- {id: x, paper: studykit, source: s, claim: c, test: {treatment: a, control: b, direction: up}}\n",
+     "direction 'up'"),
+    ("- {id: x, paper: studykit, source: s, claim: c, test: {treatment: a, control: b, direction: less, "
+     "metric: exact}}\n", "metric 'exact'"),
+    ("- {id: x, paper: studykit, source: s, claim: c, not_tested: t}\n"
+     "- {id: x, paper: studykit, source: s, claim: c, not_tested: t}\n", "duplicate id"),
+    ("{}\n", "non-empty list"),
+    ("- [unclosed\n", "not a readable YAML"),
+])
+def test_bad_claims_files_get_one_clear_error(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ClaimsError, match=message):
+        load_claims(path)
+
+
+def test_an_untrained_condition_is_compared_with_every_seed_and_seeds_are_matched():
+    families = ["x"] * 20
+    frame = predictions({"a": np.ones((3, 20)), "b": np.zeros((2, 20))}, families)
+    base = predictions({"base": np.zeros(20)}, families).assign(seed=-1)
+    claim = {**CLAIMS[0], "test": {"treatment": "a", "control": "base", "direction": "greater"}}
+    row = claims_table([claim, CLAIMS[0]], pd.concat([frame, base]))
+    assert row["seeds"].tolist() == [3, 2]  # a vs base: all 3 seeds; a vs b: the 2 common seeds
+    assert row["verdict"].tolist() == ["supported", "supported"]

@@ -1,0 +1,52 @@
+"""Every study notebook, executed by `studykit run` on the smoke profile, meets the evidence contract: per-item
+predictions for every evaluated model, a claims table from the claims YAML with verdicts of the one rule, logs in a
+file rather than in the notebook, and a manifest that says where the numbers came from."""
+from __future__ import annotations
+
+import json
+
+import nbformat
+import pandas as pd
+import pytest
+
+from studykit.claims import load_claims
+from studykit.cli import main
+
+PREDICTION_COLUMNS = {"condition", "seed", "id", "family", "reply", "extracted", "strict", "lenient"}
+STUDY_FILES = {
+    "quickstart": {"accuracy_by_family.csv", "accuracy.csv", "train_log.csv", "accuracy_before_after.png"},
+    "sft_objectives": {"summary.csv", "accuracy.csv", "runs.csv", "transforms.csv", "sft_objectives.png"},
+    "nuggets": {"item_scores.csv", "auroc.csv", "subsets.csv", "summary.csv", "accuracy.png"},
+    "rewardrank": {"checkpoints.csv", "dpo_runs.csv", "correlations.csv", "regret.csv", "rewardrank.png"},
+}
+
+
+@pytest.mark.parametrize("study", sorted(STUDY_FILES))
+def test_study_notebook_meets_the_evidence_contract(study, tmp_path, monkeypatch):
+    monkeypatch.setenv("STUDYKIT_RESULTS", str(tmp_path))
+    assert main(["run", study, "profile=smoke", "--allow-dirty"]) == 0
+    out = tmp_path / study / "smoke"
+    names = {p.name for p in out.iterdir()}
+    assert STUDY_FILES[study] | {"claims.csv", "metrics.json", "timings.json", "manifest.json", "run.log",
+                                 f"{study}.ipynb", "predictions"} <= names
+
+    predictions = pd.concat([pd.read_csv(p) for p in (out / "predictions").glob("*.csv")])
+    assert PREDICTION_COLUMNS <= set(predictions.columns)
+    assert not (predictions["strict"] & ~predictions["lenient"]).any()  # strict implies lenient
+    counts = predictions.groupby(["condition", "seed"])["id"].nunique()
+    assert counts.nunique() == 1, "every evaluated model is scored on the same eval items"
+
+    claims = pd.read_csv(out / "claims.csv")
+    assert set(claims["id"].str.split(" = ").explode()) == {c["id"] for c in load_claims(study)}
+    assert claims["verdict"].str.match(r"^(supported|contradicted|not resolved|not tested)").all()
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["git"]["allow_dirty"] is True
+    assert {"cpu_model", "cpu_flags", "torch_cpu_capability", "blas"} <= set(manifest["hardware"])
+
+    executed = nbformat.read(out / f"{study}.ipynb", as_version=4)
+    streams = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.get("outputs", [])
+                      if o.get("output_type") == "stream")
+    for log_line in ("{'loss'", "train_runtime", "Tokenizing", "it/s]"):
+        assert log_line not in streams, f"training / progress log in the executed notebook: {log_line}"
+    assert (out / "README.md").exists() is False and (tmp_path / "README.md").is_file()  # the generated index
