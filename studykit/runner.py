@@ -41,7 +41,9 @@ def _git_state() -> dict:
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False).stdout.strip()
 
     commit = git("rev-parse", "HEAD")
-    return {"commit": commit or None, "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    # results/ is what runs write: a run (or `run all`'s previous study) changing it does not make the code dirty
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results")
+    return {"commit": commit or None, "dirty": bool(changed)}
 
 
 def _versions() -> dict:
