@@ -132,3 +132,28 @@ def test_module_entry_points_print_one_line_errors(tmp_path, argv, message):
     assert run.returncode == 2
     assert message in run.stderr and "Traceback" not in run.stderr
     assert len(run.stderr.strip().splitlines()) == 1
+
+
+def test_only_code_changes_make_the_tree_dirty_not_results(tmp_path, monkeypatch):
+    """`run all` writes each study's results before the next one starts: that must not count as uncommitted code."""
+    import subprocess
+
+    from studykit import runner
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    (tmp_path / "studykit").mkdir()
+    (tmp_path / "results").mkdir()
+    (tmp_path / "studykit" / "code.py").write_text("x = 1\n")
+    (tmp_path / "results" / "metrics.json").write_text("{}\n")
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-qm", "init")
+    monkeypatch.setattr(runner, "ROOT", tmp_path)
+    assert runner._git_state()["dirty"] is False
+    (tmp_path / "results" / "metrics.json").write_text('{"accuracy": 0.5}\n')
+    assert runner._git_state()["dirty"] is False
+    (tmp_path / "studykit" / "code.py").write_text("x = 2\n")
+    assert runner._git_state()["dirty"] is True
