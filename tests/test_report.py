@@ -49,3 +49,20 @@ def test_the_results_index_lists_each_result_with_its_verdicts_and_whether_it_is
     assert "quickstart.sft_raises_accuracy: supported (+0.180 [+0.130, +0.230])" in rows[0]
     assert "x.later" not in rows[0]
     assert rows[0].rstrip(" |").endswith("unknown")  # a commit this repository does not have
+
+
+def test_saved_predictions_load_back_for_paired_re_analysis(tmp_path):
+    from studykit.claims import claims_table
+    from studykit.results import load_predictions, save_predictions
+
+    families = ["a"] * 6 + ["b"] * 6
+    frame = pd.concat([long_predictions("sft", np.vstack([np.ones(12), np.r_[np.ones(6), np.zeros(6)]]), families),
+                       long_predictions("base", np.zeros(12), families).assign(seed=-1)])
+    frame["reply"], frame["extracted"] = "None", ""   # strings a CSV reader must not turn into NaN
+    paths = save_predictions(tmp_path, frame)
+    assert sorted(p.name for p in paths) == ["base-seed-1.csv", "sft-seed0.csv", "sft-seed1.csv"]
+    loaded = load_predictions(tmp_path)
+    assert (loaded["reply"] == "None").all() and len(loaded) == len(frame)
+    claim = {"id": "c", "paper": "studykit", "source": "s", "claim": "SFT beats base",
+             "test": {"treatment": "sft", "control": "base", "direction": "greater"}}
+    assert claims_table([claim], loaded).iloc[0].to_dict() == claims_table([claim], frame).iloc[0].to_dict()
