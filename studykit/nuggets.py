@@ -11,13 +11,16 @@ For a candidate z and an anchor set {a_1..a_m} (held-out instruction/response pa
 
 Two modes:
 
-* ``faithful`` – the official code: Alpaca template ``Instruction:\\n…\\n[Input:\\n…\\n]Response:\\n…``; the
-  demonstration gets BOS, the anchor does not, no separator between them (tokens concatenated), anchors truncated
-  to 200 tokens, response log-probs summed with no EOS; anchor embeddings mean-pool the last hidden state over
-  padded positions too.
-* ``clean`` – the same score with consistent framing: every sequence starts with BOS (the demonstration's in
-  one-shot, the anchor's in zero-shot), a blank line separates demonstration and anchor, no truncation, and
-  embeddings mean-pool only real tokens.
+* ``faithful`` – the official code (``tasks/loader.py``): Alpaca template ``Instruction:\n…\n[Input:\n…\n]Response:\n…``;
+  the demonstration is tokenized with the tokenizer's own special tokens (``tok(text)``: ``<bos>`` for Gemma and
+  LLaMA, nothing for SmolLM2, whose tokenizer adds none), the anchor without them; the anchor's query and full
+  text are tokenized separately and the response is the full text's tokens after the query's length; no
+  separator between demonstration and anchor; anchors truncated to 200 tokens; response log-probs summed with no
+  EOS; anchor embeddings mean-pool the last hidden state over padded positions too.  So for a model with a BOS
+  the zero-shot anchor starts without it while the one-shot sequence starts with it (the official quirk).
+* ``clean`` – the same score with consistent framing: every scored sequence starts with the tokenizer's own
+  leading special tokens (the demonstration's in one-shot, the anchor's in zero-shot; none for SmolLM2), a blank
+  line separates demonstration and anchor, no truncation, and embeddings mean-pool only real tokens.
 
 Vectorized scoring: each demonstration's KV cache is computed once and broadcast over a batch of anchors; several
 demonstrations (of similar length) are scored per forward pass, so one pass covers many (candidate, anchor) pairs;
@@ -60,36 +63,47 @@ def _check_mode(mode: str) -> None:
         raise ValueError(f"nuggets.mode must be one of {MODES}, got '{mode}'")
 
 
-def _bos(tokenizer) -> list[int]:
-    return [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+def leading_special_tokens(tokenizer) -> list[int]:
+    """The special tokens the tokenizer puts before any text by itself (``add_special_tokens=True``): ``[<bos>]``
+    for Gemma and LLaMA, ``[]`` for SmolLM2 (whose ``bos_token`` is a chat token it never adds)."""
+    plain = tokenizer("x", add_special_tokens=False)["input_ids"]
+    added = tokenizer("x")["input_ids"]
+    start = next(i for i in range(len(added) - len(plain) + 1) if added[i:i + len(plain)] == plain)
+    return added[:start]
 
 
 def encode_anchor(tokenizer, record: dict, mode: str) -> tuple[list[int], list[int]]:
-    """(query ids, response ids) of an anchor as it is scored after a demonstration (no BOS in either mode:
-    in one-shot the sequence starts with the demonstration)."""
+    """(query ids, response ids) of an anchor as it is scored after a demonstration, no special tokens (in
+    one-shot the sequence starts with the demonstration).  As the official loader: the query and the full text are
+    tokenized separately and the response is the full text's tokens after the query's length."""
     _check_mode(mode)
     instruction, input, output = _fields(record)
-    query = tokenizer(alpaca_query(instruction, input), add_special_tokens=False)["input_ids"]
-    response = tokenizer(output, add_special_tokens=False)["input_ids"]
+    query_text = alpaca_query(instruction, input)
+    query = tokenizer(query_text, add_special_tokens=False)["input_ids"]
+    full = tokenizer(query_text + output, add_special_tokens=False)["input_ids"]
     if mode == "faithful":
-        ids = (query + response)[:FAITHFUL_ANCHOR_MAX_TOKENS]
-        return ids[:len(query)], ids[len(query):]
-    return query, response
+        full = full[:FAITHFUL_ANCHOR_MAX_TOKENS]
+    return full[:len(query)], full[len(query):]
 
 
 def zero_shot_prefix(tokenizer, mode: str) -> list[int]:
-    """What precedes an anchor scored alone: nothing in the official code, BOS in clean mode."""
-    return [] if mode == "faithful" else _bos(tokenizer)
+    """What precedes an anchor scored alone: nothing in the official code; in clean mode the tokenizer's own
+    leading special tokens, as at the start of a one-shot sequence."""
+    _check_mode(mode)
+    return [] if mode == "faithful" else leading_special_tokens(tokenizer)
 
 
 def encode_demonstration(tokenizer, record: dict, mode: str) -> list[int]:
-    """Token ids of a candidate used as the one-shot demonstration (BOS + full text [+ separator])."""
+    """Token ids of a candidate used as the one-shot demonstration.  Faithful: ``tok(text)`` with the tokenizer's
+    own special tokens, as the official ``tokenize_demonstration``; clean: the leading special tokens, the text,
+    and a blank-line separator."""
     _check_mode(mode)
     instruction, input, output = _fields(record)
-    ids = _bos(tokenizer) + tokenizer(alpaca_query(instruction, input) + output, add_special_tokens=False)["input_ids"]
-    if mode == "clean":
-        ids += tokenizer(CLEAN_SEPARATOR, add_special_tokens=False)["input_ids"]
-    return ids
+    text = alpaca_query(instruction, input) + output
+    if mode == "faithful":
+        return tokenizer(text)["input_ids"]
+    return (leading_special_tokens(tokenizer) + tokenizer(text, add_special_tokens=False)["input_ids"]
+            + tokenizer(CLEAN_SEPARATOR, add_special_tokens=False)["input_ids"])
 
 
 def _sums(per_token: list[np.ndarray]) -> np.ndarray:
@@ -295,6 +309,81 @@ def score_pool(model, tokenizer, candidates: list[dict], anchors: list[dict], mo
     return {"zero_shot": zero_shot, "one_shot": one_shot, "golden": golden_scores(one_shot, zero_shot)}
 
 
+# ------------------------------------------------------------------------------------------------- selection
+
+SUBSET_RULES = ("all", "above", "at_most", "top_share", "size_of")
+
+
+def ranked(scores: np.ndarray, seed: int) -> np.ndarray:
+    """Indices by descending score, ties broken at random (seeded): golden scores move in steps of 1/anchors, so a
+    cut falls inside a tie, and breaking it by pool position would favour the families listed first."""
+    tiebreak = np.random.default_rng(seed).random(len(scores))
+    return np.lexsort((tiebreak, -np.asarray(scores, dtype=float)))
+
+
+def _share_size(share: float, n: int) -> int:
+    return int(np.floor(share * n + 0.5))
+
+
+def top_share(scores: np.ndarray, share: float, seed: int, groups: np.ndarray | None = None) -> np.ndarray:
+    """Sorted indices of the highest-scoring ``share`` of the items (rounded half up); with ``groups``, the same
+    number of items taken as that share of each group (a family-stratified top-k: quotas by largest remainder, so
+    the stratified and global subsets have the same size)."""
+    scores = np.asarray(scores, dtype=float)
+    total = _share_size(share, len(scores))
+    if groups is None:
+        return np.sort(ranked(scores, seed)[:total])
+    names, counts = np.unique(groups, return_counts=True)
+    exact = share * counts
+    quota = np.floor(exact).astype(int)
+    extra = ranked(exact - quota, seed)[:total - quota.sum()]
+    quota[extra] += 1
+    keep = []
+    for name, k in zip(names, quota):
+        members = np.flatnonzero(groups == name)
+        keep.extend(members[ranked(scores[members], seed)[:k]])
+    return np.sort(np.asarray(keep, dtype=int))
+
+
+def select_subsets(golden: np.ndarray, families: list[str], conditions, seed: int) -> dict[str, np.ndarray]:
+    """Sorted pool indices of every configured subset (``study.conditions``: ``name: {rule, value, score,
+    stratified}``).  Rules: ``all`` (the full pool), ``above`` τ (GS > τ, the paper's selection), ``at_most`` τ
+    (GS ≤ τ), ``top_share`` p (the highest-scoring share p, optionally per family), ``size_of`` a condition named
+    earlier (as many items as it has).  ``score: random`` ranks by a seeded random draw instead of the golden score
+    (the same-size random baselines; one draw per seed, so random subsets of a seed are nested)."""
+    golden = np.asarray(golden, dtype=float)
+    random_rank = np.random.default_rng(seed).random(len(golden))
+    groups = np.asarray(families)
+    subsets: dict[str, np.ndarray] = {}
+    for name, spec in conditions.items():
+        scores = random_rank if spec.get("score", "golden") == "random" else golden
+        rule, value = spec["rule"], spec.get("value")
+        stratified = groups if spec.get("stratified", False) else None
+        if rule == "all":
+            subsets[name] = np.arange(len(golden))
+        elif rule == "above":
+            subsets[name] = np.flatnonzero(scores > value)
+        elif rule == "at_most":
+            subsets[name] = np.flatnonzero(scores <= value)
+        elif rule == "top_share":
+            subsets[name] = top_share(scores, value, seed, stratified)
+        elif rule == "size_of":
+            subsets[name] = np.sort(ranked(scores, seed)[:len(subsets[value])])
+        else:
+            raise ValueError(f"study.conditions.{name}.rule must be one of {SUBSET_RULES}, got '{rule}'")
+    return subsets
+
+
+def threshold_table(golden: np.ndarray, is_noisy: np.ndarray, thresholds) -> list[dict]:
+    """Size and corrupted share of the GS > τ subset for each τ (the paper's threshold sweep, without training)."""
+    rows = []
+    for tau in thresholds:
+        keep = np.asarray(golden) > tau
+        rows.append({"threshold": tau, "size": int(keep.sum()), "share_of_pool": float(keep.mean()),
+                     "corrupted_share": float(np.asarray(is_noisy)[keep].mean()) if keep.any() else np.nan})
+    return rows
+
+
 # ------------------------------------------------------------------------------------------------ study wiring
 
 
@@ -321,6 +410,43 @@ def split_anchors(pool: list[dict], anchors: list[int], exclude_from_pool: bool)
     chosen = set(anchors)
     candidates = [i for i in range(len(pool)) if not (exclude_from_pool and i in chosen)]
     return [pool[i] for i in anchors], candidates
+
+
+def seed_pools(cfg) -> tuple[dict[int, list[dict]], list[dict]]:
+    """({training seed: its noisy pool}, eval items).  The testbed pool is cut into one disjoint sub-pool per seed
+    (every family equally), and each seed corrupts its own items: seeds redraw the data, not only its order."""
+    from .testbed import build_testbed, inject_noise
+
+    splits = build_testbed(cfg.data)
+    seeds = [int(s) for s in cfg.study.seeds]
+    families = list(cfg.data.families)
+    by_family = {f: [r for r in splits["pool"] if r["family"] == f] for f in families}
+    pools = {seed: inject_noise([r for f in families for r in by_family[f][k::len(seeds)]], cfg.data.noise.fraction,
+                                list(cfg.data.noise.kinds), seed)
+             for k, seed in enumerate(seeds)}
+    return pools, splits["eval"]
+
+
+def golden_from_columns(scores: dict[str, np.ndarray], columns) -> np.ndarray:
+    """GS against a subset of the scored anchors.  Each anchor's comparison is independent of the others, so this
+    equals scoring against those anchors alone: one pass over the union of several anchor sets serves them all."""
+    columns = list(columns)
+    return golden_scores(scores["one_shot"][:, columns], scores["zero_shot"][columns])
+
+
+def agreement(reference: np.ndarray, golden: np.ndarray, is_clean: np.ndarray, share: float, seed: int = 0) -> dict:
+    """How a setting's golden scores compare with the reference setting's on the same items: Spearman ρ and Kendall
+    τ (permutation p-values), the overlap (Jaccard) of the two top-``share`` subsets, and the setting's AUROC for
+    clean vs corrupted with its bootstrap CI."""
+    from .stats import auroc, rank_correlation
+
+    rho, tau = rank_correlation(reference, golden, "spearman"), rank_correlation(reference, golden, "kendall")
+    a, b = set(top_share(reference, share, seed)), set(top_share(golden, share, seed))
+    separation = auroc(is_clean, golden)
+    return {"spearman": rho["statistic"], "spearman_p": rho["p_value"], "kendall": tau["statistic"],
+            "kendall_p": tau["p_value"], f"top_{share:.0%}_jaccard": len(a & b) / len(a | b),
+            "auroc": separation["auroc"], "auroc_ci_low": separation["ci_low"], "auroc_ci_high": separation["ci_high"],
+            "mean_gs": float(np.mean(golden)), "items": len(golden)}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -17,13 +17,21 @@ margin, a constant over checkpoints, so it ranks checkpoints exactly as the rank
 
 Baselines: minimum validation loss, the last checkpoint, the best pre-DPO accuracy on the *dev* split (never on the
 eval items the post-DPO result is scored on).
+
+Preference pairs come in two kinds: gold vs a verified-wrong answer (the testbed's), and the model's own samples
+ranked by the verifier (:func:`self_sampled_pairs`: a correct and an incorrect sample of the same prompt).  Several
+SFT seeds each give K checkpoints; correlations pool them with ranks taken within each seed
+(:func:`pooled_correlations`), and each rule chooses one checkpoint per seed.
 """
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import torch
+
+from .answers import judge
 from .logprobs import sequence_logprobs
-from .stats import rank_correlation
+from .stats import paired_difference, rank_correlation
 
 METRICS = ("rank_acc", "rank_acc_norm", "reward_acc", "rank_margin", "rank_margin_norm")
 
@@ -61,35 +69,132 @@ def selection_rules(table: pd.DataFrame) -> dict[str, int]:
     return rules
 
 
-def correlations(table: pd.DataFrame, target: str) -> pd.DataFrame:
+def pooled_correlations(table: pd.DataFrame, target: str, group: str = "sft_seed") -> pd.DataFrame:
     """Spearman ρ and Kendall τ, each with a permutation p-value, between each checkpoint-level signal and
-    ``target`` (e.g. post-DPO accuracy).  Validation loss enters negated (lower loss = predicted better)."""
-    rows = []
+    ``target`` (e.g. post-DPO accuracy) over the checkpoints of all SFT seeds.  Both are ranked within each seed
+    first (average ranks, centred), so a seed that is better overall does not make a correlation.  Validation loss
+    enters negated (lower loss = predicted better)."""
     signals = {"-val_loss": -table["val_loss"], "pre_dpo_dev_accuracy": table["pre_dpo_dev_accuracy"],
-               **{m: table[m] for m in METRICS}}
+               **{m: table[m] for m in METRICS if m in table}}
+
+    def within(series: pd.Series) -> np.ndarray:
+        ranks = series.groupby(table[group]).rank()
+        return (ranks - ranks.groupby(table[group]).transform("mean")).to_numpy()
+
+    rows = []
     for name, signal in signals.items():
-        rho = rank_correlation(signal, table[target], "spearman")
-        tau = rank_correlation(signal, table[target], "kendall")
+        rho = rank_correlation(within(signal), within(table[target]), "spearman")
+        tau = rank_correlation(within(signal), within(table[target]), "kendall")
         rows.append({"signal": name, "spearman": rho["statistic"], "spearman_p": rho["p_value"],
-                     "kendall": tau["statistic"], "kendall_p": tau["p_value"], "checkpoints": rho["n"]})
+                     "kendall": tau["statistic"], "kendall_p": tau["p_value"], "checkpoints": rho["n"],
+                     "seeds": table[group].nunique()})
     return pd.DataFrame(rows)
 
 
-def regret(table: pd.DataFrame, rules: dict[str, int], target: str) -> pd.DataFrame:
-    """Per rule: the chosen step, its ``target`` value, and regret = best achievable − achieved."""
-    by_step = table.set_index("step")[target]
-    best = by_step.max()
-    return pd.DataFrame([{"rule": rule, "step": step, target: by_step[step], "regret": best - by_step[step]}
-                         for rule, step in rules.items()])
+def same_ranking_groups(table: pd.DataFrame, columns: list[str], group: str = "sft_seed") -> list[list[str]]:
+    """Columns that rank the checkpoints identically within every seed (monotone transforms of each other here):
+    they choose the same checkpoints and correlate identically, so they are one variant, not several."""
+    keys = {c: tuple(tuple(g.rank(method="dense")) for _, g in table.groupby(group)[c]) for c in columns}
+    groups: dict[tuple, list[str]] = {}
+    for column, key in keys.items():
+        groups.setdefault(key, []).append(column)
+    return list(groups.values())
 
 
-def verifier_win_rate(policy_correct: np.ndarray, reference_correct: np.ndarray) -> float:
-    """Win rate of a policy against its reference on the same prompts, judged by the verifier: a win when only the
-    policy is correct, a loss when only the reference is, half a win for ties (both right or both wrong)."""
-    policy_correct, reference_correct = np.asarray(policy_correct, bool), np.asarray(reference_correct, bool)
-    wins = (policy_correct & ~reference_correct).sum()
-    ties = (policy_correct == reference_correct).sum()
-    return float((wins + 0.5 * ties) / len(policy_correct))
+def rule_regret(predictions: pd.DataFrame, choices: pd.DataFrame, rules: list[str], reference: str,
+                metric: str = "lenient") -> pd.DataFrame:
+    """Regret of each rule against the ``reference`` rule (e.g. the best checkpoint on the dev split): the paired
+    difference reference − rule on the eval items, over SFT seeds (each rule picks one checkpoint per seed), with
+    its 95% CI.  ``predictions``: ``condition`` = ``s<seed>-step<step>``; ``choices``: one row per (sft_seed, rule)
+    with the chosen ``step``."""
+    family_of = predictions.drop_duplicates("id").set_index("id")["family"]
+    items = sorted(family_of.index)
+
+    def matrix(rule: str) -> np.ndarray:
+        rows = []
+        for seed, step in choices[choices["rule"] == rule][["sft_seed", "step"]].itertuples(index=False):
+            run = predictions[predictions["condition"] == f"s{seed}-step{step}"].set_index("id")
+            rows.append(run.loc[items, metric].astype(float).to_numpy())
+        return np.array(rows)
+
+    best = matrix(reference)
+    out = []
+    for rule in rules:
+        result = paired_difference(best, matrix(rule), family_of[items].to_numpy())
+        out.append({"rule": rule, "regret": result.estimate, "ci_low": result.ci_low, "ci_high": result.ci_high,
+                    "mde": result.mde, "seeds": result.n_seeds, "items": result.n_items})
+    return pd.DataFrame(out)
+
+
+def implicit_reward_margins(policy: dict[str, np.ndarray], reference: dict[str, np.ndarray], beta: float) -> np.ndarray:
+    """Per pair, DPO's implicit-reward margin β[(log π(y_w) − log π_ref(y_w)) − (log π(y_l) − log π_ref(y_l))]
+    (Rafailov et al., 2023, Eq. 7): 0 for every pair at the start of DPO, positive where DPO learned the pair."""
+    return beta * ((policy["chosen"] - reference["chosen"]) - (policy["rejected"] - reference["rejected"]))
+
+
+def dpo_movement(margins: np.ndarray, policy_correct, reference_correct, strata=None) -> dict:
+    """Did DPO move the policy?  The mean implicit-reward margin on held-out pairs (0 before DPO) and the verifier
+    win rate against the run's own reference (0.5 = no change; ties count half), each with its 95% bootstrap CI;
+    ``moved`` when either CI excludes its no-change value."""
+    margin = paired_difference(np.asarray(margins, float), np.zeros(len(margins)))
+    policy_correct, reference_correct = np.asarray(policy_correct, float), np.asarray(reference_correct, float)
+    wins = paired_difference(0.5 + 0.5 * (policy_correct - reference_correct), np.full(len(policy_correct), 0.5),
+                             strata)
+    return {"margin": margin.estimate, "margin_ci_low": margin.ci_low, "margin_ci_high": margin.ci_high,
+            "win_rate": 0.5 + wins.estimate, "win_rate_ci_low": 0.5 + wins.ci_low,
+            "win_rate_ci_high": 0.5 + wins.ci_high,
+            "moved": bool(margin.ci_low > 0 or wins.ci_low > 0 or wins.ci_high < 0)}
+
+
+@torch.no_grad()
+def self_sampled_pairs(model, tokenizer, records: list[dict], *, samples: int, chat: bool, max_new_tokens: int,
+                       temperature: float = 1.0, batch_size: int = 16, seed: int = 0) -> list[dict]:
+    """Preference pairs from the model's own samples: ``samples`` replies per prompt at ``temperature``, judged by
+    the verifier (lenient extractor); a prompt with both a correct and an incorrect reply gives one pair (the first
+    of each).  Records keep their testbed fields (``family``, ``entry``) and gain ``chosen``, ``rejected`` and
+    ``kind = "self_sampled"``."""
+    from .evaluate import generate
+
+    torch.manual_seed(seed)
+    replies = generate(model, tokenizer, [r["prompt"] for r in records for _ in range(samples)], chat=chat,
+                       max_new_tokens=max_new_tokens, batch_size=batch_size, do_sample=True, temperature=temperature)
+    pairs = []
+    for i, record in enumerate(records):
+        group = [reply.strip() for reply in replies[i * samples:(i + 1) * samples]]
+        right = [reply for reply in group if reply and judge(record, reply).lenient]
+        wrong = [reply for reply in group if reply and not judge(record, reply).lenient]
+        if right and wrong:
+            pairs.append({**record, "chosen": right[0], "rejected": wrong[0], "kind": "self_sampled"})
+    return pairs
+
+
+def tracking_statements(corr: pd.DataFrame, alpha: float = 0.05) -> list[str]:
+    """One sentence per signal: does it track post-DPO quality beyond noise (pooled within-seed Spearman ρ with a
+    two-sided permutation p-value below ``alpha``, in the predicted direction)?"""
+    out = []
+    for row in corr.itertuples():
+        head = f"{row.signal}: within-seed Spearman ρ = {row.spearman:+.2f} (permutation p = {row.spearman_p:.3f}, " \
+               f"{row.checkpoints} checkpoints of {row.seeds} SFT seeds)"
+        if not np.isfinite(row.spearman):
+            out.append(f"{head} — undefined (fewer than 3 checkpoints, or a signal constant over them).")
+        elif row.spearman_p < alpha:
+            out.append(f"{head} — tracks post-DPO accuracy beyond noise" if row.spearman > 0 else
+                       f"{head} — ranks checkpoints *against* post-DPO accuracy beyond noise")
+        else:
+            out.append(f"{head} — not distinguishable from no association at this power.")
+    return out
+
+
+ZEPHYR = {"checkpoints": 16, "metric_pairs": 1_000, "dpo_pairs": 61_135}  # UltraChat 1 epoch / 100-step saves
+
+
+def zephyr_cost_estimate(checkpoints: int = ZEPHYR["checkpoints"], metric_pairs: int = ZEPHYR["metric_pairs"],
+                         dpo_pairs: int = ZEPHYR["dpo_pairs"]) -> float:
+    """ESTIMATE, not a measurement: the metric pass over all checkpoints as a fraction of one DPO run at Zephyr
+    scale, counting forward-pass equivalents — the pass is one forward of both responses of each metric pair per
+    checkpoint; a DPO step is a policy forward + backward (≈ 3 forwards) and a reference forward per response —
+    with the same tokens per pair."""
+    return (checkpoints * metric_pairs * 2) / (dpo_pairs * 2 * 4)
 
 
 def study_data(cfg, splits: dict[str, list[dict]]) -> dict[str, list[dict]]:

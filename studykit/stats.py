@@ -8,14 +8,15 @@ kit's data: per-item correctness of two conditions on the same eval items, over 
   items within each family (and training seeds, where there are several), with the minimum detectable effect.
 * :func:`mcnemar_test` – exact McNemar test for one-seed paired comparisons (statsmodels).
 * :func:`rank_correlation` – Spearman ρ / Kendall τ with a permutation p-value (scipy ``permutation_test``).
-* :func:`auroc` – AUROC (scikit-learn) with a stratified bootstrap CI.
+* :func:`auroc` – AUROC (scikit-learn) with a stratified bootstrap CI; :func:`auroc_difference` – two scores'
+  AUROCs on the same items (or one against chance), paired bootstrap CI and MDE.
 * :func:`minimum_detectable_effect` – the smallest true difference a comparison with this standard error detects
   with 80% power at α = 0.05 (statsmodels ``NormalIndPower``).
 * :func:`verdict` – supported / contradicted / not resolved, from a CI and the claimed direction.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats as scipy_stats
@@ -63,9 +64,6 @@ class PairedDifference:
     n_items: int
     n_seeds: int
     mcnemar_p: float | None  # one seed only: exact McNemar p-value
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def paired_difference(treatment, control, strata=None, *, n_boot: int = N_BOOTSTRAP, alpha: float = ALPHA,
@@ -134,21 +132,50 @@ def rank_correlation(x, y, method: str = "spearman", *, n_resamples: int = 9_999
     return {"statistic": float(statistic), "p_value": float(result.pvalue), "n": len(x)}
 
 
-def auroc(labels, scores, *, n_boot: int = 2_000, alpha: float = ALPHA, seed: int = 0) -> dict:
-    """AUROC of ``scores`` for ``labels`` (True = positive; scikit-learn) with a percentile-bootstrap CI that
-    resamples positives and negatives separately (class sizes kept).  The bootstrap replicates use the rank form
-    of the same statistic (Mann–Whitney U / (n₊·n₋), ties counted half), vectorized over replicates."""
-    labels, scores = np.asarray(labels, bool), np.asarray(scores, float)
-    if labels.all() or not labels.any():
-        raise ValueError("auroc needs both positive and negative items")
-    rng = np.random.default_rng(seed)
-    index = _stratified_indices(labels.astype(int), n_boot, rng)
+def _auroc_replicates(labels: np.ndarray, scores: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """AUROC of each bootstrap replicate (rows of ``index``), in the rank form Mann–Whitney U / (n₊·n₋) with ties
+    counted half, vectorized over replicates."""
     n_pos, n_neg = int(labels.sum()), int((~labels).sum())
     ranks = scipy_stats.rankdata(scores[index], axis=1)  # average ranks: ties count half
-    boot = (np.where(labels[index], ranks, 0.0).sum(axis=1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
-    low, high = np.percentile(boot, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return (np.where(labels[index], ranks, 0.0).sum(axis=1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def _check_labels(labels: np.ndarray) -> None:
+    if labels.all() or not labels.any():
+        raise ValueError("auroc needs both positive and negative items")
+
+
+def auroc(labels, scores, *, n_boot: int = 2_000, alpha: float = ALPHA, seed: int = 0) -> dict:
+    """AUROC of ``scores`` for ``labels`` (True = positive; scikit-learn) with a percentile-bootstrap CI that
+    resamples positives and negatives separately (class sizes kept)."""
+    labels, scores = np.asarray(labels, bool), np.asarray(scores, float)
+    _check_labels(labels)
+    index = _stratified_indices(labels.astype(int), n_boot, np.random.default_rng(seed))
+    low, high = np.percentile(_auroc_replicates(labels, scores, index), [100 * alpha / 2, 100 * (1 - alpha / 2)])
     return {"auroc": float(roc_auc_score(labels, scores)), "ci_low": float(low), "ci_high": float(high),
-            "n_positive": n_pos, "n_negative": n_neg}
+            "n_positive": int(labels.sum()), "n_negative": int((~labels).sum())}
+
+
+def auroc_difference(labels, treatment, control=None, *, n_boot: int = N_BOOTSTRAP, alpha: float = ALPHA,
+                     seed: int = 0) -> PairedDifference:
+    """AUROC(treatment) − AUROC(control) of two scores of the same items (``control=None``: − 0.5, chance), with
+    a percentile-bootstrap CI that resamples the items once for both scores (positives and negatives separately),
+    so the comparison is paired; the MDE from the bootstrap SE as in :func:`paired_difference`."""
+    labels, treatment = np.asarray(labels, bool), np.asarray(treatment, float)
+    _check_labels(labels)
+    index = _stratified_indices(labels.astype(int), n_boot, np.random.default_rng(seed))
+    boot = _auroc_replicates(labels, treatment, index)
+    estimate = roc_auc_score(labels, treatment)
+    if control is None:
+        boot, estimate = boot - 0.5, estimate - 0.5
+    else:
+        control = np.asarray(control, float)
+        boot = boot - _auroc_replicates(labels, control, index)
+        estimate = estimate - roc_auc_score(labels, control)
+    low, high = np.percentile(boot, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    se = float(boot.std(ddof=1))
+    return PairedDifference(estimate=float(estimate), ci_low=float(low), ci_high=float(high), standard_error=se,
+                            mde=minimum_detectable_effect(se, alpha), n_items=len(labels), n_seeds=1, mcnemar_p=None)
 
 
 def verdict(ci_low: float, ci_high: float, direction: str, mde: float | None = None) -> str:

@@ -70,6 +70,28 @@ def _objectives(v) -> bool:
         isinstance(spec, (dict, DictConfig)) and spec.get("objective") in OBJECTIVES for spec in v.values())
 
 
+def _subset_conditions(v) -> bool:
+    from .nuggets import SUBSET_RULES
+
+    if not isinstance(v, (dict, DictConfig)) or not v:
+        return False
+    earlier: set[str] = set()
+    for name, spec in v.items():
+        if not isinstance(spec, (dict, DictConfig)) or spec.get("rule") not in SUBSET_RULES:
+            return False
+        rule, value = spec["rule"], spec.get("value")
+        if spec.get("score", "golden") not in ("golden", "random") or not isinstance(spec.get("stratified", False), bool):
+            return False
+        if rule in ("above", "at_most") and not unit_interval(value):
+            return False
+        if rule == "top_share" and not (_number(value) and 0 < value <= 1):
+            return False
+        if rule == "size_of" and value not in earlier:
+            return False
+        earlier.add(name)
+    return True
+
+
 RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("seed", _int, "an integer"),
     ("data.families", _families, "a non-empty mapping of reasoning-gym task names to their parameters"),
@@ -104,11 +126,22 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("study.nuggets.anchors.method", one_of("kmeans", "random"), "kmeans or random"),
     ("study.nuggets.anchors.embedding", one_of("model", "minilm"), "model or minilm"),
     ("study.nuggets.pairs_per_batch", positive_int, "an integer ≥ 1"),
+    ("study.conditions", _subset_conditions,
+     "a mapping of condition names to {rule: all|above|at_most|top_share|size_of, value, score: golden|random, "
+     "stratified: bool}: above/at_most take a threshold in [0, 1], top_share a share in (0, 1], size_of the name of "
+     "an earlier condition"),
+    ("study.anchor_multipliers", lambda v: isinstance(v, (list, ListConfig)) and len(v) > 0 and all(positive(x) for x in v),
+     "a non-empty list of numbers > 0 (anchor counts relative to study.nuggets.anchors.n)"),
+    ("study.top_share", lambda v: _number(v) and 0 < v <= 1, "a share in (0, 1]"),
+    ("study.thresholds", lambda v: isinstance(v, (list, ListConfig)) and all(unit_interval(x) for x in v),
+     "a list of golden-score thresholds in [0, 1]"),
     ("study.checkpoints", lambda v: v is None or (_int(v) and v >= 2), "null or an integer ≥ 2"),
     ("study.sft_data.validation", open_unit_interval, "a fraction in (0, 1)"),
     ("study.rewardrank_metric", one_of("rank_acc", "rank_acc_norm", "reward_acc", "rank_margin", "rank_margin_norm"),
      "one of rank_acc, rank_acc_norm, reward_acc, rank_margin, rank_margin_norm"),
     ("study.preference_data.metric_pairs", open_unit_interval, "a fraction in (0, 1)"),
+    ("study.self_sampled.samples", lambda v: _int(v) and (v == 0 or v >= 2), "0 (none) or an integer ≥ 2"),
+    ("study.self_sampled.temperature", positive, "a number > 0"),
     ("study.objectives", _objectives, "a mapping of run names to {objective: <a registered objective>, ...}"),
     ("study.transforms", lambda v: set(v) <= {"grape", "ssr", "s3ft"}, "a subset of grape, ssr, s3ft"),
     ("study.response_tokens", positive_int, "an integer ≥ 1"),

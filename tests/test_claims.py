@@ -53,7 +53,9 @@ def test_verdicts_from_paired_predictions():
 def test_a_condition_that_was_not_run_is_reported_not_tested():
     frame = predictions({"a": np.ones(4), "b": np.zeros(4)}, ["x"] * 4)
     claim = {**CLAIMS[0], "test": {"treatment": "e", "control": "b", "direction": "greater"}}
-    assert claims_table([claim], frame)["verdict"].iloc[0].startswith("not tested: ['e'] not run")
+    assert claims_table([claim], frame)["verdict"].iloc[0] == "not tested: e: not run in this study"
+    why = claims_table([claim], frame, not_run={"e": "fewer than 8 items"})["verdict"].iloc[0]
+    assert why == "not tested: e: fewer than 8 items"
 
 
 def test_every_committed_claims_file_is_valid():
@@ -91,3 +93,22 @@ def test_an_untrained_condition_is_compared_with_every_seed_and_seeds_are_matche
     row = claims_table([claim, CLAIMS[0]], pd.concat([frame, base]))
     assert row["seeds"].tolist() == [3, 2]  # a vs base: all 3 seeds; a vs b: the 2 common seeds
     assert row["verdict"].tolist() == ["supported", "supported"]
+
+
+def test_auroc_claims_compare_two_scores_on_the_same_items():
+    from studykit.claims import auroc_claims_table
+
+    labels = np.array([True] * 20 + [False] * 20)
+    scores = {"good": np.r_[np.arange(20) + 20.0, np.arange(20)], "bad": np.r_[np.arange(20), np.arange(20) + 20.0]}
+    claims = [{"id": "good.above_chance", "paper": "studykit", "source": "s", "claim": "c",
+               "test": {"treatment": "good", "control": "chance", "metric": "auroc", "direction": "greater"}},
+              {"id": "bad.beats_good", "paper": "studykit", "source": "s", "claim": "c",
+               "test": {"treatment": "bad", "control": "good", "metric": "auroc", "direction": "greater"}},
+              {"id": "x", "paper": "studykit", "source": "s", "claim": "c",
+               "test": {"treatment": "missing", "control": "good", "metric": "auroc", "direction": "greater"}}]
+    table = auroc_claims_table(claims, scores, labels).set_index("id")
+    assert table.loc["good.above_chance", "difference"] == 0.5 and table.loc["good.above_chance", "verdict"] == "supported"
+    assert table.loc["bad.beats_good", "difference"] == -1.0 and table.loc["bad.beats_good", "verdict"] == "contradicted"
+    assert table.loc["x", "verdict"] == "not tested: ['missing'] not scored"
+    with pytest.raises(ClaimsError, match="auroc_claims_table"):
+        claims_table(claims[:1], predictions({"good": np.ones(4)}, ["x"] * 4))

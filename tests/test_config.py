@@ -14,6 +14,9 @@ def test_profiles_resize_and_command_line_wins():
     assert compose(["profile=smoke", "model=smollm2_135m"]).model.source == "pypi_gguf"
     assert compose(["profile=gpu"]).model.path == "Qwen/Qwen2.5-0.5B"
     assert compose(["train.learning_rate=3e-5"]).train.learning_rate == 3e-5
+    gemma = compose(["study=nuggets", "profile=embedded_gemma"])   # the embedded sizes, the base model, own results
+    assert (gemma.model.source, gemma.profile.name, gemma.data.pool_per_family) == ("pypi_gguf_parts", "embedded_gemma", 48)
+    assert compose(["study=nuggets", "profile=gpu"]).study.nuggets.anchors.n == 100   # the paper's anchor count
 
 
 def test_composed_config_is_read_only():
@@ -24,7 +27,7 @@ def test_composed_config_is_read_only():
 
 @pytest.mark.parametrize("overrides, message", [
     (["study=nope"], "unknown study 'nope'.*available: .*quickstart"),
-    (["profile=huge"], "unknown profile 'huge'.*embedded, gpu, smoke"),
+    (["profile=huge"], "unknown profile 'huge'.*embedded, embedded_gemma, gpu, smoke"),
     (["train.not_a_field=1"], "Could not override 'train.not_a_field'"),
     (["seed=abc"], "seed=.abc. is not allowed: expected an integer"),
     (["novalue"], "Error parsing override 'novalue'"),
@@ -64,6 +67,11 @@ def test_every_study_has_a_notebook():
     (["study=nuggets", "study.low_threshold=-0.5"], "study.low_threshold", r"threshold in \[0, 1\]"),
     (["study=nuggets", "study.nuggets.anchors.n=0"], "study.nuggets.anchors.n", "an integer ≥ 1"),
     (["study=nuggets", "study.nuggets.mode=fast"], "study.nuggets.mode", "faithful or clean"),
+    (["study=nuggets", "study.conditions.top_25.value=0"], "study.conditions", r"top_share a share in \(0, 1\]"),
+    (["study=nuggets", "study.conditions.top_25.rule=best"], "study.conditions", "rule: all|above|at_most"),
+    (["study=nuggets", "study.conditions.random_same_size.value=nowhere"], "study.conditions", "an earlier condition"),
+    (["study=nuggets", "study.conditions.random_25.score=oracle"], "study.conditions", "score: golden|random"),
+    (["study=nuggets", "study.thresholds=[0.5,1.2]"], "study.thresholds", r"thresholds in \[0, 1\]"),
     (["study=nuggets", "study.nuggets.anchors.method=greedy"], "study.nuggets.anchors.method", "kmeans or random"),
     (["study=rewardrank", "study.checkpoints=1"], "study.checkpoints", "null or an integer ≥ 2"),
     (["study=rewardrank", "study.sft_data.validation=1.0"], "study.sft_data.validation", r"a fraction in \(0, 1\)"),

@@ -31,6 +31,23 @@ def test_missing_model_package_is_one_clear_error():
         load_model(cfg)
 
 
+def test_missing_split_model_package_is_one_clear_error():
+    cfg = OmegaConf.create({"name": "x", "source": "pypi_gguf_parts", "package": "no-such-model-package",
+                            "module": "no_such_model_package", "dtype": "float32"})
+    with pytest.raises(ModelSourceError, match="model package 'no-such-model-package' is not installed"):
+        check_available(cfg)
+    with pytest.raises(ModelSourceError, match="not installed"):
+        load_model(cfg)
+
+
+@pytest.mark.slow
+def test_gemma_base_model_assembles_from_its_packages(gemma_tokenizer):
+    """Gemma-3-270M base: a SentencePiece tokenizer that adds a real <bos> and has no chat template."""
+    assert gemma_tokenizer("Hi")["input_ids"][0] == gemma_tokenizer.bos_token_id
+    assert gemma_tokenizer.chat_template is None and gemma_tokenizer.pad_token is not None
+    assert len(gemma_tokenizer) > 250_000
+
+
 def test_missing_local_path_is_one_clear_error(tmp_path):
     cfg = OmegaConf.create({"name": "gone", "source": "hub", "path": str(tmp_path / "nothing"), "dtype": "float32"})
     with pytest.raises(ModelSourceError, match="cannot load model 'gone'"):

@@ -16,9 +16,11 @@ PREDICTION_COLUMNS = {"condition", "seed", "id", "family", "reply", "extracted",
 STUDY_FILES = {
     "quickstart": {"accuracy_by_family.csv", "accuracy.csv", "train_log.csv", "accuracy_before_after.png"},
     "sft_objectives": {"summary.csv", "accuracy.csv", "runs.csv", "transforms.csv", "sft_objectives.png"},
-    "nuggets": {"item_scores.csv", "auroc.csv", "subsets.csv", "summary.csv", "accuracy.png"},
-    "rewardrank": {"checkpoints.csv", "dpo_runs.csv", "correlations.csv", "regret.csv", "rewardrank.png"},
+    "nuggets": {"item_scores.csv", "auroc.csv", "subsets.csv", "thresholds.csv", "summary.csv", "accuracy.png"},
+    "nuggets_sensitivity": {"item_scores.csv", "sensitivity.csv", "sensitivity.png"},
+    "rewardrank": {"checkpoints.csv", "dpo_runs.csv", "correlations.csv", "regret.csv", "choices.csv", "rewardrank.png"},
 }
+SCORING_STUDIES = {"nuggets_sensitivity"}
 
 
 @pytest.mark.parametrize("study", sorted(STUDY_FILES))
@@ -28,13 +30,16 @@ def test_study_notebook_meets_the_evidence_contract(study, tmp_path, monkeypatch
     out = tmp_path / study / "smoke"
     names = {p.name for p in out.iterdir()}
     assert STUDY_FILES[study] | {"claims.csv", "metrics.json", "timings.json", "manifest.json", "run.log",
-                                 f"{study}.ipynb", "predictions"} <= names
+                                 f"{study}.ipynb"} <= names
 
-    predictions = pd.concat([pd.read_csv(p) for p in (out / "predictions").glob("*.csv")])
-    assert PREDICTION_COLUMNS <= set(predictions.columns)
-    assert not (predictions["strict"] & ~predictions["lenient"]).any()  # strict implies lenient
-    counts = predictions.groupby(["condition", "seed"])["id"].nunique()
-    assert counts.nunique() == 1, "every evaluated model is scored on the same eval items"
+    if study in SCORING_STUDIES:  # nothing is trained: the per-item data are the item scores
+        assert "predictions" not in names and {"id", "family", "noise_kind"} <= set(pd.read_csv(out / "item_scores.csv"))
+    else:
+        predictions = pd.concat([pd.read_csv(p) for p in (out / "predictions").glob("*.csv")])
+        assert PREDICTION_COLUMNS <= set(predictions.columns)
+        assert not (predictions["strict"] & ~predictions["lenient"]).any()  # strict implies lenient
+        counts = predictions.groupby(["condition", "seed"])["id"].nunique()
+        assert counts.nunique() == 1, "every evaluated model is scored on the same eval items"
 
     claims = pd.read_csv(out / "claims.csv")
     assert set(claims["id"].str.split(" = ").explode()) == {c["id"] for c in load_claims(study)}

@@ -3,8 +3,8 @@ import pytest
 
 import studykit.nuggets as nuggets
 from studykit.logprobs import pad_token_id
-from studykit.nuggets import (FAITHFUL_ANCHOR_MAX_TOKENS, alpaca_query, encode_anchor, encode_demonstration,
-                              golden_scores, kmeans_anchors, lm_embeddings, one_shot_scores, random_anchors,
+from studykit.nuggets import (CLEAN_SEPARATOR, select_subsets, threshold_table, top_share, FAITHFUL_ANCHOR_MAX_TOKENS, alpaca_query, encode_anchor, encode_demonstration,
+                              golden_scores, kmeans_anchors, leading_special_tokens, lm_embeddings, one_shot_scores, random_anchors,
                               reference_one_shot, score_pool, zero_shot_prefix, zero_shot_scores)
 from studykit.testbed import build_testbed
 
@@ -19,15 +19,41 @@ def test_official_template_drops_empty_input():
     assert alpaca_query("Add 2 and 3.") == "Instruction:\nAdd 2 and 3.\nResponse:\n"
 
 
-def test_faithful_quirks_and_clean_framing(tiny, pool):
-    _, tok = tiny
+def _text(record):
+    return alpaca_query(record["prompt"].strip()) + record["response"].strip()
+
+
+def test_faithful_adds_only_the_tokens_the_tokenizer_adds_itself(tiny, gemma_tokenizer, pool):
+    """The official code tokenizes the demonstration with ``tok(text)`` and the anchor without special tokens: for
+    SmolLM2 (no BOS added) both start with text; for Gemma the demonstration gets ``<bos>``, the anchor does not."""
     record = pool[0]
-    faithful_demo, clean_demo = (encode_demonstration(tok, record, m) for m in ("faithful", "clean"))
-    sep = tok("\n\n", add_special_tokens=False)["input_ids"]
-    assert faithful_demo[0] == tok.bos_token_id            # the demonstration gets BOS …
-    assert encode_anchor(tok, record, "faithful")[0][0] != tok.bos_token_id  # … the anchor does not
-    assert zero_shot_prefix(tok, "faithful") == [] and zero_shot_prefix(tok, "clean") == [tok.bos_token_id]
-    assert clean_demo == faithful_demo + sep                # clean separates demonstration and anchor
+    smol = tiny[1]
+    assert leading_special_tokens(smol) == []
+    assert encode_demonstration(smol, record, "faithful") == smol(_text(record), add_special_tokens=False)["input_ids"]
+    assert smol.bos_token_id not in encode_demonstration(smol, record, "faithful")   # no <|im_start|> confound
+    assert zero_shot_prefix(smol, "faithful") == zero_shot_prefix(smol, "clean") == []
+
+    gemma = gemma_tokenizer
+    assert leading_special_tokens(gemma) == [gemma.bos_token_id]
+    demo = encode_demonstration(gemma, record, "faithful")
+    assert demo == gemma(_text(record))["input_ids"] and demo[0] == gemma.bos_token_id
+    query, response = encode_anchor(gemma, record, "faithful")
+    assert gemma.bos_token_id not in query                       # the official quirk: anchors get no BOS …
+    assert zero_shot_prefix(gemma, "faithful") == []             # … not even when scored alone
+    assert zero_shot_prefix(gemma, "clean") == [gemma.bos_token_id]   # clean: BOS at the start of every sequence
+    assert encode_demonstration(gemma, record, "clean")[0] == gemma.bos_token_id
+
+
+@pytest.mark.parametrize("which", ["smollm2", "gemma"])
+def test_anchor_is_tokenized_jointly_and_truncated_in_faithful_mode(tiny, gemma_tokenizer, pool, which):
+    tok = tiny[1] if which == "smollm2" else gemma_tokenizer
+    record = pool[0]
+    for mode in ("faithful", "clean"):
+        query, response = encode_anchor(tok, record, mode)
+        assert query + response == tok(_text(record), add_special_tokens=False)["input_ids"]
+        assert query == tok(alpaca_query(record["prompt"].strip()), add_special_tokens=False)["input_ids"]
+    sep = tok(CLEAN_SEPARATOR, add_special_tokens=False)["input_ids"]
+    assert encode_demonstration(tok, record, "clean")[-len(sep):] == sep   # clean separates demonstration and anchor
     long = {**record, "response": "word " * 400}
     q, r = encode_anchor(tok, long, "faithful")
     assert len(q) + len(r) == FAITHFUL_ANCHOR_MAX_TOKENS    # official truncation at 200 tokens
@@ -138,3 +164,68 @@ def test_minilm_embeddings_load_offline_from_their_pypi_package():
     assert emb.shape == (3, 384)
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
     assert emb[0] @ emb[1] > emb[0] @ emb[2]  # paraphrases are closer than unrelated instructions
+
+
+CONDITIONS = {"full": {"rule": "all"}, "high": {"rule": "above", "value": 0.5}, "low": {"rule": "at_most", "value": 0.5},
+              "random_high": {"rule": "size_of", "value": "high", "score": "random"},
+              "top": {"rule": "top_share", "value": 0.25}, "top_strat": {"rule": "top_share", "value": 0.5, "stratified": True},
+              "random_top": {"rule": "top_share", "value": 0.25, "score": "random"},
+              "random_half": {"rule": "top_share", "value": 0.5, "score": "random"}}
+
+
+def test_subsets_follow_their_rules():
+    golden = np.array([1.0, 0.75, 0.5, 0.25, 0.0, 1.0, 0.75, 0.5, 0.25, 0.0, 0.5, 0.5])
+    families = ["a"] * 6 + ["b"] * 6
+    subsets = select_subsets(golden, families, CONDITIONS, seed=0)
+    assert subsets["full"].tolist() == list(range(12))
+    assert subsets["high"].tolist() == [0, 1, 5, 6]                        # strict ">" as the paper's GS > τ
+    assert subsets["low"].tolist() == [2, 3, 4, 7, 8, 9, 10, 11]
+    assert len(subsets["random_high"]) == 4 and len(subsets["random_top"]) == 3
+    assert set(subsets["top"]) == {0, 5, 1} or set(subsets["top"]) == {0, 5, 6}   # 3 best, the 0.75 tie broken at random
+    assert [families[i] for i in subsets["top_strat"]].count("a") == [families[i] for i in subsets["top_strat"]].count("b")
+    assert set(subsets["random_top"]) <= set(subsets["random_half"])      # one random ranking per seed: nested
+
+
+def test_global_top_share_breaks_ties_at_random_not_by_family_order():
+    golden = np.full(60, 0.5)                                              # every item ties
+    families = [f for f in "abcdef" for _ in range(10)]
+    picks = [select_subsets(golden, families, {"top": {"rule": "top_share", "value": 0.1}}, seed)["top"]
+             for seed in range(20)]
+    chosen_families = {families[i] for pick in picks for i in pick}
+    assert chosen_families == set("abcdef")                                # not only the family listed first
+    assert len({tuple(p) for p in picks}) > 1
+
+
+def test_stratified_top_share_keeps_the_same_share_of_every_family():
+    rng = np.random.default_rng(0)
+    families = np.repeat(list("abc"), [8, 12, 20])
+    golden = np.where(families == "a", 0.0, rng.random(40))               # family a scores lowest throughout
+    kept = top_share(golden, 0.25, seed=0, groups=families)
+    assert [int((families[kept] == f).sum()) for f in "abc"] == [2, 3, 5]
+    assert not (families[top_share(golden, 0.25, seed=0)] == "a").any()  # the global cut empties family a
+
+
+def test_threshold_table_counts_and_corrupted_share():
+    rows = threshold_table(np.array([0.9, 0.85, 0.6, 0.2]), np.array([True, False, False, True]), [0.5, 0.8, 0.95])
+    assert [r["size"] for r in rows] == [3, 2, 0]
+    assert rows[1]["corrupted_share"] == 0.5 and np.isnan(rows[2]["corrupted_share"])
+
+
+def test_stratified_and_global_top_share_have_the_same_size():
+    families = np.repeat(list("abcdef"), 6)                                # 0.25 × 6 = 1.5 per family
+    golden = np.random.default_rng(1).random(36)
+    for share in (0.1, 0.25, 0.5):
+        assert len(top_share(golden, share, 0, groups=families)) == len(top_share(golden, share, 0)) == round(share * 36)
+
+
+@pytest.mark.slow
+def test_vectorized_scoring_equals_the_loop_on_gemma(pool):
+    """Gemma-3 (sliding-window layers, a real BOS): the KV-cache broadcast scorer still equals the per-pair loop."""
+    from studykit.config import compose
+    from studykit.models import load_model_and_tokenizer
+
+    model, tok = load_model_and_tokenizer(compose(["profile=smoke", "model=gemma3_270m"]).model)
+    demos = [encode_demonstration(tok, r, "faithful") for r in pool[:2]]
+    anchors = [encode_anchor(tok, r, "faithful") for r in pool[-2:]]
+    want = reference_one_shot(model, demos, anchors)
+    assert np.abs(one_shot_scores(model, demos, anchors, pad_token_id(tok), pairs_per_batch=3) - want).max() < 1e-3

@@ -3,8 +3,9 @@ import pandas as pd
 import pytest
 
 from studykit.config import compose
-from studykit.rewardrank import (METRICS, checkpoint_metrics, correlations, preference_logprobs, regret, selection_rules,
-                                 study_data, verifier_win_rate)
+from studykit.rewardrank import (METRICS, checkpoint_metrics, dpo_movement, implicit_reward_margins, pooled_correlations,
+                                 preference_logprobs, rule_regret, same_ranking_groups, selection_rules,
+                                 self_sampled_pairs, study_data, tracking_statements, zephyr_cost_estimate)
 from studykit.testbed import build_testbed
 
 FIXTURES = __import__("pathlib").Path(__file__).parent / "fixtures"
@@ -42,24 +43,77 @@ def test_reference_equal_to_base_has_zero_implicit_reward():
     assert m["reward_acc"] == 0.0 and m["reward_margin"] == 0.0
 
 
-def test_rules_correlations_and_regret():
+def test_selection_rules_pick_per_their_signal():
     table = pd.DataFrame({"step": [10, 20, 30], "val_loss": [1.0, 0.5, 0.7], "pre_dpo_dev_accuracy": [0.1, 0.3, 0.2],
-                          **{m: [0.2, 0.4, 0.9] for m in METRICS}, "post": [0.2, 0.3, 0.6]})
+                          **{m: [0.2, 0.4, 0.9] for m in METRICS}})
     rules = selection_rules(table)
     assert rules["min_val_loss"] == 20 and rules["last_checkpoint"] == 30 and rules["best_pre_dpo_dev_accuracy"] == 20
     assert all(rules[f"rewardrank_{m}"] == 30 for m in METRICS)
-    corr = correlations(table, "post").set_index("signal")
-    assert corr.loc["rank_acc", "spearman"] == pytest.approx(1.0) and corr.loc["rank_acc", "kendall"] == pytest.approx(1.0)
-    assert corr.loc["rank_acc", "spearman_p"] == pytest.approx(2 / 6)  # exact: 2 of the 3! orderings reach |ρ| = 1
-    reg = regret(table, rules, "post").set_index("rule")
-    assert reg.loc["min_val_loss", "regret"] == pytest.approx(0.3) and reg.loc["rewardrank_reward_acc", "regret"] == 0
 
 
-def test_verifier_win_rate_counts_ties_as_half():
-    policy = np.array([True, True, False, False])
-    reference = np.array([False, True, True, False])
-    assert verifier_win_rate(policy, reference) == pytest.approx((1 + 0.5 * 2) / 4)
-    assert verifier_win_rate(policy, policy) == 0.5
+def test_pooled_correlations_rank_within_each_seed():
+    """Seed 1 is better overall, but within each seed the signal orders the checkpoints exactly as the target:
+    within-seed ranks give ρ = 1, where raw pooling would mix the seed offset into the correlation."""
+    table = pd.DataFrame({"sft_seed": [0, 0, 0, 1, 1, 1], "val_loss": [3.0, 2.0, 1.0, 3.0, 2.0, 1.0],
+                          "pre_dpo_dev_accuracy": [0.1, 0.2, 0.3, 0.1, 0.2, 0.3],
+                          **{m: [0.1, 0.2, 0.3, 0.1, 0.2, 0.3] for m in METRICS},
+                          "post": [0.10, 0.20, 0.30, 0.60, 0.70, 0.80]})
+    corr = pooled_correlations(table, "post").set_index("signal")
+    assert corr.loc["rank_acc", "spearman"] == pytest.approx(1.0) and corr.loc["-val_loss", "spearman"] == pytest.approx(1.0)
+    assert corr.loc["rank_acc", "checkpoints"] == 6 and corr.loc["rank_acc", "seeds"] == 2
+    assert corr.loc["rank_acc", "spearman_p"] < 0.05
+    assert "tracks post-DPO accuracy beyond noise" in tracking_statements(corr.reset_index())[2]
+
+
+def test_monotone_transforms_are_one_variant():
+    table = pd.DataFrame({"sft_seed": [0, 0, 0, 1, 1, 1], "a": [1.0, 2.0, 3.0, 3.0, 1.0, 2.0],
+                          "b": [10.0, 20.0, 30.0, 30.0, 10.0, 20.0], "c": [3.0, 2.0, 1.0, 1.0, 2.0, 3.0]})
+    assert same_ranking_groups(table, ["a", "b", "c"]) == [["a", "b"], ["c"]]
+
+
+def test_rule_regret_is_the_paired_difference_to_the_reference_rule():
+    items = [{"id": f"i{k}", "family": "f"} for k in range(4)]
+    rows = []
+    for seed in (0, 1):
+        for step, correct in ((1, [1, 1, 1, 1]), (2, [1, 0, 0, 0])):
+            rows += [{"condition": f"s{seed}-step{step}", "seed": seed, **item, "lenient": bool(c)}
+                     for item, c in zip(items, correct)]
+    choices = pd.DataFrame([{"sft_seed": s, "rule": r, "step": st} for s in (0, 1)
+                            for r, st in (("best", 1), ("bad", 2))])
+    regret = rule_regret(pd.DataFrame(rows), choices, ["best", "bad"], reference="best").set_index("rule")
+    assert regret.loc["best", "regret"] == 0 and regret.loc["bad", "regret"] == pytest.approx(0.75)
+    assert regret.loc["bad", "seeds"] == 2 and regret.loc["bad", "items"] == 4
+
+
+def test_implicit_reward_margin_is_zero_against_itself_and_signs_the_preference():
+    ref = logps([-3.0, -2.0], [-3.0, -2.0])
+    assert implicit_reward_margins(ref, ref, 0.1).tolist() == [0.0, 0.0]
+    moved = logps([-2.0, -1.0], [-4.0, -3.0])                     # chosen up by 1, rejected down by 1
+    np.testing.assert_allclose(implicit_reward_margins(moved, ref, 0.1), [0.2, 0.2])
+
+
+def test_dpo_movement_win_rate_counts_ties_as_half():
+    policy, reference = np.array([1, 1, 0, 0]), np.array([0, 1, 1, 0])
+    still = dpo_movement(np.zeros(4), reference, reference)
+    assert still["win_rate"] == 0.5 and not still["moved"]
+    assert dpo_movement(np.zeros(4), policy, reference)["win_rate"] == pytest.approx((1 + 0.5 * 2) / 4)
+    assert dpo_movement(np.full(50, 0.3) + np.linspace(0, 0.1, 50), reference.repeat(1), reference)["moved"]
+
+
+def test_self_sampled_pairs_keep_a_correct_and_a_wrong_sample(monkeypatch, smoke_cfg):
+    import studykit.evaluate as evaluate
+
+    record = next(r for r in build_testbed(smoke_cfg.data)["preference"] if r["family"] == "chain_sum")
+    gold, wrong = record["answer"], str(int(record["answer"]) + 1)
+    monkeypatch.setattr(evaluate, "generate", lambda *a, **k: [wrong, f"The answer is {gold}.", gold, wrong,  # mixed
+                                                               wrong, wrong, "", wrong])                     # all wrong
+    pairs = self_sampled_pairs(None, None, [record, {**record, "id": "y"}], samples=4, chat=True, max_new_tokens=8)
+    assert len(pairs) == 1 and pairs[0]["chosen"] == f"The answer is {gold}." and pairs[0]["rejected"] == wrong
+    assert pairs[0]["kind"] == "self_sampled" and pairs[0]["id"] == record["id"]
+
+
+def test_zephyr_cost_estimate_is_the_forward_pass_ratio():
+    assert zephyr_cost_estimate(16, 1_000, 61_135) == pytest.approx(16 * 1_000 * 2 / (61_135 * 2 * 4))
 
 
 def test_pair_logprobs_one_pass_matches_separate_scoring(tiny):
@@ -76,7 +130,7 @@ def test_pair_logprobs_one_pass_matches_separate_scoring(tiny):
 def test_testbed_study_data_is_held_out_and_family_balanced():
     cfg = compose(["study=rewardrank"])
     data = study_data(cfg, build_testbed(cfg.data))
-    assert len(data["sft_val"]) == round(0.2 * 120) and len(data["metric_pairs"]) == round(0.25 * 72)
+    assert len(data["sft_val"]) == round(0.4 * 60) and len(data["metric_pairs"]) == round(0.5 * 144)
     assert len({r["family"] for r in data["sft_val"]}) == len(cfg.data.families)
     assert not {r["id"] for r in data["sft_val"]} & {r["id"] for r in data["sft_train"]}
     assert not {r["id"] for r in data["metric_pairs"]} & {r["id"] for r in data["dpo_pairs"]}

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from studykit.stats import (auroc, mcnemar_test, minimum_detectable_effect, paired_difference, rank_correlation,
+from studykit.stats import (auroc, auroc_difference, mcnemar_test, minimum_detectable_effect, paired_difference, rank_correlation,
                             verdict, wilson_interval)
 
 
@@ -143,3 +143,26 @@ def test_the_vectorized_bootstrap_auroc_is_scikit_learns_auroc_on_each_replicate
     index = _stratified_indices(labels.astype(int), 50, np.random.default_rng(9))
     expected = np.percentile([roc_auc_score(labels[i], scores[i]) for i in index], [2.5, 97.5])
     assert (ours["ci_low"], ours["ci_high"]) == pytest.approx(tuple(expected))
+
+
+def test_auroc_difference_known_values():
+    labels = np.array([True, True, False, False])
+    perfect, reversed_ = np.array([2.0, 1.0, 0.0, -1.0]), np.array([0.0, 1.0, 2.0, 3.0])
+    versus_chance = auroc_difference(labels, perfect)
+    assert versus_chance.estimate == 0.5 and versus_chance.ci_low == versus_chance.ci_high == 0.5
+    assert auroc_difference(labels, perfect, reversed_).estimate == 1.0
+    same = auroc_difference(labels, perfect, perfect + 1.0)        # a monotone shift ranks items identically
+    assert same.estimate == same.ci_low == same.ci_high == 0.0 and same.mde == 0.0
+
+
+def test_auroc_difference_is_paired():
+    """Two noisy copies of one score: their AUROCs move together across bootstrap replicates, so the paired
+    interval of the difference is narrower than either AUROC's own interval."""
+    rng = np.random.default_rng(0)
+    labels = rng.random(200) < 0.3
+    base = labels + rng.normal(0, 1.0, 200)
+    a, b = base + rng.normal(0, 0.2, 200), base + rng.normal(0, 0.2, 200)
+    paired = auroc_difference(labels, a, b)
+    alone = auroc(labels, a)
+    assert paired.ci_high - paired.ci_low < (alone["ci_high"] - alone["ci_low"]) / 2
+    assert paired.ci_low < 0 < paired.ci_high
