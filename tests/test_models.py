@@ -22,18 +22,10 @@ def test_hub_source_loads_a_local_directory(tiny, tmp_path):
         assert torch.equal(loaded(ids).logits, model(ids).logits)
 
 
-def test_missing_model_package_is_one_clear_error():
-    cfg = OmegaConf.create({"name": "x", "source": "pypi_gguf", "package": "no-such-model-package",
-                            "gguf_file": "x.gguf", "dtype": "float32"})
-    with pytest.raises(ModelSourceError, match="model package 'no-such-model-package' is not installed"):
-        check_available(cfg)
-    with pytest.raises(ModelSourceError, match="not installed"):
-        load_model(cfg)
-
-
-def test_missing_split_model_package_is_one_clear_error():
-    cfg = OmegaConf.create({"name": "x", "source": "pypi_gguf_parts", "package": "no-such-model-package",
-                            "module": "no_such_model_package", "dtype": "float32"})
+@pytest.mark.parametrize("source", [{"source": "pypi_gguf", "gguf_file": "x.gguf"},
+                                    {"source": "pypi_gguf_parts", "module": "no_such_model_package"}])
+def test_missing_model_package_is_one_clear_error(source):
+    cfg = OmegaConf.create({"name": "x", "package": "no-such-model-package", "dtype": "float32", **source})
     with pytest.raises(ModelSourceError, match="model package 'no-such-model-package' is not installed"):
         check_available(cfg)
     with pytest.raises(ModelSourceError, match="not installed"):
