@@ -126,13 +126,7 @@ def claims_table(claims: list[dict], predictions: pd.DataFrame, *, family_groups
     groups = {"all": sorted(predictions["family"].unique()), **(family_groups or {})}
     family_of = predictions.drop_duplicates("id").set_index("id")["family"]
     rows, merged = [], {}
-    for entry in claims:
-        row = {"id": entry["id"], "paper": entry["paper"], "source": entry["source"], "claim": entry["claim"],
-               "paper_numbers": _numbers(entry.get("paper_numbers"))}
-        if "not_tested" in entry:
-            rows.append({**row, "verdict": "not tested: " + entry["not_tested"]})
-            continue
-        test = entry["test"]
+    for entry, row, test in _tested(claims, rows):
         treatment, control = (aliases.get(test[k], test[k]) for k in ("treatment", "control"))
         metric, families = test.get("metric", "lenient"), test.get("families", "all")
         if metric == "auroc":
@@ -176,13 +170,7 @@ def auroc_claims_table(claims: list[dict], scores: dict[str, np.ndarray], labels
     from .stats import auroc_difference
 
     rows = []
-    for entry in claims:
-        row = {"id": entry["id"], "paper": entry["paper"], "source": entry["source"], "claim": entry["claim"],
-               "paper_numbers": _numbers(entry.get("paper_numbers"))}
-        if "not_tested" in entry:
-            rows.append({**row, "verdict": "not tested: " + entry["not_tested"]})
-            continue
-        test = entry["test"]
+    for entry, row, test in _tested(claims, rows):
         if test.get("metric") != "auroc":
             raise ClaimsError(f"claim '{entry['id']}': a scoring study tests metric 'auroc', got '{test.get('metric')}'")
         treatment, control = test["treatment"], test["control"]
@@ -204,6 +192,18 @@ def _auc(labels, scores) -> float:
     from sklearn.metrics import roc_auc_score
 
     return float(roc_auc_score(np.asarray(labels, bool), np.asarray(scores, float)))
+
+
+def _tested(claims: list[dict], rows: list[dict]):
+    """(entry, its first columns, its test) for each claim with a test; an untested claim's row (its reason as the
+    verdict) is appended to ``rows`` as it comes, so the table keeps the YAML's order."""
+    for entry in claims:
+        row = {"id": entry["id"], "paper": entry["paper"], "source": entry["source"], "claim": entry["claim"],
+               "paper_numbers": _numbers(entry.get("paper_numbers"))}
+        if "not_tested" in entry:
+            rows.append({**row, "verdict": "not tested: " + entry["not_tested"]})
+        else:
+            yield entry, row, entry["test"]
 
 
 def _numbers(numbers) -> str:

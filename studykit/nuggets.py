@@ -36,9 +36,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm import tqdm
-from transformers import DynamicCache
 
-from .logprobs import batch_response_logprobs, collate_left, pad_token_id, pair_logprobs
+from .logprobs import batch_response_logprobs, collate_left, pad_token_id, pair_logprobs, prefix_cache, tiled_prefix
 
 MODES = ("faithful", "clean")
 FAITHFUL_ANCHOR_MAX_TOKENS = 200
@@ -132,22 +131,6 @@ def reference_one_shot(model, demonstrations: list[list[int]], anchors: list[tup
     return out
 
 
-def _demonstration_cache(model, demos: list[list[int]], pad_id: int):
-    """One forward over left-padded demonstrations: per-layer (keys, values), attention mask, lengths."""
-    device = next(model.parameters()).device
-    width = max(len(d) for d in demos)
-    ids = torch.full((len(demos), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(demos), width), dtype=torch.long)
-    for i, demo in enumerate(demos):
-        ids[i, width - len(demo):] = torch.tensor(demo)
-        mask[i, width - len(demo):] = 1
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
-                use_cache=True, logits_to_keep=1)
-    layers = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
-    return layers, mask, mask.sum(-1)
-
-
 @torch.no_grad()
 def one_shot_scores(model, demonstrations: list[list[int]], anchors: list[tuple[list[int], list[int]]], pad_id: int,
                     *, pairs_per_batch: int = 64, progress: bool = False, on_chunk=None) -> np.ndarray:
@@ -169,12 +152,11 @@ def one_shot_scores(model, demonstrations: list[list[int]], anchors: list[tuple[
     chunks = range(0, len(demo_order), demos_per_chunk)
     for start in tqdm(chunks, disable=not progress, desc="one-shot scores", unit="chunk"):
         demo_index = demo_order[start:start + demos_per_chunk]
-        layers, demo_mask, demo_lengths = _demonstration_cache(model, [demonstrations[i] for i in demo_index], pad_id)
+        layers, demo_mask, demo_lengths = prefix_cache(model, [demonstrations[i] for i in demo_index], pad_id)
         for anchor_index, batch in anchor_batches:
             rows = len(anchor_index)
-            cache = DynamicCache([(k.repeat_interleave(rows, 0), v.repeat_interleave(rows, 0)) for k, v in layers])
             tiled = {name: t.repeat(len(demo_index), *([1] * (t.dim() - 1))) for name, t in batch.items()}
-            prefix = (cache, demo_mask.repeat_interleave(rows, 0), demo_lengths.repeat_interleave(rows, 0))
+            prefix = tiled_prefix(layers, demo_mask, demo_lengths, rows)
             sums = batch_response_logprobs(model, tiled, prefix=prefix).sum(-1).double().cpu().numpy()
             scores[np.ix_(demo_index, anchor_index)] = sums.reshape(len(demo_index), rows)
         if on_chunk is not None:

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from studykit.logprobs import (collate_left, encode_pair, format_pair, response_logprobs, sequence_logprobs,
-                               token_logprobs)
+from studykit.logprobs import (collate_left, encode_pair, format_pair, pad_token_id, response_logprobs, sequence_logprobs,
+                               shared_prompt_logprobs, token_logprobs)
 
 PROMPTS = ["What is 2+3?", "Spell this word backward: cat.", "Hi", "Reverse this list of words: a, b, c, d, e",
            "A much longer prompt about nothing in particular, " * 4]
@@ -75,6 +75,35 @@ def test_mismatched_lengths_rejected(tiny):
         response_logprobs(model, tokenizer, ["a", "b"], ["c"])
 
 
+def shared_prompt_case(tokenizer):
+    """Two responses per prompt (each prompt's own and the next prompt's), token ids."""
+    prompts, responses = formatted(tokenizer)
+    ids = [encode_pair(tokenizer, p, r) for p, r in zip(prompts, responses)]
+    prompt_ids = [p for p, _ in ids]
+    response_ids = [[r, ids[(i + 1) % len(ids)][1]] for i, (_, r) in enumerate(ids)]
+    texts = [[responses[i], responses[(i + 1) % len(ids)]] for i in range(len(ids))]
+    return prompts, prompt_ids, response_ids, texts
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 5])
+def test_shared_prompt_scoring_equals_the_unpadded_loop(tiny, batch_size):
+    model, tokenizer = tiny
+    prompts, prompt_ids, response_ids, texts = shared_prompt_case(tokenizer)
+    got = shared_prompt_logprobs(model, prompt_ids, response_ids, pad_token_id(tokenizer), batch_size=batch_size)
+    for j in range(2):
+        want = reference_loop(model, tokenizer, prompts, [t[j] for t in texts])
+        for i in range(len(prompts)):
+            np.testing.assert_allclose(got[i][j], want[i], atol=1e-5)
+
+
+def test_shared_prompt_scoring_rejects_ragged_or_one_token_prompts(tiny):
+    model, tokenizer = tiny
+    with pytest.raises(ValueError, match="same number of responses"):
+        shared_prompt_logprobs(model, [[1, 2], [3, 4]], [[[5]], [[6], [7]]], 0)
+    with pytest.raises(ValueError, match="at least 2 tokens"):
+        shared_prompt_logprobs(model, [[1]], [[[5]]], 0)
+
+
 @pytest.mark.slow
 def test_real_embedded_model_batched_equals_loop(embedded):
     model, tokenizer = embedded
@@ -82,6 +111,11 @@ def test_real_embedded_model_batched_equals_loop(embedded):
     batched = response_logprobs(model, tokenizer, prompts, responses, batch_size=5)
     for got, want in zip(batched, reference_loop(model, tokenizer, prompts, responses)):
         np.testing.assert_allclose(got, want, atol=1e-4)
+    prompts, prompt_ids, response_ids, texts = shared_prompt_case(tokenizer)
+    shared = shared_prompt_logprobs(model, prompt_ids, response_ids, pad_token_id(tokenizer), batch_size=3)
+    for j in range(2):
+        for i, want in enumerate(reference_loop(model, tokenizer, prompts, [t[j] for t in texts])):
+            np.testing.assert_allclose(shared[i][j], want, atol=1e-4)
     # a trained instruct model prefers the right answer to a wrong one
     right, wrong = sequence_logprobs(model, tokenizer, ["What is 2+3? Reply with a number."] * 2, ["5", "banana"],
                                      chat=True)["sum"]

@@ -116,15 +116,18 @@ def test_zephyr_cost_estimate_is_the_forward_pass_ratio():
     assert zephyr_cost_estimate(16, 1_000, 61_135) == pytest.approx(16 * 1_000 * 2 / (61_135 * 2 * 4))
 
 
-def test_pair_logprobs_one_pass_matches_separate_scoring(tiny):
+def test_pair_logprobs_with_a_shared_prompt_match_separate_scoring(tiny):
     from studykit.logprobs import sequence_logprobs
 
     model, tok = tiny
-    pairs = [{"prompt": "2+2?", "chosen": "4", "rejected": "5"}, {"prompt": "Say hi", "chosen": "hi", "rejected": "no way"}]
-    got = preference_logprobs(model, tok, pairs, chat=True)
-    want = sequence_logprobs(model, tok, ["2+2?", "Say hi"], ["5", "no way"], chat=True)
-    np.testing.assert_allclose(got["rejected"], want["sum"], atol=1e-5)
-    assert got["rejected_tokens"].tolist() == want["n_tokens"].tolist()
+    pairs = [{"prompt": "2+2?", "chosen": "4", "rejected": "5"},
+             {"prompt": "Say hi, and mean it", "chosen": "hi", "rejected": "no way, not today"},
+             {"prompt": "x", "chosen": "a much longer chosen reply than the rejected one", "rejected": "b"}]
+    got = preference_logprobs(model, tok, pairs, chat=True, batch_size=2)
+    for side in ("chosen", "rejected"):
+        want = sequence_logprobs(model, tok, [p["prompt"] for p in pairs], [p[side] for p in pairs], chat=True)
+        np.testing.assert_allclose(got[side], want["sum"], atol=1e-4)
+        assert got[f"{side}_tokens"].tolist() == want["n_tokens"].tolist()
 
 
 def test_testbed_study_data_is_held_out_and_family_balanced():
