@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from studykit.config import ROOT, compose
+from studykit.config import ROOT, compose, device
 from studykit.evaluate import generate
 from studykit.logprobs import pad_token_id
 from studykit.models import load_model_and_tokenizer
@@ -80,7 +80,7 @@ def main() -> None:
     runs = {}
     for name in args.models:
         cfg = compose([f"model={name}"])
-        model, tok = load_model_and_tokenizer(cfg.model)
+        model, tok = load_model_and_tokenizer(cfg.model, device(cfg))
         runs[name] = workloads(model, tok, pool, eval_set, args, bool(cfg.model.chat_template))
         for work in runs[name].values():
             work()  # warm-up

@@ -26,7 +26,7 @@ import time
 
 import torch
 
-from studykit.config import compose
+from studykit.config import compose, device
 from studykit.logprobs import pad_token_id
 from studykit.models import load_model_and_tokenizer
 from studykit.nuggets import encode_anchor, encode_demonstration, one_shot_scores, reference_one_shot
@@ -107,7 +107,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_intermixed_args()
     cfg = compose(["study=nuggets", *args.overrides])
-    model, tok = load_model_and_tokenizer(cfg.model)
+    model, tok = load_model_and_tokenizer(cfg.model, device(cfg))
     pool = build_testbed(cfg.data)["pool"]
     step = max(1, len(pool) // (args.candidates + args.anchors))  # spread over the task families
     picked = pool[::step][: args.candidates + args.anchors]

@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from studykit.config import compose
+from studykit.config import compose, device
 from studykit.models import load_model_and_tokenizer
 from studykit.objectives import get_objective
 from studykit.testbed import build_testbed
@@ -64,7 +64,7 @@ def main() -> None:
     cli = parser.parse_args()
     cfg = compose(cli.overrides)
     torch.manual_seed(0)
-    model, tokenizer = load_model_and_tokenizer(cfg.model)
+    model, tokenizer = load_model_and_tokenizer(cfg.model, device(cfg))
     pool = build_testbed(cfg.data)["pool"]
     with tempfile.TemporaryDirectory() as scratch:
         trainers = {label: build(label, model, tokenizer, pool, cfg, f"{scratch}/{i}") for i, label in enumerate(CASES)}

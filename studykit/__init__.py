@@ -17,8 +17,16 @@ Modules (each readable on its own):
   runner    – papermill execution into results/<study>/<profile>/ with a manifest
   provenance – the generated results/README.md
   validate  – config values checked before any work
+  device_check – STUDYKIT_DEVICE_CHECK: every model call must run on the configured device
 """
-from .config import compose, seed_everything
+import os
+
+from .config import compose, device, seed_everything
+
+if os.environ.get("STUDYKIT_DEVICE_CHECK"):
+    from .device_check import install
+
+    install(os.environ["STUDYKIT_DEVICE_CHECK"])
 
 __version__ = "0.1.0"
-__all__ = ["compose", "seed_everything", "__version__"]
+__all__ = ["compose", "device", "seed_everything", "__version__"]

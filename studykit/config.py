@@ -62,6 +62,20 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     return cfg
 
 
+def device(cfg) -> torch.device:
+    """The device of a study (``device`` in ``conf/config.yaml``): every model load, scoring pass, generation and
+    training run goes there.  ``auto`` is the CUDA device when one is available, else the CPU; under
+    ``accelerate launch`` each process gets its own local GPU."""
+    name = cfg.get("device", "auto")
+    if name == "auto":
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", torch.cuda.current_device())))
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={name!r} is not available: torch sees no CUDA device (use device=auto or cpu)")
+    return torch.device(name)
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (CPU runs with the same seed are then bit-identical)."""
     random.seed(seed)

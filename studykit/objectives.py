@@ -184,7 +184,10 @@ class ObjectiveSFTTrainer(SFTTrainer):
             raise ValueError("token-weighted objectives need unpacked, padded batches (packing=False, padding_free=False)")
         if "full_logits" in self.objective.needs and ref_model is None:
             raise ValueError(f"objective '{self.objective.name}' needs a frozen reference model (ref_model=...)")
-        self.ref_model = ref_model.eval() if ref_model is not None else None   # used under no_grad, never trained
+        # ASFT's frozen reference: on the policy's device and prepared like it (mixed-precision autocast included),
+        # as TRL's DPOTrainer prepares its reference; used under no_grad, never trained
+        self.ref_model = (self.accelerator.prepare_model(ref_model.eval(), evaluation_mode=True)
+                          if ref_model is not None else None)
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
@@ -201,13 +204,15 @@ class ObjectiveSFTTrainer(SFTTrainer):
             add_fused_lm_head(model, outputs=("log_probs",))
         was_training = model.training
         model.eval()
-        dataset, device = self.train_dataset, next(model.parameters()).device
+        model.to(self.args.device)
+        dataset, device = self.train_dataset, self.args.device
         rows = []
         for start in range(0, len(dataset), batch_size):
             examples = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
             batch = self.data_collator([{k: v for k, v in e.items() if k != "behavior_log_probs"} for e in examples])
-            out = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                        labels=batch["labels"].to(device), fused_lm_head=True)
+            with self.accelerator.autocast():  # the precision training will compute in, so Δ = 1 at step 0
+                out = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                            labels=batch["labels"].to(device), fused_lm_head=True)
             for row, example in enumerate(examples):
                 rows.append(out.log_probs[row, :len(example["input_ids"]) - 1].float().cpu().tolist())
         model.train(was_training)

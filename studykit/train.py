@@ -21,27 +21,40 @@ from omegaconf import OmegaConf
 from transformers import PrinterCallback, TrainerCallback
 from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
+from .config import device
 from .logprobs import format_prompt
 from .objectives import ObjectiveSFTTrainer, get_objective
 
 LOGGER = logging.getLogger("studykit.train")
 
 
-def hardware_args() -> dict:
-    """TrainingArguments that depend on the device."""
-    if torch.cuda.is_available():
+def hardware_args(device: torch.device) -> dict:
+    """TrainingArguments that depend on the study's device: on a GPU, bf16 autocast (fp32 master weights: the
+    models are loaded in fp32, see :func:`check_master_weights`) where supported."""
+    if device.type == "cuda":
         return {"bf16": torch.cuda.is_bf16_supported(), "use_cpu": False}
     return {"bf16": False, "fp16": False, "use_cpu": True, "activation_checkpointing": False,
             "optim": "adamw_torch", "dataloader_pin_memory": False}
 
 
-def _args(cls, section, output_dir: str | Path, seed: int, extra: dict):
-    """``cls`` (SFTConfig / DPOConfig) from a config section, then ``extra`` overrides, then hardware settings."""
+def check_master_weights(model) -> None:
+    """Refuse to train a model whose trainable weights are not fp32: AdamW on bf16 weights rounds away every update
+    below the weights' bf16 resolution (DPO at lr 5e-7 would lose most of them).  Load models in float32; on GPUs
+    the trainer computes in bf16 autocast (:func:`hardware_args`)."""
+    dtypes = sorted({str(p.dtype) for p in model.parameters() if p.requires_grad})
+    if dtypes != ["torch.float32"]:
+        raise ValueError(f"training needs fp32 master weights, got trainable parameters in {', '.join(dtypes)}: "
+                         "set model.dtype=float32 (bf16 autocast is switched on for GPUs)")
+
+
+def _args(cls, section, output_dir: str | Path, seed: int, extra: dict, device: torch.device):
+    """``cls`` (SFTConfig / DPOConfig) from a config section, then ``extra`` overrides, then the settings of
+    ``device``."""
     kwargs = OmegaConf.to_container(section, resolve=True) if section is not None else {}
     kwargs.update(output_dir=str(output_dir), seed=seed, data_seed=seed, report_to="none",
                   disable_tqdm=True, save_strategy=kwargs.get("save_strategy", "no"))
     kwargs.update(extra)
-    kwargs.update(hardware_args())
+    kwargs.update(hardware_args(device))
     return cls(**kwargs)
 
 
@@ -96,15 +109,16 @@ def build_sft_trainer(model, tokenizer, records: list[dict], cfg, output_dir: st
     ``objective`` picks a registered token-weighted loss from :mod:`studykit.objectives` (default: TRL's own NLL);
     ``ref_model`` is ASFT's frozen reference; PEAR's data-policy log-probs are stored from the model before training.
     """
+    check_master_weights(model)
     chat = bool(cfg.model.chat_template)
     common = dict(model=model, processing_class=tokenizer, train_dataset=sft_dataset(records, chat),
                   eval_dataset=sft_dataset(eval_records, chat) if eval_records else None, callbacks=callbacks)
     if objective is None:
-        return _logged(SFTTrainer(args=_args(SFTConfig, cfg.train, output_dir, int(cfg.seed), args), **common))
+        return _logged(SFTTrainer(args=_args(SFTConfig, cfg.train, output_dir, int(cfg.seed), args, device(cfg)), **common))
     spec = get_objective(objective)
     if spec.trl_loss_type is not None:
         args = {**args, "loss_type": spec.trl_loss_type}
-    trainer = ObjectiveSFTTrainer(args=_args(SFTConfig, cfg.train, output_dir, int(cfg.seed), args),
+    trainer = ObjectiveSFTTrainer(args=_args(SFTConfig, cfg.train, output_dir, int(cfg.seed), args, device(cfg)),
                                   objective=objective, objective_params=objective_params, ref_model=ref_model,
                                   **common)
     if "behavior" in spec.needs:
@@ -122,9 +136,10 @@ def train_sft(model, tokenizer, records: list[dict], cfg, output_dir: str | Path
 def train_dpo(model, ref_model, tokenizer, pairs: list[dict], cfg, output_dir: str | Path, *, callbacks=None,
               **args) -> DPOTrainer:
     """Run TRL DPO from ``model`` against the frozen ``ref_model`` with ``cfg.dpo`` (+ ``args`` overrides)."""
+    check_master_weights(model)
     trainer = DPOTrainer(
         model=model, ref_model=ref_model, processing_class=tokenizer,
-        args=_args(DPOConfig, cfg.dpo, output_dir, int(cfg.seed), args),
+        args=_args(DPOConfig, cfg.dpo, output_dir, int(cfg.seed), args, device(cfg)),
         train_dataset=dpo_dataset(pairs, bool(cfg.model.chat_template)), callbacks=callbacks)
     _logged(trainer).train()
     return trainer
@@ -196,7 +211,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_intermixed_args(argv)
     cfg = compose(args.overrides)
     output_dir = Path(args.output_dir or Path("runs") / cfg.study.name / cfg.profile.name / "sft")
-    model, tokenizer = load_model_and_tokenizer(cfg.model)
+    model, tokenizer = load_model_and_tokenizer(cfg.model, device(cfg))
     pool = inject_noise(build_testbed(cfg.data)["pool"], cfg.data.noise.fraction, list(cfg.data.noise.kinds),
                         int(cfg.seed))
     trainer = train_sft(model, tokenizer, pool, cfg, output_dir)

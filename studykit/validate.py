@@ -6,6 +6,7 @@ have are skipped, so study-specific rules live here beside the general ones.
 """
 from __future__ import annotations
 
+import re
 from typing import Any, Callable
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -102,6 +103,8 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("data.noise.kinds", _noise_kinds, "a non-empty subset of wrong_answer, truncated, mismatched, junk"),
     ("data.dev_per_family", non_negative_int, "an integer ≥ 0"),
     ("data.max_answer_share", lambda v: v is None or open_unit_interval(v) or v == 1, "null or a share in (0, 1]"),
+    ("device", lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) is not None,
+     "auto, cpu, cuda or cuda:<index>"),
     ("eval.batch_size", positive_int, "an integer ≥ 1"),
     ("eval.max_new_tokens", positive_int, "an integer ≥ 1"),
     ("profile.seeds", int_list, "a non-empty list of integers"),

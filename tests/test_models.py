@@ -16,7 +16,7 @@ def test_hub_source_loads_a_local_directory(tiny, tmp_path):
     model.save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
     cfg = OmegaConf.create({"name": "local", "source": "hub", "path": str(tmp_path), "dtype": "float32"})
-    loaded, _ = load_model_and_tokenizer(cfg)
+    loaded, _ = load_model_and_tokenizer(cfg, "cpu")
     ids = torch.tensor([[1, 2, 3]])
     with torch.no_grad():
         assert torch.equal(loaded(ids).logits, model(ids).logits)
@@ -29,7 +29,7 @@ def test_missing_model_package_is_one_clear_error(source):
     with pytest.raises(ModelSourceError, match="model package 'no-such-model-package' is not installed"):
         check_available(cfg)
     with pytest.raises(ModelSourceError, match="not installed"):
-        load_model(cfg)
+        load_model(cfg, "cpu")
 
 
 @pytest.mark.slow
@@ -43,7 +43,7 @@ def test_gemma_base_model_assembles_from_its_packages(gemma_tokenizer):
 def test_missing_local_path_is_one_clear_error(tmp_path):
     cfg = OmegaConf.create({"name": "gone", "source": "hub", "path": str(tmp_path / "nothing"), "dtype": "float32"})
     with pytest.raises(ModelSourceError, match="cannot load model 'gone'"):
-        load_model(cfg)
+        load_model(cfg, "cpu")
 
 
 @pytest.mark.slow

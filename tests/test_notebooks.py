@@ -1,6 +1,7 @@
 """Every study notebook, executed by `studykit run` on the smoke profile, meets the evidence contract: per-item
 predictions for every evaluated model, a claims table from the claims YAML with verdicts of the one rule, logs in a
-file rather than in the notebook, and a manifest that says where the numbers came from."""
+file rather than in the notebook, and a manifest that says where the numbers came from; and every model call in it
+runs on the configured device (``studykit.device_check``)."""
 from __future__ import annotations
 
 import json
@@ -26,6 +27,7 @@ SCORING_STUDIES = {"nuggets_sensitivity"}
 @pytest.mark.parametrize("study", sorted(STUDY_FILES))
 def test_study_notebook_meets_the_evidence_contract(study, tmp_path, monkeypatch):
     monkeypatch.setenv("STUDYKIT_RESULTS", str(tmp_path))
+    monkeypatch.setenv("STUDYKIT_DEVICE_CHECK", "cpu")  # the kernel fails on any model call off the configured device
     assert main(["run", study, "profile=smoke", "--allow-dirty"]) == 0
     out = tmp_path / study / "smoke"
     names = {p.name for p in out.iterdir()}

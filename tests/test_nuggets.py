@@ -224,7 +224,7 @@ def test_vectorized_scoring_equals_the_loop_on_gemma(pool):
     from studykit.config import compose
     from studykit.models import load_model_and_tokenizer
 
-    model, tok = load_model_and_tokenizer(compose(["profile=smoke", "model=gemma3_270m"]).model)
+    model, tok = load_model_and_tokenizer(compose(["profile=smoke", "model=gemma3_270m"]).model, "cpu")
     demos = [encode_demonstration(tok, r, "faithful") for r in pool[:2]]
     anchors = [encode_anchor(tok, r, "faithful") for r in pool[-2:]]
     want = reference_one_shot(model, demos, anchors)

@@ -136,9 +136,9 @@ def test_core_dft_matches_trls_builtin_dft_on_a_real_batch(tiny, smoke_cfg, reco
     model, tokenizer = tiny
     data = sft_dataset(records, chat=True)
     trl_dft = SFTTrainer(model=copy.deepcopy(model), processing_class=tokenizer, train_dataset=data,
-                         args=_args(SFTConfig, smoke_cfg.train, tmp_path / "a", 0, {"loss_type": "dft"}))
+                         args=_args(SFTConfig, smoke_cfg.train, tmp_path / "a", 0, {"loss_type": "dft"}, torch.device("cpu")))
     core = ObjectiveSFTTrainer(model=copy.deepcopy(model), processing_class=tokenizer, train_dataset=data,
-                               args=_args(SFTConfig, smoke_cfg.train, tmp_path / "b", 0, {}), objective="sft")
+                               args=_args(SFTConfig, smoke_cfg.train, tmp_path / "b", 0, {}, torch.device("cpu")), objective="sft")
     batch = _first_batch(trl_dft)
     expected = trl_dft.compute_loss(trl_dft.model, dict(batch))
     stats, _ = core.token_stats(core.model, dict(batch))
@@ -152,7 +152,7 @@ def test_pear_stores_data_policy_log_probs_aligned_with_the_training_tokens(tiny
     model, tokenizer = tiny
     trainer = ObjectiveSFTTrainer(model=copy.deepcopy(model), processing_class=tokenizer,
                                   train_dataset=sft_dataset(records, chat=True),
-                                  args=_args(SFTConfig, smoke_cfg.train, tmp_path, 0, {}), objective="pear",
+                                  args=_args(SFTConfig, smoke_cfg.train, tmp_path, 0, {}, torch.device("cpu")), objective="pear",
                                   objective_params={"level": "sequence"})
     trainer.store_behavior_log_probs()
     batch = _first_batch(trainer)
@@ -179,3 +179,48 @@ def test_asft_without_reference_is_a_clear_error(tiny, smoke_cfg, records, tmp_p
     model, tokenizer = tiny
     with pytest.raises(ValueError, match="needs a frozen reference model"):
         train_sft(copy.deepcopy(model), tokenizer, records, smoke_cfg, tmp_path, objective="asft")
+
+
+def _bf16_args(smoke_cfg, tmp_path, monkeypatch):
+    """SFT arguments with bf16 autocast on the CPU: the mixed precision the GPU profile trains in."""
+    import studykit.train
+
+    monkeypatch.setattr(studykit.train, "hardware_args", lambda device: {"use_cpu": True, "bf16": True})
+    return _args(SFTConfig, smoke_cfg.train, tmp_path, 0, {}, torch.device("cpu"))
+
+
+def test_pear_stores_the_data_policy_under_the_training_precision(tiny, smoke_cfg, records, tmp_path, monkeypatch):
+    """Under bf16 autocast the stored log πβ are computed in bf16 too, so Δ = πθ/πβ = 1 at step 0 (in fp32 they
+    would differ from the training pass by bf16 rounding)."""
+    model, tokenizer = tiny
+    trainer = ObjectiveSFTTrainer(model=copy.deepcopy(model), processing_class=tokenizer,
+                                  train_dataset=sft_dataset(records, chat=True), args=_bf16_args(smoke_cfg, tmp_path, monkeypatch),
+                                  objective="pear", objective_params={"level": "token"})
+    assert trainer.accelerator.mixed_precision == "bf16"
+    trainer.store_behavior_log_probs(batch_size=len(records))
+    batch = next(iter(trainer.get_train_dataloader()))
+    with trainer.accelerator.autocast():                      # what the prepared model's forward does in training
+        stats, _ = trainer.token_stats(trainer.model.eval(), dict(batch))
+    delta = (stats.log_probs.detach() - stats.behavior_log_probs)[stats.mask].exp()
+    torch.testing.assert_close(delta, torch.ones_like(delta), atol=1e-6, rtol=0)
+    fp32, _ = trainer.token_stats(trainer.model.eval(), dict(batch))
+    assert (fp32.log_probs.detach() - stats.behavior_log_probs)[stats.mask].abs().max() > 1e-4
+
+
+def test_asft_reference_is_prepared_like_the_policy(tiny, smoke_cfg, records, tmp_path, monkeypatch):
+    """ASFT's frozen reference goes to the policy's device and runs under the same bf16 autocast, as TRL prepares
+    DPO's reference model (its fp32 weights untouched)."""
+    model, tokenizer = tiny
+    trainer = ObjectiveSFTTrainer(model=copy.deepcopy(model), processing_class=tokenizer,
+                                  train_dataset=sft_dataset(records, chat=True), args=_bf16_args(smoke_cfg, tmp_path, monkeypatch),
+                                  objective="asft", ref_model=copy.deepcopy(model))
+    assert next(trainer.ref_model.parameters()).device == trainer.args.device
+    assert not trainer.ref_model.training and next(trainer.ref_model.parameters()).dtype == torch.float32
+    ids = torch.tensor([[1, 2, 3]])
+    with torch.no_grad():
+        got = trainer.ref_model(input_ids=ids).logits
+        fp32 = model(input_ids=ids).logits
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            autocast = model(input_ids=ids).logits.float()
+    torch.testing.assert_close(got, autocast, atol=0, rtol=0)
+    assert not torch.equal(got, fp32)

@@ -15,11 +15,38 @@ def splits(smoke_cfg):
 
 
 def test_cpu_settings_override_trls_gpu_defaults():
-    if torch.cuda.is_available():
-        pytest.skip("CPU-only check")
-    args = hardware_args()
+    args = hardware_args(torch.device("cpu"))
     assert args["use_cpu"] and not args["bf16"] and not args["activation_checkpointing"]
     assert args["optim"] == "adamw_torch"
+
+
+def test_training_refuses_bf16_master_weights(tiny, smoke_cfg, splits, tmp_path):
+    model, tokenizer = tiny
+    with pytest.raises(ValueError, match="fp32 master weights, got trainable parameters in torch.bfloat16"):
+        train_dpo(copy.deepcopy(model).to(torch.bfloat16), copy.deepcopy(model), tokenizer, splits["preference"],
+                  smoke_cfg, tmp_path)
+
+
+def test_a_dpo_step_at_lr_5e_7_under_bf16_autocast_changes_the_fp32_weights(tiny, smoke_cfg, splits, tmp_path,
+                                                                             monkeypatch):
+    """bf16 autocast with fp32 master weights (what the GPU profile runs; here on the CPU's bf16 autocast): the
+    Zephyr DPO learning rate moves the weights, where pure-bf16 AdamW would round most updates away."""
+    import studykit.train as train
+
+    monkeypatch.setattr(train, "hardware_args", lambda device: {"use_cpu": True, "bf16": True})
+    model, tokenizer = tiny
+    policy = copy.deepcopy(model)
+    before = {k: v.clone() for k, v in policy.named_parameters()}
+    trainer = train_dpo(policy, copy.deepcopy(model), tokenizer, splits["preference"], smoke_cfg, tmp_path,
+                        learning_rate=5e-7, max_steps=1, lr_scheduler_type="constant", warmup_steps=0)
+    assert trainer.accelerator.mixed_precision == "bf16"
+    after = dict(trainer.model.named_parameters())
+    assert all(p.dtype == torch.float32 for p in after.values())
+    changed = [name for name, p in after.items() if not torch.equal(p, before[name])]
+    assert len(changed) > 0.9 * len(after)
+    bf16_rounded = [name for name, p in after.items()
+                    if not torch.equal(p.to(torch.bfloat16), before[name].to(torch.bfloat16))]
+    assert len(bf16_rounded) < len(changed)   # in bf16 weights most of these updates would not exist
 
 
 def test_datasets_are_conversational_prompt_completion(splits):
