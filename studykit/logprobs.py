@@ -19,20 +19,22 @@ from transformers import DynamicCache
 
 def format_prompt(tokenizer, prompt: str, chat: bool) -> str:
     """The text the model sees before its response: the chat template's user turn + assistant header, or a
-    plain ``Question: … / Answer:`` frame for models without a chat template."""
+    plain ``Question: … / Answer:`` frame for models without a chat template — with no trailing space, which
+    SentencePiece tokenizers would make a token of its own that training (prompt + " response", tokenized
+    jointly) never sees."""
     if chat:
         return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
                                              add_generation_prompt=True)
-    return f"Question: {prompt}\nAnswer: "
+    return f"Question: {prompt}\nAnswer:"
 
 
 def format_pair(tokenizer, prompt: str, response: str, chat: bool, add_eos: bool = True) -> tuple[str, str]:
     """(prompt text, response text) exactly as TRL's SFT/DPO build prompt–completion data: with a chat template
     the response is the full transcript minus the prompt (so it carries the template's end-of-turn tokens);
-    without one it is the raw response plus EOS."""
+    without one it is " " + the raw response plus EOS (:func:`completion_text`)."""
     prompt_text = format_prompt(tokenizer, prompt, chat)
     if not chat:
-        return prompt_text, response + (tokenizer.eos_token if add_eos else "")
+        return prompt_text, completion_text(response) + (tokenizer.eos_token if add_eos else "")
     full = tokenizer.apply_chat_template([{"role": "user", "content": prompt},
                                           {"role": "assistant", "content": response}], tokenize=False)
     if not full.startswith(prompt_text):
@@ -41,13 +43,30 @@ def format_pair(tokenizer, prompt: str, response: str, chat: bool, add_eos: bool
     return prompt_text, (response_text if add_eos else response)
 
 
+def completion_text(response: str) -> str:
+    """A response as the completion of a plain (non-chat) prompt: after "Answer:" it starts with a space."""
+    return " " + response
+
+
+def common_prefix_length(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 def encode_pair(tokenizer, prompt_text: str, response_text: str) -> tuple[list[int], list[int]]:
-    """Token ids of an already-formatted prompt and response, tokenized separately so the boundary is exact."""
-    prompt_ids = tokenizer(prompt_text, add_special_tokens=True)["input_ids"]
-    response_ids = tokenizer(response_text, add_special_tokens=False)["input_ids"]
-    if not response_ids:
+    """Token ids of an already-formatted prompt and response as TRL's SFT and DPO tokenize them: the prompt and
+    prompt + response are tokenized jointly and the response is what follows their common prefix, so a token that
+    merges across the boundary counts as the response's and scoring sees exactly the tokens training sees."""
+    prompt_ids = tokenizer(prompt_text)["input_ids"]
+    full_ids = tokenizer(prompt_text + response_text)["input_ids"]
+    n = common_prefix_length(prompt_ids, full_ids)
+    if n == len(full_ids):
         raise ValueError(f"empty response after tokenization for prompt {prompt_text[-60:]!r}")
-    return prompt_ids, response_ids
+    return full_ids[:n], full_ids[n:]
 
 
 def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

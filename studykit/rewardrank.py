@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 
 from .answers import judge
-from .logprobs import encode_pair, format_pair, pad_token_id, shared_prompt_logprobs
+from .logprobs import encode_pair, format_pair, pad_token_id, pair_logprobs, shared_prompt_logprobs
 from .stats import paired_difference, rank_correlation
 
 METRICS = ("rank_acc", "rank_acc_norm", "reward_acc", "rank_margin", "rank_margin_norm")
@@ -40,16 +40,25 @@ def preference_logprobs(model, tokenizer, pairs: list[dict], *, chat: bool, batc
     """Summed log-probs and token counts of chosen and rejected responses.  Each prompt is encoded once and both
     responses continue from its KV cache (:func:`~studykit.logprobs.shared_prompt_logprobs`), which halves the
     cost of the metric pass: the testbed's prompts are ~60-80 tokens, its responses ~3-8."""
-    prompts, responses = [], []
+    encoded = []  # per pair: ((prompt ids, chosen ids), (prompt ids, rejected ids))
     for pair in pairs:
         prompt_text, chosen = format_pair(tokenizer, pair["prompt"], pair["chosen"], chat)
         _, rejected = format_pair(tokenizer, pair["prompt"], pair["rejected"], chat)
-        prompt_ids, chosen_ids = encode_pair(tokenizer, prompt_text, chosen)
-        prompts.append(prompt_ids)
-        responses.append([chosen_ids, encode_pair(tokenizer, prompt_text, rejected)[1]])
-    out = shared_prompt_logprobs(model, prompts, responses, pad_token_id(tokenizer), batch_size=batch_size)
-    summed = np.array([[float(r.sum()) for r in pair] for pair in out]).reshape(-1, 2)
-    tokens = np.array([[len(r) for r in pair] for pair in responses]).reshape(-1, 2)
+        encoded.append((encode_pair(tokenizer, prompt_text, chosen), encode_pair(tokenizer, prompt_text, rejected)))
+    pad = pad_token_id(tokenizer)
+    # one prompt encoding for both responses, unless a token merged across a prompt/response boundary
+    shared = [i for i, (c, r) in enumerate(encoded) if c[0] == r[0]]
+    separate = [i for i, (c, r) in enumerate(encoded) if c[0] != r[0]]
+    out: list = [None] * len(pairs)
+    scored = shared_prompt_logprobs(model, [encoded[i][0][0] for i in shared],
+                                    [[encoded[i][0][1], encoded[i][1][1]] for i in shared], pad, batch_size=batch_size)
+    for i, logps in zip(shared, scored):
+        out[i] = logps
+    flat = pair_logprobs(model, [side for i in separate for side in encoded[i]], pad, batch_size=batch_size)
+    for k, i in enumerate(separate):
+        out[i] = flat[2 * k:2 * k + 2]
+    summed = np.array([[float(r.sum()) for r in logps] for logps in out]).reshape(-1, 2)
+    tokens = np.array([[len(c[1]), len(r[1])] for c, r in encoded]).reshape(-1, 2)
     return {"chosen": summed[:, 0], "rejected": summed[:, 1], "chosen_tokens": tokens[:, 0],
             "rejected_tokens": tokens[:, 1]}
 

@@ -22,7 +22,7 @@ from transformers import PrinterCallback, TrainerCallback
 from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
 from .config import device
-from .logprobs import format_prompt
+from .logprobs import completion_text, format_prompt
 from .objectives import ObjectiveSFTTrainer, get_objective
 
 LOGGER = logging.getLogger("studykit.train")
@@ -80,7 +80,7 @@ def sft_dataset(records: list[dict], chat: bool) -> Dataset:
         rows = [{"prompt": [{"role": "user", "content": r["prompt"]}],
                  "completion": [{"role": "assistant", "content": r["response"]}]} for r in records]
     else:
-        rows = [{"prompt": format_prompt(None, r["prompt"], chat=False), "completion": r["response"]}
+        rows = [{"prompt": format_prompt(None, r["prompt"], chat=False), "completion": completion_text(r["response"])}
                 for r in records]
     if not rows:
         raise ValueError("SFT needs at least one training record; the selected pool is empty")
@@ -94,8 +94,8 @@ def dpo_dataset(pairs: list[dict], chat: bool) -> Dataset:
                  "chosen": [{"role": "assistant", "content": p["chosen"]}],
                  "rejected": [{"role": "assistant", "content": p["rejected"]}]} for p in pairs]
     else:
-        rows = [{"prompt": format_prompt(None, p["prompt"], chat=False), "chosen": p["chosen"],
-                 "rejected": p["rejected"]} for p in pairs]
+        rows = [{"prompt": format_prompt(None, p["prompt"], chat=False), "chosen": completion_text(p["chosen"]),
+                 "rejected": completion_text(p["rejected"])} for p in pairs]
     if not rows:
         raise ValueError("DPO needs at least one preference pair")
     return Dataset.from_list(rows)

@@ -33,7 +33,7 @@ def test_chat_response_text_carries_the_templates_end_of_turn(tiny):
     _, tokenizer = tiny
     prompt, response = format_pair(tokenizer, "Hi", "Hello", chat=True)
     assert prompt.endswith("<|im_start|>assistant\n") and response == "Hello<|im_end|>\n"
-    assert format_pair(tokenizer, "Hi", "Hello", chat=False) == ("Question: Hi\nAnswer: ", "Hello<|im_end|>")
+    assert format_pair(tokenizer, "Hi", "Hello", chat=False) == ("Question: Hi\nAnswer:", " Hello<|im_end|>")
 
 
 def test_token_logprobs_of_uniform_logits_is_minus_log_vocab():
@@ -120,3 +120,43 @@ def test_real_embedded_model_batched_equals_loop(embedded):
     right, wrong = sequence_logprobs(model, tokenizer, ["What is 2+3? Reply with a number."] * 2, ["5", "banana"],
                                      chat=True)["sum"]
     assert right > wrong
+
+
+def test_chat_pairs_tokenize_the_same_jointly_and_separately(tiny, smoke_cfg):
+    """With SmolLM2's chat template the prompt ends on the assistant header, so TRL's joint tokenization (what
+    encode_pair does) splits exactly where tokenizing prompt and response separately does."""
+    from studykit.testbed import build_testbed
+
+    _, tokenizer = tiny
+    for record in build_testbed(smoke_cfg.data)["pool"]:
+        prompt_text, response_text = format_pair(tokenizer, record["prompt"], record["response"], chat=True)
+        assert encode_pair(tokenizer, prompt_text, response_text) == (
+            tokenizer(prompt_text)["input_ids"], tokenizer(response_text, add_special_tokens=False)["input_ids"])
+
+
+@pytest.mark.slow
+def test_plain_prompts_score_the_tokens_trl_trains_on_and_generation_continues(gemma_tokenizer, tmp_path):
+    """A SentencePiece tokenizer with a real BOS and no chat template (Gemma-3): the scored prompt and response
+    tokens are exactly TRL SFT's input and completion tokens, and the prompt generation starts from is the same
+    token sequence (no trailing-space token that training never sees)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from trl import SFTConfig, SFTTrainer
+
+    from studykit.logprobs import format_prompt
+    from studykit.train import sft_dataset
+
+    tok = gemma_tokenizer
+    records = [{"prompt": "What is 2+3?", "response": "5"}, {"prompt": "Spell cat backward.", "response": "tac"},
+               {"prompt": "Say hello", "response": "Hello there, friend"}]
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=2))
+    trainer = SFTTrainer(model=model, processing_class=tok, train_dataset=sft_dataset(records, chat=False),
+                         args=SFTConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True))
+    for record, row in zip(records, trainer.train_dataset):
+        prompt_text, response_text = format_pair(tok, record["prompt"], record["response"], chat=False)
+        assert not prompt_text.endswith(" ") and prompt_text == format_prompt(tok, record["prompt"], chat=False)
+        prompt_ids, response_ids = encode_pair(tok, prompt_text, response_text)
+        assert prompt_ids[0] == tok.bos_token_id and response_ids[-1] == tok.eos_token_id
+        assert prompt_ids + response_ids == row["input_ids"]
+        assert [t for t in row["labels"] if t != -100] == response_ids          # the loss covers the response
+        assert tok(prompt_text)["input_ids"] == prompt_ids
