@@ -438,8 +438,9 @@ def main(argv: list[str] | None = None) -> None:
     import argparse
 
     from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list
 
-    from .config import compose
+    from .config import compose, device
     from .models import cache_root, load_model_and_tokenizer, resolve_model_path
     from .testbed import build_testbed, inject_noise
 
@@ -448,17 +449,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cache-dir", help="default: $STUDYKIT_CACHE/nuggets")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_intermixed_args(argv)
-    state = PartialState(cpu=not torch.cuda.is_available())  # gloo backend on CPU-only machines
     cfg = compose(["study=nuggets", *args.overrides])
+    state = PartialState(cpu=device(cfg).type == "cpu")  # gloo backend on CPU-only runs
     if state.is_main_process:
         resolve_model_path(cfg.model)
     state.wait_for_everyone()
-    model, tokenizer = load_model_and_tokenizer(cfg.model, device=state.device)
+    model, tokenizer = load_model_and_tokenizer(cfg.model, device(cfg))
     ncfg = cfg.study.nuggets
     pool = inject_noise(build_testbed(cfg.data)["pool"], cfg.data.noise.fraction, list(cfg.data.noise.kinds),
                         int(cfg.seed))
-    anchors, candidates = split_anchors(pool, anchor_indices(model, tokenizer, pool, ncfg.anchors, ncfg.mode),
-                                        bool(ncfg.anchors.exclude_from_pool))
+    # k-means on the main process only, broadcast: embeddings computed on different devices may cluster differently
+    chosen = [anchor_indices(model, tokenizer, pool, ncfg.anchors, ncfg.mode) if state.is_main_process else None]
+    if state.num_processes > 1:
+        broadcast_object_list(chosen, from_process=0)
+    anchors, candidates = split_anchors(pool, chosen[0], bool(ncfg.anchors.exclude_from_pool))
     cache_dir = args.cache_dir or cache_root() / "nuggets"
     kwargs = dict(cache_dir=cache_dir, pairs_per_batch=int(ncfg.pairs_per_batch), progress=state.is_main_process)
     score_pool(model, tokenizer, [pool[i] for i in candidates], anchors, ncfg.mode, rank=state.process_index,

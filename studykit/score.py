@@ -13,11 +13,10 @@ import argparse
 import os
 from pathlib import Path
 
-import torch
 from accelerate import PartialState
 from accelerate.utils import gather_object
 
-from .config import compose
+from .config import compose, device
 from .data import DataError, read_jsonl, write_jsonl
 from .logprobs import sequence_logprobs
 from .models import load_model_and_tokenizer, resolve_model_path
@@ -48,15 +47,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. profile=smoke model=qwen2_5_0_5b")
     args = parser.parse_intermixed_args(argv)
 
-    state = PartialState(cpu=not torch.cuda.is_available())  # gloo backend on CPU-only machines
     cfg = compose(args.overrides)
+    state = PartialState(cpu=device(cfg).type == "cpu")  # gloo backend on CPU-only runs
     rows = _validated(read_jsonl(args.input), args.input)
     for i, row in enumerate(rows):
         row.setdefault("id", i)
     if state.is_main_process:  # materialize the converted-model cache once, before the other ranks read it
         resolve_model_path(cfg.model)
     state.wait_for_everyone()
-    model, tokenizer = load_model_and_tokenizer(cfg.model, device=state.device)
+    model, tokenizer = load_model_and_tokenizer(cfg.model, device(cfg))
     with state.split_between_processes(rows) as shard:
         scored = score_rows(model, tokenizer, shard, chat=bool(cfg.model.chat_template), batch_size=args.batch_size)
     print(f"[rank {state.process_index}/{state.num_processes}] scored {len(scored)} rows", flush=True)

@@ -170,22 +170,28 @@ def finetune_and_evaluate(base_model, tokenizer, records: list[dict], eval_recor
     return {**result, "model": trainer.model} if return_model else result
 
 
+def checkpoint_every(n_records: int, train: dict, n_checkpoints: int, num_processes: int = 1) -> int:
+    """Optimizer steps between ``n_checkpoints`` evenly spread checkpoints of an SFT run with the SFTConfig values
+    ``train``: each of ``num_processes`` processes takes its own per-device batch, so a run has ``num_processes``
+    times fewer steps per epoch."""
+    import math
+
+    global_batch = train["per_device_train_batch_size"] * train["gradient_accumulation_steps"] * num_processes
+    total = train["max_steps"] if train["max_steps"] > 0 else math.ceil(n_records / global_batch) * train["num_train_epochs"]
+    return max(1, int(total // n_checkpoints))
+
+
 def train_sft_with_checkpoints(model, tokenizer, records: list[dict], val_records: list[dict], cfg,
                                output_dir: str | Path, *, n_checkpoints: int | None, **args):
     """SFT saving model-only checkpoints and logging the validation loss at each.  ``n_checkpoints`` spreads that
     many checkpoints evenly over training; None keeps ``train.save_steps`` (e.g. every 100 steps as in Zephyr).
     Returns (trainer, DataFrame[step, val_loss, path])."""
-    import math
-
     import pandas as pd
+    from accelerate import PartialState
 
     train = {**OmegaConf.to_container(cfg.train, resolve=True), **args}  # what SFTConfig will receive
-    if n_checkpoints:
-        per_epoch = math.ceil(len(records) / (train["per_device_train_batch_size"] * train["gradient_accumulation_steps"]))
-        total = train["max_steps"] if train["max_steps"] > 0 else per_epoch * train["num_train_epochs"]
-        save_steps = max(1, total // n_checkpoints)
-    else:
-        save_steps = int(train["save_steps"])
+    save_steps = (checkpoint_every(len(records), train, n_checkpoints, PartialState().num_processes) if n_checkpoints
+                  else int(train["save_steps"]))
     trainer = train_sft(model, tokenizer, records, cfg, output_dir, eval_records=val_records,
                         **{"save_strategy": "steps", "save_steps": save_steps, "eval_strategy": "steps",
                            "eval_steps": save_steps, "save_only_model": True, **args})

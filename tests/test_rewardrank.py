@@ -133,7 +133,7 @@ def test_pair_logprobs_with_a_shared_prompt_match_separate_scoring(tiny):
 def test_testbed_study_data_is_held_out_and_family_balanced():
     cfg = compose(["study=rewardrank"])
     data = study_data(cfg, build_testbed(cfg.data))
-    assert len(data["sft_val"]) == round(0.4 * 60) and len(data["metric_pairs"]) == round(0.5 * 144)
+    assert len(data["sft_val"]) == round(0.4 * 60) and len(data["metric_pairs"]) == round(0.6 * 168)
     assert len({r["family"] for r in data["sft_val"]}) == len(cfg.data.families)
     assert not {r["id"] for r in data["sft_val"]} & {r["id"] for r in data["sft_train"]}
     assert not {r["id"] for r in data["metric_pairs"]} & {r["id"] for r in data["dpo_pairs"]}

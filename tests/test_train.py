@@ -6,7 +6,7 @@ import torch
 
 from studykit.logprobs import sequence_logprobs
 from studykit.testbed import build_testbed
-from studykit.train import dpo_dataset, hardware_args, sft_dataset, train_dpo, train_sft
+from studykit.train import checkpoint_every, dpo_dataset, hardware_args, sft_dataset, train_dpo, train_sft
 
 
 @pytest.fixture(scope="module")
@@ -113,3 +113,13 @@ def test_train_module_entry_point_saves_a_loadable_model(tmp_path):
                            "profile=smoke", "data.noise.fraction=0.25"], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "final").config.num_hidden_layers == 2
+
+
+def test_checkpoint_spacing_counts_every_process_batch():
+    """RewardRank's embedded SFT: 36 items, batch 9, 6 epochs = 24 steps, 8 checkpoints -> every 3 steps; on 2
+    processes a step takes 18 items: 12 steps -> every step; batch 3 on 2 processes: 36 steps -> every 4."""
+    train = {"per_device_train_batch_size": 9, "gradient_accumulation_steps": 1, "max_steps": -1, "num_train_epochs": 6}
+    assert checkpoint_every(36, train, 8) == 3
+    assert checkpoint_every(36, train, 8, num_processes=2) == 1
+    assert checkpoint_every(36, {**train, "per_device_train_batch_size": 3}, 8, num_processes=2) == 4
+    assert checkpoint_every(36, {**train, "max_steps": 40}, 8, num_processes=2) == 5   # max_steps are global steps
