@@ -42,9 +42,9 @@ def _list() -> None:
 
 def _runnable_studies() -> list[str]:
     """Studies for `run all`: those that need a hub (``study.hub_only``) only run when named."""
-    from .config import compose
+    from .config import compose, study_overrides
 
-    return [s for s in list_studies() if not compose([f"study={s}"]).study.get("hub_only", False)]
+    return [s for s in list_studies() if not compose(study_overrides(s)).study.get("hub_only", False)]
 
 
 def _exit_on_sigterm(signum, frame):

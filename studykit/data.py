@@ -123,7 +123,8 @@ def load_alpaca(source: str | Path, split: str = "train") -> list[dict]:
 
 
 def load_chat(source: str | Path, split: str = "train") -> list[dict]:
-    """Chat format: ``messages`` whose final assistant turn is the response (UltraChat-style)."""
+    """Chat format: ``messages`` whose final assistant turn is the response (UltraChat-style).  The turns before it
+    are kept as ``messages`` (SFT renders them turn by turn with the chat template); ``prompt`` is their text."""
     label, rows, unit = _read_rows(source, split)
     records = []
     for i, row in enumerate(rows):
@@ -132,7 +133,7 @@ def load_chat(source: str | Path, split: str = "train") -> list[dict]:
         if not prompt_msgs:
             raise DataError(f"{where}: 'messages' has no turn before the assistant's response")
         records.append({"id": str(row.get("id", row.get("prompt_id", i))), "prompt": _prompt_text(prompt_msgs),
-                        "response": response})
+                        "response": response, "messages": prompt_msgs})
     return _checked(records, label)
 
 

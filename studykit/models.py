@@ -174,7 +174,11 @@ def check_available(cfg) -> None:
 
 
 def load_tokenizer(cfg):
+    """The configured tokenizer; ``chat_template`` may be a Jinja template string that replaces the tokenizer's
+    own (e.g. Zephyr's on the Mistral-7B base model, which has none)."""
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(cfg))
+    if isinstance(cfg.get("chat_template"), str):
+        tokenizer.chat_template = cfg.chat_template
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

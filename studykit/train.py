@@ -47,6 +47,14 @@ def check_master_weights(model) -> None:
                          "set model.dtype=float32 (bf16 autocast is switched on for GPUs)")
 
 
+def memory_estimate(n_params: float, *, dtype_bytes: int = 4, shards: int = 1) -> dict[str, float]:
+    """ESTIMATE (GB per device) of the model state of an SFT and a DPO run, activations excluded: fp32 master
+    weights (4 B/param), their gradients (4) and AdamW's two moments (8) for the policy, plus a frozen reference of
+    ``dtype_bytes`` per parameter for DPO; all of it divided over ``shards`` devices (FSDP full sharding)."""
+    policy = n_params * (4 + 4 + 8)
+    return {"sft_gb": policy / shards / 1e9, "dpo_gb": (policy + n_params * dtype_bytes) / shards / 1e9}
+
+
 def _args(cls, section, output_dir: str | Path, seed: int, extra: dict, device: torch.device):
     """``cls`` (SFTConfig / DPOConfig) from a config section, then ``extra`` overrides, then the settings of
     ``device``."""
@@ -75,9 +83,10 @@ def _logged(trainer):
 
 def sft_dataset(records: list[dict], chat: bool) -> Dataset:
     """Prompt–completion rows for SFTTrainer (conversational when the model has a chat template), so the loss
-    covers the response tokens only."""
+    covers the response tokens only.  A multi-turn record (``messages``: the turns before its response, e.g.
+    UltraChat) keeps its turns; the loss covers the final assistant turn."""
     if chat:
-        rows = [{"prompt": [{"role": "user", "content": r["prompt"]}],
+        rows = [{"prompt": r.get("messages") or [{"role": "user", "content": r["prompt"]}],
                  "completion": [{"role": "assistant", "content": r["response"]}]} for r in records]
     else:
         rows = [{"prompt": format_prompt(None, r["prompt"], chat=False), "completion": completion_text(r["response"])}

@@ -103,6 +103,8 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("data.noise.kinds", _noise_kinds, "a non-empty subset of wrong_answer, truncated, mismatched, junk"),
     ("data.dev_per_family", non_negative_int, "an integer ≥ 0"),
     ("data.max_answer_share", lambda v: v is None or open_unit_interval(v) or v == 1, "null or a share in (0, 1]"),
+    ("model.chat_template", lambda v: isinstance(v, bool) or (isinstance(v, str) and "{%" in v),
+     "true (the tokenizer's template), false (plain Question/Answer prompts) or a Jinja chat template string"),
     ("device", lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) is not None,
      "auto, cpu, cuda or cuda:<index>"),
     ("eval.batch_size", positive_int, "an integer ≥ 1"),
@@ -167,6 +169,10 @@ def validate(cfg: DictConfig) -> None:
         if not check(value):
             shown = OmegaConf.to_container(value) if isinstance(value, (DictConfig, ListConfig)) else value
             raise ConfigError(f"{key}={shown!r} is not allowed: expected {allowed}")
+    required = OmegaConf.select(cfg, "study.requires_profile", default=None)
+    if required is not None and cfg.profile.name != required:
+        raise ConfigError(f"study {cfg.study.name} needs profile={required}, got profile={cfg.profile.name}: "
+                          f"conf/profile/{required}.yaml holds the resources its recipe was run with")
     in_domain = OmegaConf.select(cfg, "study.in_domain", default=None)
     if in_domain is not None:
         unknown = set(in_domain) - set(cfg.data.families)

@@ -1,6 +1,6 @@
 import pytest
 
-from studykit.config import ConfigError, compose, list_studies
+from studykit.config import ConfigError, compose, list_studies, study_overrides
 
 
 def test_default_is_embedded_quickstart_on_the_real_model():
@@ -41,7 +41,7 @@ def test_every_study_has_a_notebook():
     from studykit.config import NOTEBOOK_DIR
 
     for study in list_studies():
-        assert (NOTEBOOK_DIR / compose([f"study={study}"]).study.notebook).is_file()
+        assert (NOTEBOOK_DIR / compose(study_overrides(study)).study.notebook).is_file()
 
 
 @pytest.mark.parametrize("overrides, key, allowed", [

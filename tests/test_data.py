@@ -17,9 +17,22 @@ def test_alpaca_joins_instruction_and_optional_input():
 
 def test_chat_takes_last_assistant_turn_and_keeps_roles_of_longer_prompts():
     records = load_chat(FIXTURES / "chat.jsonl")
-    assert records[0] == {"id": "a1", "prompt": "Hello, who are you?", "response": "I am a helpful assistant."}
+    assert records[0] == {"id": "a1", "prompt": "Hello, who are you?", "response": "I am a helpful assistant.",
+                          "messages": [{"role": "user", "content": "Hello, who are you?"}]}
     assert records[1]["prompt"] == "system: Be brief.\nuser: Capital of France?"
     assert records[1]["response"] == "Paris."
+
+
+def test_multi_turn_conversations_keep_their_turns_into_sft():
+    """UltraChat-style: the turns before the final answer stay turns (the chat template renders each with its role),
+    not one flattened user message."""
+    from studykit.train import sft_dataset
+
+    record = load_chat(FIXTURES / "chat_multiturn.jsonl")[0]
+    assert record["response"] == "11." and [m["role"] for m in record["messages"]] == ["user", "assistant", "user"]
+    row = sft_dataset([record], chat=True)[0]
+    assert row["prompt"] == record["messages"]
+    assert row["completion"] == [{"role": "assistant", "content": "11."}]
 
 
 def test_preferences_accept_message_lists_and_strings():

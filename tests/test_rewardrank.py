@@ -1,6 +1,7 @@
 import numpy as np
 import pandas as pd
 import pytest
+from omegaconf import OmegaConf
 
 from studykit.config import compose
 from studykit.rewardrank import (METRICS, checkpoint_metrics, dpo_movement, implicit_reward_margins, pooled_correlations,
@@ -141,13 +142,29 @@ def test_testbed_study_data_is_held_out_and_family_balanced():
 
 def test_zephyr_recipe_loads_ultrachat_and_ultrafeedback_formats_from_local_files():
     """The GPU Zephyr config reads the hub datasets through the same loaders; here they point at local fixtures."""
-    cfg = compose(["study=rewardrank_zephyr", "profile=gpu", f"study.sft_data.source={FIXTURES / 'chat.jsonl'}",
+    cfg = compose(["study=rewardrank_zephyr", "profile=zephyr", f"study.sft_data.source={FIXTURES / 'chat.jsonl'}",
                    f"study.preference_data.source={FIXTURES / 'preferences.jsonl'}",
                    "study.sft_data.validation=0.5", "study.preference_data.metric_pairs=0.5"])
     assert cfg.train.save_steps == 100 and cfg.dpo.beta == 0.01 and cfg.dpo.learning_rate == 5e-7
+    assert cfg.train.num_train_epochs == 1 and cfg.model.name == "mistral-7b-v0.1" and cfg.model.dtype == "float32"
     data = study_data(cfg, {"pool": [], "preference": []})
     assert data["sft_val"][0]["response"] == "I am a helpful assistant." and data["sft_train"][0]["response"] == "Paris."
     assert (data["metric_pairs"][0]["chosen"], data["dpo_pairs"][0]["rejected"]) == ("12", "cat")
+
+
+def test_zephyr_recipe_renders_zephyrs_chat_template_and_needs_its_profile(smoke_cfg):
+    from studykit.config import ConfigError
+    from studykit.models import load_tokenizer
+
+    template = compose(["study=rewardrank_zephyr", "profile=zephyr"]).model.chat_template
+    tokenizer = load_tokenizer(OmegaConf.merge(smoke_cfg.model, {"chat_template": template}))
+    eos = tokenizer.eos_token
+    rendered = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
+                                              {"role": "user", "content": "Bye"}], tokenize=False,
+                                             add_generation_prompt=True)
+    assert rendered == f"<|user|>\nHi{eos}\n<|assistant|>\nHello{eos}\n<|user|>\nBye{eos}\n<|assistant|>\n"
+    with pytest.raises(ConfigError, match="study rewardrank_zephyr needs profile=zephyr, got profile=gpu"):
+        compose(["study=rewardrank_zephyr", "profile=gpu"])
 
 
 def test_bad_held_out_fraction_is_a_clear_error():

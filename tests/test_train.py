@@ -123,3 +123,28 @@ def test_checkpoint_spacing_counts_every_process_batch():
     assert checkpoint_every(36, train, 8, num_processes=2) == 1
     assert checkpoint_every(36, {**train, "per_device_train_batch_size": 3}, 8, num_processes=2) == 4
     assert checkpoint_every(36, {**train, "max_steps": 40}, 8, num_processes=2) == 5   # max_steps are global steps
+
+
+def test_memory_estimate_counts_master_weights_gradients_adam_and_the_reference():
+    from studykit.train import memory_estimate
+
+    assert memory_estimate(1e9) == {"sft_gb": pytest.approx(16.0), "dpo_gb": pytest.approx(20.0)}
+    assert memory_estimate(7e9, shards=8)["dpo_gb"] == pytest.approx(7 * 20 / 8)
+
+
+@pytest.mark.slow
+def test_embedded_models_parameter_count_in_its_config_is_the_real_one(embedded, embedded_cfg):
+    model, _ = embedded
+    assert sum(p.numel() for p in model.parameters()) / 1e9 == pytest.approx(embedded_cfg.model.n_params_billion, rel=1e-3)
+
+
+def test_fsdp_recipe_shards_fp32_masters_under_bf16_autocast():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    from studykit.config import CONF_DIR
+
+    fsdp = load_config_from_file(str(CONF_DIR / "accelerate" / "fsdp_zephyr.yaml"))
+    assert fsdp.distributed_type == "FSDP" and fsdp.mixed_precision == "bf16" and fsdp.num_processes == 8
+    assert fsdp.fsdp_config["fsdp_sharding_strategy"] == "FULL_SHARD"
+    assert fsdp.fsdp_config["fsdp_transformer_layer_cls_to_wrap"] == "MistralDecoderLayer"
+    assert fsdp.fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT"   # checkpoints reload as plain models
