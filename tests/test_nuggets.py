@@ -89,6 +89,13 @@ def test_golden_score_counts_strict_improvements_only():
     np.testing.assert_allclose(golden_scores(one, zero), [0.5, 0.0])
 
 
+def test_tie_tolerance_counts_gains_up_to_it_as_no_gain():
+    zero = np.array([-5.0, -3.0, -1.0])
+    one = np.array([[-4.9995, -2.5, -1.00001]])           # gains 5e-4, 0.5, -1e-5
+    np.testing.assert_allclose(golden_scores(one, zero), [2 / 3])
+    np.testing.assert_allclose(golden_scores(one, zero, tie_tolerance=1e-3), [1 / 3])
+
+
 def test_cache_resumes_without_rescoring(tiny, pool, tmp_path, monkeypatch):
     model, tok = tiny
     candidates, anchors = pool[:9], pool[-3:]

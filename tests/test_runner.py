@@ -157,3 +157,21 @@ def test_only_code_changes_make_the_tree_dirty_not_results(tmp_path, monkeypatch
     assert runner._git_state()["dirty"] is False
     (tmp_path / "studykit" / "code.py").write_text("x = 2\n")
     assert runner._git_state()["dirty"] is True
+
+
+def test_gpu_check_plumbing_runs_on_the_cpu(tmp_path):
+    """benchmarks/gpu_check.py end to end with --device cpu on the smoke profile (one study): the report has the
+    study row, the throughput fractions and no CPU-vs-GPU section."""
+    import importlib.util
+    import json
+
+    from studykit.config import ROOT
+
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    out = gpu_check.main(["--device", "cpu", "--profile", "smoke", "--studies", "quickstart", "--out", str(tmp_path)])
+    report = json.loads((out / "report.json").read_text())
+    assert [row["study"] for row in report["studies"]] == ["quickstart"] and report["studies"][0]["ok"]
+    assert 0 < report["throughput"]["scoring_fraction_of_fp32_peak"] and 0 < report["throughput"]["sft_fraction_of_peak"]
+    assert report["cpu_vs_gpu"] is None and "| quickstart | yes |" in (out / "report.md").read_text()
