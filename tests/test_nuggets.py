@@ -167,7 +167,7 @@ def test_sharded_scoring_over_two_processes_equals_one_process(tmp_path):
 def test_minilm_embeddings_load_offline_from_their_pypi_package():
     from studykit.nuggets import minilm_embeddings
 
-    emb = minilm_embeddings(["Add 2 and 3.", "Add two and three.", "Spell 'cat' backward."])
+    emb = minilm_embeddings(["Add 2 and 3.", "Add two and three.", "Spell 'cat' backward."], "cpu")
     assert emb.shape == (3, 384)
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
     assert emb[0] @ emb[1] > emb[0] @ emb[2]  # paraphrases are closer than unrelated instructions
