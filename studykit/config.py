@@ -72,16 +72,27 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
 
 def device(cfg) -> torch.device:
     """The device of a study (``device`` in ``conf/config.yaml``): every model load, scoring pass, generation and
-    training run goes there.  ``auto`` is the CUDA device when one is available, else the CPU; under
-    ``accelerate launch`` each process gets its own local GPU."""
+    training run goes there.  ``auto`` is the CUDA device when one is available, else the CPU; ``auto`` and ``cuda``
+    give each process of an ``accelerate launch`` its own local GPU (``LOCAL_RANK``).
+
+    An explicit ``cuda:<index>`` also becomes torch's current CUDA device, because TRL's trainers (through
+    accelerate) train a single process on the *current* device: kit placement and training then agree.  It is
+    refused under a multi-process launch, where accelerate assigns one GPU per process."""
     name = cfg.get("device", "auto")
-    if name == "auto":
-        if not torch.cuda.is_available():
-            return torch.device("cpu")
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", torch.cuda.current_device())))
-    if name.startswith("cuda") and not torch.cuda.is_available():
+    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
         raise ConfigError(f"device={name!r} is not available: torch sees no CUDA device (use device=auto or cpu)")
-    return torch.device(name)
+    if name in ("auto", "cuda"):
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", torch.cuda.current_device())))
+    index = torch.device(name).index
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError(f"device={name!r}: a multi-process launch gives each process its own GPU; "
+                          "use device=auto or cuda (CUDA_VISIBLE_DEVICES picks the GPUs)")
+    if index >= torch.cuda.device_count():
+        raise ConfigError(f"device={name!r} is not available: torch sees {torch.cuda.device_count()} CUDA device(s)")
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index)
 
 
 def seed_everything(seed: int) -> None:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 from transformers import DynamicCache
+from trl.data_utils import common_prefix_length
 
 
 def format_prompt(tokenizer, prompt: str, chat: bool) -> str:
@@ -48,15 +49,6 @@ def completion_text(response: str) -> str:
     return " " + response
 
 
-def common_prefix_length(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 def encode_pair(tokenizer, prompt_text: str, response_text: str) -> tuple[list[int], list[int]]:
     """Token ids of an already-formatted prompt and response as TRL's SFT and DPO tokenize them: the prompt and
     prompt + response are tokenized jointly and the response is what follows their common prefix, so a token that
@@ -75,25 +67,25 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
+def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Left-padded token ids, their attention mask and the position ids rebuilt from it (a padded row sees the
+    positions of the unpadded sequence)."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, sequence in enumerate(sequences):
+        ids[i, width - len(sequence):] = torch.tensor(sequence)
+        mask[i, width - len(sequence):] = 1
+    return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
+
+
 def collate_left(pairs: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
     """Left-pad (prompt_ids, response_ids) pairs; returns input_ids, attention_mask, position_ids and the
     right-aligned response ids / mask of width max_response_len."""
-    lengths = [len(p) + len(r) for p, r in pairs]
-    width, resp_width = max(lengths), max(len(r) for _, r in pairs)
-    batch = len(pairs)
-    input_ids = torch.full((batch, width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((batch, width), dtype=torch.long)
-    response_ids = torch.full((batch, resp_width), pad_id, dtype=torch.long)
-    response_mask = torch.zeros((batch, resp_width), dtype=torch.bool)
-    for i, (prompt, response) in enumerate(pairs):
-        ids = prompt + response
-        input_ids[i, width - len(ids):] = torch.tensor(ids)
-        attention_mask[i, width - len(ids):] = 1
-        response_ids[i, resp_width - len(response):] = torch.tensor(response)
-        response_mask[i, resp_width - len(response):] = True
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    input_ids, attention_mask, position_ids = left_pad([p + r for p, r in pairs], pad_id)
+    response_ids, response_mask, _ = left_pad([r for _, r in pairs], pad_id)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids,
-            "response_ids": response_ids, "response_mask": response_mask}
+            "response_ids": response_ids, "response_mask": response_mask.bool()}
 
 
 def batch_response_logprobs(model, batch: dict[str, torch.Tensor], prefix=None) -> torch.Tensor:
@@ -121,13 +113,7 @@ def prefix_cache(model, prefixes: list[list[int]], pad_id: int):
     """One forward over left-padded token prefixes: per-layer (keys, values), attention mask (B, P), lengths (B,).
     Rows continue from it through ``batch_response_logprobs(..., prefix=...)`` after the cache is tiled to them."""
     device = next(model.parameters()).device
-    width = max(len(p) for p in prefixes)
-    ids = torch.full((len(prefixes), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prefixes), width), dtype=torch.long)
-    for i, prefix in enumerate(prefixes):
-        ids[i, width - len(prefix):] = torch.tensor(prefix)
-        mask[i, width - len(prefix):] = 1
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    ids, mask, positions = left_pad(prefixes, pad_id)
     out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
                 use_cache=True, logits_to_keep=1)
     layers = [(layer.keys, layer.values) for layer in out.past_key_values.layers]

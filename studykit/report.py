@@ -10,6 +10,10 @@ from .claims import claims_table, condition_matrix, conclusions, load_claims
 from .evaluate import answer_baselines
 from .stats import paired_difference, wilson_interval
 
+# Every study notebook imports this module: its protocol and claims tables show whole values (pandas would cut
+# them at 50 characters with "…").
+pd.set_option("display.max_colwidth", None)
+
 
 def condition_accuracy(predictions: pd.DataFrame, metric: str = "lenient", families: list[str] | None = None,
                        seed: int = 0) -> pd.DataFrame:

@@ -27,6 +27,49 @@ def test_bad_or_missing_device_is_one_clear_error():
             device(compose(["device=cuda"]))
 
 
+class _FakeCuda:
+    """Two CUDA devices as torch.cuda would report them; records set_device calls."""
+
+    def __init__(self):
+        self.current, self.calls = 0, []
+
+    def install(self, monkeypatch):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+        monkeypatch.setattr(torch.cuda, "current_device", lambda: self.current)
+        monkeypatch.setattr(torch.cuda, "set_device", self.set_device)
+        return self
+
+    def set_device(self, index):
+        self.calls.append(index)
+        self.current = index
+
+
+def test_explicit_gpu_index_becomes_the_current_device_the_trainers_use(monkeypatch):
+    """TRL trains one process on torch's current CUDA device (accelerate: torch.device("cuda")), so cuda:1 must
+    make GPU 1 current or the kit would load and generate on GPU 1 while training ran on GPU 0."""
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    fake = _FakeCuda().install(monkeypatch)
+    assert device(compose(["device=cuda:1"])) == torch.device("cuda", 1)
+    assert fake.calls == [1] and torch.cuda.current_device() == 1
+    assert device(compose(["device=auto"])) == torch.device("cuda", 1)  # auto and cuda follow the current device
+    assert device(compose(["device=cuda"])) == torch.device("cuda", 1)
+    with pytest.raises(ConfigError, match=r"device='cuda:2' is not available: torch sees 2 CUDA device\(s\)"):
+        device(compose(["device=cuda:2"]))
+
+
+def test_multi_process_launch_gives_each_process_its_local_gpu(monkeypatch):
+    fake = _FakeCuda().install(monkeypatch)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert device(compose(["device=auto"])) == torch.device("cuda", 1)
+    assert device(compose(["device=cuda"])) == torch.device("cuda", 1)
+    with pytest.raises(ConfigError, match="a multi-process launch gives each process its own GPU"):
+        device(compose(["device=cuda:0"]))
+    assert fake.calls == []
+
+
 CHECKED = textwrap.dedent('''
     import copy, tempfile, torch
     import studykit
