@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
-from .testbed import verify
+from .testbed import task_of, verify
 
 _NUMBER = re.compile(r"[-+]?\d+(?:[.,]\d+)*")
 _YES_NO = re.compile(r"\b(yes|no)\b", re.IGNORECASE)
@@ -128,7 +128,7 @@ def _phrase(reply: str) -> str:
 
 def extract_answer(family: str, reply: str) -> str:
     """The final answer ``reply`` states, by the family's answer format."""
-    return FORMATS[FAMILY_FORMATS.get(family, "phrase")](reply)
+    return FORMATS[FAMILY_FORMATS.get(task_of(family), "phrase")](reply)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,10 @@ well they separate clean from noisy items.
 
 A record is a plain dict: ``id, family, prompt, response, answer, entry`` where ``entry`` is the reasoning-gym
 item serialized as JSON (the verifier needs it).
+
+One reasoning-gym task can give several families at different difficulties ("arms"): a family key
+``<task>:<arm>`` draws from ``<task>`` with that entry's parameters, e.g. ``knights_knaves:3: {n_people: 3}``;
+its verifier and answer format are the task's (:func:`task_of`).
 """
 from __future__ import annotations
 
@@ -31,16 +35,21 @@ import reasoning_gym
 NOISE_KINDS = ("wrong_answer", "truncated", "mismatched", "junk")
 
 
+def task_of(family: str) -> str:
+    """The reasoning-gym task of a family key: ``knights_knaves:3`` → ``knights_knaves``."""
+    return family.split(":", 1)[0]
+
+
 @lru_cache(maxsize=None)
-def _verifier(family: str):
-    return reasoning_gym.create_dataset(family, size=1, seed=0)
+def _verifier(task: str):
+    return reasoning_gym.create_dataset(task, size=1, seed=0)
 
 
 def verify(family: str, answer: str, entry: dict | str) -> float:
     """The family's verifier score of ``answer`` (1.0 = correct; reasoning-gym gives partial credit below)."""
     if isinstance(entry, str):
         entry = json.loads(entry)
-    return float(_verifier(family).score_answer(answer, entry))
+    return float(_verifier(task_of(family)).score_answer(answer, entry))
 
 
 def is_correct(family: str, answer: str, entry: dict | str) -> bool:
@@ -49,7 +58,7 @@ def is_correct(family: str, answer: str, entry: dict | str) -> bool:
 
 def _generate(family: str, params: dict, n: int, seed: int) -> list[dict]:
     """``n`` de-duplicated items of one family (draws up to 4n candidates from one seeded generator)."""
-    dataset = reasoning_gym.create_dataset(family, size=4 * n, seed=seed, **params)
+    dataset = reasoning_gym.create_dataset(task_of(family), size=4 * n, seed=seed, **params)
     seen, items = set(), []
     for i in range(len(dataset)):
         entry = dataset[i]
@@ -101,8 +110,8 @@ def build_testbed(data_cfg) -> dict[str, list[dict]]:
         raise ValueError("data.families: at least one reasoning-gym task family is required")
     splits = {name: [] for name in sizes}
     for offset, (family, params) in enumerate(data_cfg.families.items()):
-        if family not in reasoning_gym.factory.DATASETS:
-            raise ValueError(f"data.families: unknown reasoning-gym task '{family}'")
+        if task_of(family) not in reasoning_gym.factory.DATASETS:
+            raise ValueError(f"data.families: unknown reasoning-gym task '{task_of(family)}' (family '{family}')")
         held_out = sizes["eval"] + sizes["dev"]
         spare = held_out if max_share is None else 3 * held_out  # room to balance the answers
         items = _generate(family, dict(params or {}), sizes["pool"] + sizes["preference"] + spare,

@@ -55,7 +55,15 @@ def one_of(*options) -> Callable[[Any], bool]:
 def _families(v) -> bool:
     import reasoning_gym
 
-    return isinstance(v, (dict, DictConfig)) and len(v) > 0 and all(f in reasoning_gym.factory.DATASETS for f in v)
+    from .testbed import task_of
+
+    return isinstance(v, (dict, DictConfig)) and len(v) > 0 and all(
+        task_of(f) in reasoning_gym.factory.DATASETS for f in v)
+
+
+def _rewards(v) -> bool:
+    return (isinstance(v, (dict, DictConfig)) and set(v) <= {"verifier", "format"} and all(_number(w) for w in v.values())
+            and any(w != 0 for w in v.values()))
 
 
 def _noise_kinds(v) -> bool:
@@ -95,7 +103,7 @@ def _subset_conditions(v) -> bool:
 
 RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("seed", _int, "an integer"),
-    ("data.families", _families, "a non-empty mapping of reasoning-gym task names to their parameters"),
+    ("data.families", _families, "a non-empty mapping of reasoning-gym task names (or <task>:<arm>) to their parameters"),
     ("data.pool_per_family", positive_int, "an integer ≥ 1"),
     ("data.eval_per_family", positive_int, "an integer ≥ 1"),
     ("data.preference_per_family", non_negative_int, "an integer ≥ 0"),
@@ -122,6 +130,19 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("dpo.num_train_epochs", positive, "a number > 0"),
     ("dpo.max_steps", max_steps, "-1 (use epochs) or an integer ≥ 1"),
     ("dpo.per_device_train_batch_size", positive_int, "an integer ≥ 1"),
+    ("grpo.learning_rate", positive, "a number > 0"),
+    ("grpo.num_generations", lambda v: _int(v) and v >= 2, "an integer ≥ 2 (GRPO's group baseline)"),
+    ("grpo.per_device_train_batch_size", positive_int, "an integer ≥ 1"),
+    ("grpo.max_completion_length", positive_int, "an integer ≥ 1"),
+    ("grpo.max_steps", max_steps, "-1 (use epochs) or an integer ≥ 1"),
+    ("grpo.temperature", positive, "a number > 0"),
+    ("rl.rewards", _rewards, "a mapping of reward names (verifier, format) to numbers, at least one non-zero"),
+    ("rl.hpt.switch_gate", non_negative_int, "an integer ≥ 0 (at most num_generations − 1)"),
+    ("rl.hpt.sft_coef", positive, "a number > 0"),
+    ("rl.prefix_rft.high", open_unit_interval, "a ratio in (0, 1)"),
+    ("rl.prefix_rft.entropy_top_share", lambda v: _number(v) and 0 < v <= 1, "a share in (0, 1]"),
+    ("rl.dump.window", positive_int, "an integer ≥ 1"),
+    ("rl.dump.temperature", positive, "a number > 0"),
     ("study.seeds", int_list, "a non-empty list of integers"),
     ("study.headline_threshold", unit_interval, "a golden-score threshold in [0, 1]"),
     ("study.low_threshold", unit_interval, "a golden-score threshold in [0, 1]"),
@@ -169,6 +190,10 @@ def validate(cfg: DictConfig) -> None:
         if not check(value):
             shown = OmegaConf.to_container(value) if isinstance(value, (DictConfig, ListConfig)) else value
             raise ConfigError(f"{key}={shown!r} is not allowed: expected {allowed}")
+    grpo = OmegaConf.select(cfg, "grpo", default=None)
+    if grpo is not None and grpo.per_device_train_batch_size % grpo.num_generations:
+        raise ConfigError(f"grpo.per_device_train_batch_size={grpo.per_device_train_batch_size} is not allowed: "
+                          f"expected a multiple of grpo.num_generations={grpo.num_generations} (whole groups per step)")
     required = OmegaConf.select(cfg, "study.requires_profile", default=None)
     if required is not None and cfg.profile.name != required:
         raise ConfigError(f"study {cfg.study.name} needs profile={required}, got profile={cfg.profile.name}: "

@@ -70,3 +70,22 @@ def test_truncated_items_really_are_prefixes(splits):
 def test_noise_rejects_bad_arguments(splits, kwargs, message):
     with pytest.raises(ValueError, match=message):
         inject_noise(splits["pool"], **kwargs)
+
+
+def test_one_task_gives_difficulty_arms(smoke_cfg):
+    """``knights_knaves:<n>`` families draw from one reasoning-gym task with their own parameters (DUMP's arms)."""
+    from omegaconf import OmegaConf
+
+    from studykit.answers import judge
+
+    data = {**OmegaConf.to_container(smoke_cfg.data), "max_answer_share": None,
+            "families": {"knights_knaves:2": {"n_people": 2}, "knights_knaves:4": {"n_people": 4}}}
+    pool = build_testbed(OmegaConf.create(data))["pool"]
+    by_arm = collections.defaultdict(list)
+    for r in pool:
+        by_arm[r["family"]].append(r)
+    assert set(by_arm) == {"knights_knaves:2", "knights_knaves:4"}
+    assert all(r["answer"].count(" is a") == 2 for r in by_arm["knights_knaves:2"])
+    assert all(r["answer"].count(" is a") == 4 for r in by_arm["knights_knaves:4"])
+    for r in pool:
+        assert judge(r, r["response"]).strict and not judge(r, "No idea").lenient

@@ -1,0 +1,129 @@
+"""Reinforcement learning with verifiable rewards (RLVR) on the testbed, through TRL's ``GRPOTrainer``.
+
+GRPO (Shao et al., 2024, DeepSeekMath §4.1): for each prompt, G completions are sampled; each gets a reward
+from the task's verifier; the advantage of completion i is its reward minus the group mean (divided by the
+group's standard deviation with ``scale_rewards: group``), and the clipped policy-gradient loss of PPO is applied
+to every completion token.  This module adds only what the testbed needs:
+
+* **rewards** (a registry, :data:`REWARDS`): ``verifier`` — 1.0 when the reply's final answer, extracted by the
+  kit's one answer extractor (:mod:`studykit.answers`, lenient), is verified correct; ``format`` — 1.0 when the
+  reply is the answer alone on one line, as every testbed prompt asks.  ``rl.rewards`` in the config maps reward
+  names to weights;
+* **data**: :func:`grpo_dataset` turns testbed records into prompt rows that carry what the rewards and the
+  hybrid trainers need (family, verifier entry, demonstration, curriculum arm);
+* **the trainer**: :func:`build_grpo_trainer` builds GRPO or a registered variant (:data:`TRAINERS`: HPT and
+  Prefix-RFT in :mod:`studykit.hybrid_rl`, the DUMP curriculum in :mod:`studykit.curriculum`) with ``cfg.grpo``
+  passed to ``GRPOConfig`` as it is, and the device's settings added (:func:`studykit.train.hardware_args`).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from datasets import Dataset
+from omegaconf import OmegaConf
+from trl import GRPOConfig, GRPOTrainer
+
+from .answers import extract_answer, first_line, judge
+from .config import device
+from .logprobs import format_prompt
+from .train import _args, _logged, check_master_weights
+
+REWARDS: dict[str, Callable[..., list[float]]] = {}
+TRAINERS: dict[str, type[GRPOTrainer]] = {"grpo": GRPOTrainer}
+
+
+def register_reward(name: str):
+    """Decorator: register ``fn(completions, family, entry, **columns) -> list[float]`` as reward ``name``."""
+    def wrap(fn):
+        fn.__name__ = name  # TRL logs each reward under its function's name
+        REWARDS[name] = fn
+        return fn
+    return wrap
+
+
+def register_trainer(name: str):
+    """Decorator: register a ``GRPOTrainer`` subclass as RL method ``name`` (``build_grpo_trainer(method=name)``)."""
+    def wrap(cls):
+        TRAINERS[name] = cls
+        return cls
+    return wrap
+
+
+def completion_texts(completions: list) -> list[str]:
+    """The reply text of each completion: TRL passes conversational completions as message lists."""
+    return [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+
+
+@register_reward("verifier")
+def verifier_reward(completions: list, family: list[str], entry: list[str], **_) -> list[float]:
+    """1.0 when the reply states the right final answer anywhere (the lenient judgement of
+    :func:`studykit.answers.judge`, which the evaluator uses too), else 0.0."""
+    return [float(judge({"family": f, "entry": e}, reply).lenient)
+            for reply, f, e in zip(completion_texts(completions), family, entry, strict=True)]
+
+
+@register_reward("format")
+def format_reward(completions: list, family: list[str], **_) -> list[float]:
+    """1.0 when the reply is one non-empty line holding nothing but an answer in the family's format (what the
+    extractor takes from that line is the whole line, up to case and a final full stop), right or wrong."""
+    def bare(text: str) -> str:
+        return text.rstrip(".").lower()
+
+    scores = []
+    for reply, f in zip(completion_texts(completions), family, strict=True):
+        line = first_line(reply)
+        one_line = bool(line) and line == reply.strip()
+        scores.append(float(one_line and bare(extract_answer(f, line)) == bare(line)))
+    return scores
+
+
+def reward_functions(rl_cfg) -> tuple[list[Callable], list[float]]:
+    """The reward functions and weights of ``rl.rewards`` (weights of 0 are left out)."""
+    weights = {name: float(w) for name, w in rl_cfg["rewards"].items() if float(w) != 0.0}
+    unknown = set(weights) - set(REWARDS)
+    if unknown or not weights:
+        raise ValueError(f"rl.rewards: {sorted(unknown) or 'no non-zero weight'}; expected weights for "
+                         f"{sorted(REWARDS)}")
+    return [REWARDS[name] for name in weights], list(weights.values())
+
+
+def grpo_dataset(records: list[dict], tokenizer, chat: bool) -> Dataset:
+    """Prompt rows for ``GRPOTrainer``: the prompt (a user turn with a chat template, else the plain
+    ``Question: … / Answer:`` frame), and the columns the rewards and hybrid trainers read — ``family``,
+    ``entry`` (the verifier's item), ``solution`` (the gold response, HPT's and Prefix-RFT's demonstration) and
+    ``arm`` (the curriculum arm: the family)."""
+    if not records:
+        raise ValueError("GRPO needs at least one prompt; the selected records are empty")
+    rows = [{"prompt": [{"role": "user", "content": r["prompt"]}] if chat else format_prompt(tokenizer, r["prompt"], False),
+             "family": r["family"], "entry": r["entry"], "solution": r["response"], "arm": r["family"]}
+            for r in records]
+    return Dataset.from_list(rows)
+
+
+def build_grpo_trainer(model, tokenizer, records: list[dict], cfg, output_dir: str | Path, *, method: str = "grpo",
+                       callbacks=None, **args) -> GRPOTrainer:
+    """A TRL GRPO trainer (or the registered variant ``method``) on ``records``' prompts with ``cfg.grpo``
+    (+ ``args`` overrides) and the rewards of ``cfg.rl.rewards``, ready to ``train()``.  A variant's own
+    settings come from ``cfg.rl.<method>``."""
+    if method not in TRAINERS:
+        raise ValueError(f"unknown RL method '{method}'; available: {', '.join(sorted(TRAINERS))}")
+    check_master_weights(model)
+    funcs, weights = reward_functions(cfg.rl)
+    grpo_args = _args(GRPOConfig, cfg.grpo, output_dir, int(cfg.seed), {"reward_weights": weights, **args},
+                      device(cfg))
+    own = OmegaConf.to_container(cfg.rl[method], resolve=True) if method in cfg.rl else {}
+    trainer = TRAINERS[method](model=model, processing_class=tokenizer, reward_funcs=funcs, args=grpo_args,
+                               train_dataset=grpo_dataset(records, tokenizer, bool(cfg.model.chat_template)),
+                               callbacks=callbacks, **own)
+    return _logged(trainer)
+
+
+def train_grpo(model, tokenizer, records: list[dict], cfg, output_dir: str | Path, **kwargs) -> GRPOTrainer:
+    """:func:`build_grpo_trainer`, trained; returns the trainer after training."""
+    trainer = build_grpo_trainer(model, tokenizer, records, cfg, output_dir, **kwargs)
+    trainer.train()
+    return trainer
+
+
+from . import curriculum, hybrid_rl  # noqa: E402,F401  (their trainers register themselves in TRAINERS)

@@ -1,0 +1,202 @@
+"""RL with verifiable rewards: the rewards on real replies, HPT's switch, Prefix-RFT's prefixes and entropy mask,
+DUMP's sampling distribution on a hand-computed case, and one GRPO step of every registered trainer."""
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from trl import GRPOTrainer
+
+from studykit import rl
+from studykit.curriculum import CurriculumSampler, UCBCurriculum
+from studykit.hybrid_rl import entropy_prefix_mask, hpt_sft_groups, prefix_length, prefix_low
+from studykit.logprobs import encode_pair, format_pair, sequence_logprobs
+from studykit.testbed import _generate, build_testbed
+
+
+def record(family: str, answer: str, **params) -> dict:
+    for entry in _generate(family, params, 60, seed=7):
+        if str(entry["answer"]) == answer:
+            return {"family": family, "entry": json.dumps(entry), "answer": answer}
+    raise LookupError(answer)
+
+
+def rewards(fn, rec: dict, replies: list) -> list[float]:
+    n = len(replies)
+    return fn(completions=replies, family=[rec["family"]] * n, entry=[rec["entry"]] * n)
+
+
+def test_verifier_reward_is_the_lenient_judgement_of_real_replies():
+    chain = record("chain_sum", "7", min_terms=2, max_terms=2, min_digits=1, max_digits=1)
+    chat = [[{"role": "assistant", "content": text}] for text in ("The answer is 7.", "3 + 4 = 7", "8", "")]
+    assert rewards(rl.verifier_reward, chain, chat) == [1.0, 1.0, 0.0, 0.0]
+    assert rewards(rl.verifier_reward, chain, ["7", "I think 8"]) == [1.0, 0.0]  # plain-text completions too
+    knights = {"family": "knights_knaves:2", "entry": json.dumps(
+        _generate("knights_knaves", {"n_people": 2}, 1, seed=1)[0])}
+    gold = json.loads(knights["entry"])["answer"]
+    assert rewards(rl.verifier_reward, knights, [gold, "The answer is: " + gold, "I do not know"]) == [1.0, 1.0, 0.0]
+
+
+def test_format_reward_wants_the_answer_alone_on_one_line_right_or_wrong():
+    chain = record("chain_sum", "7", min_terms=2, max_terms=2, min_digits=1, max_digits=1)
+    assert rewards(rl.format_reward, chain, ["7", "8.", "The answer is 7.", "7\nbecause 3 + 4", " "]) == [
+        1.0, 1.0, 0.0, 0.0, 0.0]
+    syllogism = record("syllogism", "Yes")
+    assert rewards(rl.format_reward, syllogism, ["Yes.", "no", "Yes, because all A are B"]) == [1.0, 1.0, 0.0]
+    knights = {"family": "knights_knaves", "entry": "{}"}
+    assert rewards(rl.format_reward, knights, ["Amelia is a hero, and Elizabeth is a villain."]) == [1.0]
+
+
+def test_reward_weights_come_from_the_config(smoke_cfg):
+    funcs, weights = rl.reward_functions(smoke_cfg.rl)
+    assert [f.__name__ for f in funcs] == ["verifier"] and weights == [1.0]
+    with pytest.raises(ValueError, match="rl.rewards"):
+        rl.reward_functions({"rewards": {"verifier": 0.0}})
+
+
+def test_hpt_switches_to_sft_exactly_for_groups_with_at_most_gamma_solved():
+    solved = torch.tensor([1, 0, 0, 0,   1, 1, 0, 0,   0, 0, 0, 0,   1, 1, 1, 1], dtype=torch.bool)
+    expected = {0: [False, False, True, False], 1: [True, False, True, False], 2: [True, True, True, False]}
+    for gamma, groups in expected.items():
+        assert hpt_sft_groups(solved, 4, gamma).tolist() == [g for g in groups for _ in range(4)]
+
+
+def test_prefix_ratio_schedule_and_length():
+    assert prefix_low(0, 100) == pytest.approx(0.95)
+    assert prefix_low(50, 100) == pytest.approx(0.475)
+    assert prefix_low(100, 100) == pytest.approx(0.0) and prefix_low(150, 100) == pytest.approx(0.0)
+    rng = __import__("random").Random(0)
+    assert prefix_length(20, 0.95, 0.95, rng) == 19  # ⌊0.95 · 20⌋
+    assert all(0 <= prefix_length(7, 0.0, 0.95, rng) <= 6 for _ in range(200))  # never the whole demonstration
+
+
+def test_entropy_mask_keeps_the_top_share_of_prefix_tokens_and_every_continuation_token():
+    entropies = torch.tensor([[0.1, 0.9, 0.5, 0.3, 0.2, 0.05],
+                              [0.1, 0.9, 0.5, 0.3, 0.2, 0.05]])
+    mask = entropy_prefix_mask(entropies, torch.tensor([5, 3]), top_share=0.4)
+    # row 0: prefix of 5 → ⌈0.4·5⌉ = 2 highest (positions 1, 2), then the continuation (5);
+    # row 1: prefix of 3 → ⌈0.4·3⌉ = 2 highest of positions 0–2 (1, 2), continuation 3–5.
+    assert mask.tolist() == [[0, 1, 1, 0, 0, 1], [0, 1, 1, 1, 1, 1]]
+
+
+def test_dump_probabilities_follow_the_ucb_formula_on_a_hand_computed_case():
+    curriculum = UCBCurriculum(["a", "b"], window=2, temperature=0.1)
+    assert curriculum.probabilities() == pytest.approx([0.5, 0.5])  # no data: equal scores
+    curriculum.update(["a", "a", "b"], [1.0, -3.0, 0.5])
+    curriculum.update(["a"], [-2.0])          # window 2: a keeps |−3|, |−2| → μ_a = 2.5; n_a = 3, n_b = 1, N = 4
+    score_a = 2.5 + math.sqrt(2 * math.log(5) / 4)
+    score_b = 0.5 + math.sqrt(2 * math.log(5) / 2)
+    p_b = 1 / (1 + math.exp((score_a - score_b) / 0.1))
+    assert curriculum.scores() == pytest.approx([score_a, score_b])
+    assert curriculum.probabilities() == pytest.approx([1 - p_b, p_b], rel=1e-9)
+
+
+def test_curriculum_sampler_repeats_prompts_like_trl_and_draws_from_the_favoured_arm():
+    curriculum = UCBCurriculum(["easy", "hard"], window=10, temperature=0.01)
+    curriculum.update(["hard"] * 10 + ["easy"] * 10, [1.0] * 10 + [0.0] * 10)  # hard carries the signal
+    arms = ["easy", "hard"] * 5
+    sampler = CurriculumSampler(arms, curriculum, mini_repeat_count=3, batch_size=2, repeat_count=2, seed=0)
+    indices = list(sampler)
+    assert len(indices) == len(sampler) == 5 * 2 * 3 * 2
+    block = indices[:12]
+    assert block[:6] == block[6:12]                                        # each block twice (repeat_count)
+    assert all(len(set(block[i:i + 3])) == 1 for i in range(0, 6, 3))     # each prompt G times in a row
+    assert all(arms[i] == "hard" for i in indices)
+    with pytest.raises(ValueError, match="arms without items"):
+        CurriculumSampler(["easy"], curriculum, mini_repeat_count=2, batch_size=1, repeat_count=1, seed=0)
+
+
+@pytest.fixture(scope="module")
+def pool(smoke_cfg):
+    return build_testbed(smoke_cfg.data)["pool"]
+
+
+def _pattern_reward(pattern: list[float]):
+    """A stand-in 'verifier' reward that solves rollouts in a fixed pattern (one entry per rollout row)."""
+    def verifier(completions, **_):
+        return pattern[:len(completions)]
+    verifier.__name__ = "verifier"
+    return verifier
+
+
+def _generation_batch(trainer, rows: list[dict]) -> list[dict]:
+    dataset = trainer.train_dataset
+    by_entry = {r["entry"]: i for i, r in enumerate(dataset)}
+    return [dataset[by_entry[r["entry"]]] for r in rows for _ in range(trainer.num_generations)]
+
+
+def test_hpt_trains_the_switched_groups_demonstration_with_sft(tiny, smoke_cfg, pool, tmp_path, monkeypatch):
+    model, tokenizer = tiny
+    monkeypatch.setitem(rl.REWARDS, "verifier", _pattern_reward([1.0, 0.0, 0.0, 0.0]))  # group 0 solves 1, group 1 none
+    trainer = rl.build_grpo_trainer(copy.deepcopy(model), tokenizer, pool, smoke_cfg, tmp_path, method="hpt")
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1  # set by Trainer.train(); here the loss is called directly
+    rows = pool[:2]
+    output = trainer._generate_and_score_completions(_generation_batch(trainer, rows))
+    assert output["advantages"][2:].abs().sum() == 0 and output["advantages"][:2].abs().sum() > 0
+    assert output["demo_weight"].tolist() == [0.0, 0.0, 2.0, 0.0]  # once per switched group, weight G
+
+    rl_only = GRPOTrainer._compute_loss(trainer, trainer.model, output)
+    total = trainer._compute_loss(trainer.model, output)
+    demo = sequence_logprobs(trainer.model, tokenizer, [rows[1]["prompt"]], [rows[1]["response"]], chat=True)
+    expected = -demo["mean"][0] * 2 / 4  # token-mean NLL × G / rows in the batch
+    assert (total - rl_only).item() == pytest.approx(expected, rel=1e-4)
+
+
+def test_prefix_rft_hybrid_rollout_starts_with_the_demonstration_and_masks_its_prefix(tiny, smoke_cfg, pool, tmp_path,
+                                                                                       monkeypatch):
+    model, tokenizer = tiny
+    monkeypatch.setitem(rl.REWARDS, "verifier", _pattern_reward([1.0, 0.0, 0.0, 1.0]))
+    cfg_args = {"max_completion_length": 12}
+    trainer = rl.build_grpo_trainer(copy.deepcopy(model), tokenizer, pool, smoke_cfg, tmp_path, method="prefix_rft",
+                                    **cfg_args)
+    trainer.model.train()
+    rows = sorted(pool, key=lambda r: -len(r["response"]))[:2]  # long demonstrations: prefixes of several tokens
+    output = trainer._generate_and_score_completions(_generation_batch(trainer, rows))
+    lengths = trainer._prefix_lengths
+    assert lengths[1] == lengths[3] == 0 and lengths[0] > 1 and lengths[2] > 1  # the first rollout of each group
+    for row, rec in ((0, rows[0]), (2, rows[1])):
+        prompt_text, _ = format_pair(tokenizer, rec["prompt"], rec["response"], chat=True)
+        content = encode_pair(tokenizer, prompt_text, rec["response"])[1]
+        n = lengths[row]
+        assert n == min(math.floor(0.95 * len(content)), 12)  # step 0: low = high = 0.95
+        assert output["completion_ids"][row, :n].tolist() == content[:n]
+        advantage = output["advantages"][row]
+        kept = (advantage[:n] != 0).sum().item()
+        assert kept == math.ceil(0.2 * n)                              # top 20% of the prefix keep theirs
+        continuation = output["completion_mask"][row].bool().clone()
+        continuation[:n] = False
+        assert torch.all(advantage[continuation] == advantage[:n][advantage[:n] != 0][0])
+    assert torch.all(output["advantages"][1] == output["advantages"][1, 0])  # ordinary rollouts: one advantage
+
+
+@pytest.mark.parametrize("method", sorted(rl.TRAINERS))
+def test_every_rl_trainer_takes_a_grpo_step_on_the_smoke_profile(method, tiny, smoke_cfg, pool, tmp_path):
+    model, tokenizer = tiny
+    trainer = rl.train_grpo(copy.deepcopy(model), tokenizer, pool, smoke_cfg, tmp_path, method=method, max_steps=1)
+    assert trainer.state.global_step == 1
+    logged = {k for row in trainer.state.log_history for k in row}
+    assert {"loss", "reward", "rewards/verifier/mean"} <= logged
+    own = {"hpt": "hpt/sft_group_fraction", "prefix_rft": "prefix_rft/mean_prefix_tokens"}.get(method)
+    assert own is None or own in logged
+    if method == "dump":
+        assert trainer.history and set(trainer.history[0]) >= {"step", "p[chain_sum]", "mu[chain_sum]"}
+
+
+def test_rl_settings_are_checked_before_any_work():
+    from studykit.config import ConfigError, compose
+
+    with pytest.raises(ConfigError, match=r"grpo.per_device_train_batch_size=6 is not allowed: expected a multiple"):
+        compose(["profile=smoke", "grpo.per_device_train_batch_size=6", "grpo.num_generations=4"])
+    with pytest.raises(ConfigError, match=r"grpo.num_generations=1 is not allowed"):
+        compose(["grpo.num_generations=1"])
+    with pytest.raises(ConfigError, match=r"rl.rewards=.* is not allowed"):
+        compose(["rl.rewards.verifier=0"])
+    with pytest.raises(ConfigError, match=r"rl.prefix_rft.high=1.5 is not allowed"):
+        compose(["rl.prefix_rft.high=1.5"])
+    with pytest.raises(ValueError, match="unknown RL method 'ppo'"):
+        rl.build_grpo_trainer(None, None, [], compose(["profile=smoke"]), "/tmp", method="ppo")
