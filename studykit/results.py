@@ -99,6 +99,7 @@ def log_to_file(output_dir: Path, name: str = "run.log") -> Path:
         logger.propagate = False
         logger.setLevel(logging.INFO)
     transformers.utils.logging.disable_default_handler()
+    transformers.utils.logging.disable_progress_bar()  # e.g. "Loading weights", a widget the stream check misses
     datasets.disable_progress_bars()
     logging.captureWarnings(True)
     warnings.simplefilter("default")

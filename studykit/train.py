@@ -112,11 +112,12 @@ def dpo_dataset(pairs: list[dict], chat: bool) -> Dataset:
 
 def build_sft_trainer(model, tokenizer, records: list[dict], cfg, output_dir: str | Path, *, eval_records=None,
                       callbacks=None, objective: str | None = None, objective_params: dict | None = None,
-                      ref_model=None, **args) -> SFTTrainer:
+                      ref_model=None, behavior_model=None, **args) -> SFTTrainer:
     """A TRL SFT trainer on ``records`` with ``cfg.train`` (+ ``args`` overrides), ready to ``train()``.
 
     ``objective`` picks a registered token-weighted loss from :mod:`studykit.objectives` (default: TRL's own NLL);
-    ``ref_model`` is ASFT's frozen reference; PEAR's data-policy log-probs are stored from the model before training.
+    ``ref_model`` is ASFT's frozen reference; PEAR's data-policy log-probs are stored from ``behavior_model`` (the
+    policy that generated ``records``' responses), by default from the model before training.
     """
     check_master_weights(model)
     chat = bool(cfg.model.chat_template)
@@ -131,7 +132,7 @@ def build_sft_trainer(model, tokenizer, records: list[dict], cfg, output_dir: st
                                   objective=objective, objective_params=objective_params, ref_model=ref_model,
                                   **common)
     if "behavior" in spec.needs:
-        trainer.store_behavior_log_probs()
+        trainer.store_behavior_log_probs(behavior_model)
     return _logged(trainer)
 
 

@@ -73,6 +73,25 @@ def own_responses(records: list[dict], model, tokenizer, *, chat: bool, max_new_
     return generate(model, tokenizer, prompts, chat=chat, max_new_tokens=max_new_tokens, batch_size=batch_size)
 
 
+def verified_samples(records: list[dict], model, tokenizer, *, samples: int, chat: bool, max_new_tokens: int,
+                     batch_size: int = 16, temperature: float = 1.0) -> list[dict]:
+    """Rejection sampling from a data-generating policy πβ (``model`` at ``temperature``): ``samples`` replies per
+    instruction, the judge-accepted ones kept (each distinct reply once) as new records with ``source="sampled"``
+    and ``sample_of`` = the instruction's id.  With ``temperature=1`` the replies are samples of the model's own
+    distribution, so its log-probs of them are πβ's (PEAR's importance weights)."""
+    prompts = [r["prompt"] for r in records for _ in range(samples)]
+    replies = generate(model, tokenizer, prompts, chat=chat, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                       do_sample=True, temperature=temperature)
+    out, seen = [], set()
+    for k, reply in enumerate(replies):
+        record = records[k // samples]
+        response = reply.strip()
+        if response and (record["id"], response) not in seen and accepted(record, response):
+            seen.add((record["id"], response))
+            out.append({**record, "response": response, "source": "sampled", "sample_of": record["id"]})
+    return out
+
+
 def critique_format(records: list[dict]) -> list[dict]:
     """CFT (Critique Fine-Tuning, Wang et al., arXiv 2501.17703): train on [query; noisy response] → critique, the
     loss on the critique only.  Needs records from :func:`studykit.testbed.inject_noise`; the critique is written from

@@ -171,6 +171,9 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("study.objectives", _objectives, "a mapping of run names to {objective: <a registered objective>, ...}"),
     ("study.transforms", lambda v: set(v) <= {"grape", "ssr", "s3ft"}, "a subset of grape, ssr, s3ft"),
     ("study.response_tokens", positive_int, "an integer ≥ 1"),
+    ("study.teacher_share", open_unit_interval, "a fraction in (0, 1)"),
+    ("study.teacher_samples", positive_int, "an integer ≥ 1"),
+    ("study.gold_when_unsolved", lambda v: isinstance(v, bool), "true or false"),
     ("study.aliases", lambda v: isinstance(v, (dict, DictConfig)) and all(isinstance(x, str) for x in v.values()),
      "a mapping of condition names to the run they are identical to"),
 ]
