@@ -4,10 +4,13 @@ from __future__ import annotations
 import copy
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from trl import SFTConfig, SFTTrainer
+
+from studykit.logprobs import format_pair, response_logprobs
 
 from studykit.objectives import OBJECTIVES, ObjectiveSFTTrainer, TokenStats, get_objective, objective_loss
 from studykit.testbed import build_testbed
@@ -161,6 +164,28 @@ def test_pear_stores_data_policy_log_probs_aligned_with_the_training_tokens(tiny
     torch.testing.assert_close(stats.behavior_log_probs, stats.log_probs.detach(), atol=1e-5, rtol=1e-5)
     pear = trainer.compute_loss(trainer.model, dict(batch))                       # πβ = πθ before the first step
     assert pear.item() == pytest.approx(SFTTrainer.compute_loss(trainer, trainer.model, dict(batch)).item(), rel=1e-5)
+
+
+def test_pear_takes_the_data_generating_policy_from_another_model(tiny, smoke_cfg, records, tmp_path):
+    """PEAR's πβ when the SFT data were sampled from a teacher: the stored log-probs are the teacher's on exactly the
+    training tokens (not the student's), so Δ ≠ 1 at the first step."""
+    from studykit.train import build_sft_trainer
+
+    model, tokenizer = tiny
+    teacher = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in teacher.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    trainer = build_sft_trainer(copy.deepcopy(model), tokenizer, records, smoke_cfg, tmp_path, objective="pear",
+                                behavior_model=copy.deepcopy(teacher))
+    batch = _first_batch(trainer)
+    stats, _ = trainer.token_stats(trainer.model.eval(), dict(batch))
+    texts = [format_pair(tokenizer, r["prompt"], r["response"], True) for r in records]
+    expected = response_logprobs(teacher, tokenizer, [p for p, _ in texts], [r for _, r in texts])
+    stored = [row[mask].numpy() for row, mask in zip(stats.behavior_log_probs, stats.mask)]
+    for got in stored:  # the loader shuffles the rows: each stored row is the teacher's scores of one record
+        assert any(len(got) == len(want) and np.allclose(got, want, atol=1e-4) for want in expected)
+    assert not torch.allclose(stats.behavior_log_probs[stats.mask], stats.log_probs.detach()[stats.mask], atol=1e-3)
 
 
 @pytest.mark.parametrize("name", ["dft", "asft", "pear", "otr", "low_lr_sft"])

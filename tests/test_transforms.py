@@ -64,3 +64,25 @@ def test_critique_format_confirms_clean_and_corrects_noisy_items(pool):
             assert target["response"].startswith("Correct.")
     with pytest.raises(ValueError, match="is_noisy"):
         critique_format(pool)
+
+
+def test_verified_samples_keep_each_accepted_distinct_reply_of_the_data_policy(tiny, pool, monkeypatch):
+    """Rejection sampling: ``samples`` temperature-1 replies per prompt; the verifier-accepted ones, each distinct
+    reply once, become the SFT records (``source = sampled``, ``sample_of`` = the prompt's id)."""
+    import studykit.transforms as transforms
+
+    model, tokenizer = tiny
+    calls = {}
+
+    def fake_generate(model, tokenizer, prompts, **kwargs):
+        calls.update(kwargs, prompts=prompts)
+        # per prompt 3 samples: the gold answer twice (one duplicate), then a wrong one; the last prompt fails
+        return [("no" if i // 3 == len(pool) - 1 or i % 3 == 2 else pool[i // 3]["answer"] + (" " if i % 3 else ""))
+                for i in range(len(prompts))]
+
+    monkeypatch.setattr(transforms, "generate", fake_generate)
+    out = transforms.verified_samples(pool, model, tokenizer, samples=3, chat=True, max_new_tokens=8)
+    assert calls["do_sample"] is True and calls["temperature"] == 1.0
+    assert calls["prompts"] == [r["prompt"] for r in pool for _ in range(3)]
+    assert [r["sample_of"] for r in out] == [r["id"] for r in pool[:-1]]   # one record per distinct accepted reply
+    assert all(r["source"] == "sampled" and r["response"] == r["answer"] for r in out)
