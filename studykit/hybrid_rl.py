@@ -1,5 +1,7 @@
 """SFT–RL hybrids as ``GRPOTrainer`` subclasses: HPT and Prefix-RFT.  Both read the demonstration of each
-prompt from the ``solution`` column of :func:`studykit.rl.grpo_dataset`.
+prompt from the ``solution`` column of :func:`studykit.rl.grpo_dataset` (and its raw text from ``question``),
+and tokenize it as TRL's SFT would after that prompt: a chat turn when the prompts are conversational, else
+" " + the response after the plain ``Question: … / Answer:`` frame.
 
 * **HPT** (Lv et al., 2025, "Towards a Unified View of LLM Post-Training", arXiv 2509.04419; official
   ``mix_trainer.select_on_off_ada_balance``): per prompt, G rollouts are verified; if at most γ of them are
@@ -22,21 +24,18 @@ from .logprobs import batch_response_logprobs, collate_left, encode_pair, format
 from .rl import register_trainer
 
 
-def _prompt_text(prompt) -> str:
-    """The user text of a dataset prompt (a message list with a chat template, else the framed string)."""
-    return prompt[-1]["content"] if isinstance(prompt, list) else prompt
-
-
 def _global_rows(trainer, n_local: int) -> torch.Tensor:
     """Indices of this process's rows in the generation batch gathered over processes (TRL slices it this way)."""
     start = trainer.accelerator.process_index * n_local
     return torch.arange(start, start + n_local)
 
 
-def demonstration_ids(tokenizer, prompt, solution: str, chat: bool) -> tuple[list[int], list[int]]:
-    """(prompt ids, demonstration ids) as TRL's SFT tokenizes a prompt–completion pair: with ``chat`` the
-    demonstration carries the template's end-of-turn tokens; without, it is " " + the response + EOS."""
-    return encode_pair(tokenizer, *format_pair(tokenizer, _prompt_text(prompt), solution, chat))
+def demonstration_ids(tokenizer, row: dict) -> tuple[list[int], list[int]]:
+    """(prompt ids, demonstration ids) of a GRPO dataset row as TRL's SFT tokenizes a prompt–completion pair: with
+    a conversational prompt the demonstration carries the template's end-of-turn tokens; else it is " " + the
+    response + EOS."""
+    chat = isinstance(row["prompt"], list)
+    return encode_pair(tokenizer, *format_pair(tokenizer, row["question"], row["solution"], chat))
 
 
 def hpt_sft_groups(solved: torch.Tensor, num_generations: int, switch_gate: int) -> torch.Tensor:
@@ -64,7 +63,6 @@ class HPTTrainer(GRPOTrainer):
             raise ValueError(f"rl.hpt.switch_gate must be in [0, {self.num_generations - 1}] "
                              f"(num_generations={self.num_generations}), got {switch_gate}")
         self.switch_gate, self.sft_coef = switch_gate, sft_coef
-        self._chat = self.processing_class.chat_template is not None
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
@@ -79,7 +77,7 @@ class HPTTrainer(GRPOTrainer):
         output["advantages"] = output["advantages"].masked_fill(local, 0.0)
         first = (rows % self.num_generations == 0).to(local.device)
         weight = (local & first).float() * self.num_generations
-        pairs = [demonstration_ids(self.processing_class, x["prompt"], x["solution"], self._chat) for x in inputs]
+        pairs = [demonstration_ids(self.processing_class, x) for x in inputs]
         batch = collate_left(pairs, pad_token_id(self.processing_class))
         output.update({f"demo_{k}": v.to(local.device) for k, v in batch.items()}, demo_weight=weight)
         self._metrics["train" if self.model.training else "eval"]["hpt/sft_group_fraction"].append(
@@ -144,11 +142,10 @@ class PrefixRFTTrainer(GRPOTrainer):
             raise ValueError(f"rl.prefix_rft: high must be in (0, 1) and entropy_top_share in (0, 1], got {high}, "
                              f"{entropy_top_share}")
         self.high, self.entropy_top_share = high, entropy_top_share
-        self._chat = self.processing_class.chat_template is not None
         self._rng = random.Random(self.args.seed)
 
     def _generate_and_score_completions(self, inputs):
-        self._demonstrations = [self._content_ids(x["prompt"], x["solution"]) for x in inputs]
+        self._demonstrations = [self._content_ids(x) for x in inputs]
         output = super()._generate_and_score_completions(inputs)
         lengths = torch.tensor(self._prefix_lengths, device=output["advantages"].device)
         advantages = output["advantages"][:, None].expand_as(output["completion_mask"]).clone()
@@ -165,10 +162,11 @@ class PrefixRFTTrainer(GRPOTrainer):
             lengths[hybrid].float().mean().item() if hybrid.any() else 0.0)
         return output
 
-    def _content_ids(self, prompt, solution: str) -> list[int]:
+    def _content_ids(self, row: dict) -> list[int]:
         """The demonstration's content tokens as they follow the prompt (no end-of-turn, no EOS)."""
-        prompt_text, _ = format_pair(self.processing_class, _prompt_text(prompt), solution, self._chat)
-        content = solution if self._chat else " " + solution
+        chat = isinstance(row["prompt"], list)
+        prompt_text, _ = format_pair(self.processing_class, row["question"], row["solution"], chat)
+        content = row["solution"] if chat else " " + row["solution"]
         return encode_pair(self.processing_class, prompt_text, content)[1]
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):

@@ -90,14 +90,14 @@ def reward_functions(rl_cfg) -> tuple[list[Callable], list[float]]:
 
 def grpo_dataset(records: list[dict], tokenizer, chat: bool) -> Dataset:
     """Prompt rows for ``GRPOTrainer``: the prompt (a user turn with a chat template, else the plain
-    ``Question: … / Answer:`` frame), and the columns the rewards and hybrid trainers read — ``family``,
-    ``entry`` (the verifier's item), ``solution`` (the gold response, HPT's and Prefix-RFT's demonstration) and
-    ``arm`` (the curriculum arm: the family)."""
+    ``Question: … / Answer:`` frame), and the columns the rewards and hybrid trainers read — ``question`` (the
+    raw prompt text), ``family``, ``entry`` (the verifier's item), ``solution`` (the gold response, HPT's and
+    Prefix-RFT's demonstration) and ``arm`` (the curriculum arm: the family)."""
     if not records:
         raise ValueError("GRPO needs at least one prompt; the selected records are empty")
     rows = [{"prompt": [{"role": "user", "content": r["prompt"]}] if chat else format_prompt(tokenizer, r["prompt"], False),
-             "family": r["family"], "entry": r["entry"], "solution": r["response"], "arm": r["family"]}
-            for r in records]
+             "question": r["prompt"], "family": r["family"], "entry": r["entry"], "solution": r["response"],
+             "arm": r["family"]} for r in records]
     return Dataset.from_list(rows)
 
 

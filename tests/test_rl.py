@@ -129,10 +129,14 @@ def _generation_batch(trainer, rows: list[dict]) -> list[dict]:
     return [dataset[by_entry[r["entry"]]] for r in rows for _ in range(trainer.num_generations)]
 
 
-def test_hpt_trains_the_switched_groups_demonstration_with_sft(tiny, smoke_cfg, pool, tmp_path, monkeypatch):
+@pytest.mark.parametrize("chat", [True, False], ids=["chat", "plain"])
+def test_hpt_trains_the_switched_groups_demonstration_with_sft(tiny, pool, tmp_path, monkeypatch, chat):
+    from studykit.config import compose
+
     model, tokenizer = tiny
+    cfg = compose(["profile=smoke", f"model.chat_template={str(chat).lower()}"])
     monkeypatch.setitem(rl.REWARDS, "verifier", _pattern_reward([1.0, 0.0, 0.0, 0.0]))  # group 0 solves 1, group 1 none
-    trainer = rl.build_grpo_trainer(copy.deepcopy(model), tokenizer, pool, smoke_cfg, tmp_path, method="hpt")
+    trainer = rl.build_grpo_trainer(copy.deepcopy(model), tokenizer, pool, cfg, tmp_path, method="hpt")
     trainer.model.train()
     trainer.current_gradient_accumulation_steps = 1  # set by Trainer.train(); here the loss is called directly
     rows = pool[:2]
@@ -142,26 +146,30 @@ def test_hpt_trains_the_switched_groups_demonstration_with_sft(tiny, smoke_cfg, 
 
     rl_only = GRPOTrainer._compute_loss(trainer, trainer.model, output)
     total = trainer._compute_loss(trainer.model, output)
-    demo = sequence_logprobs(trainer.model, tokenizer, [rows[1]["prompt"]], [rows[1]["response"]], chat=True)
+    demo = sequence_logprobs(trainer.model, tokenizer, [rows[1]["prompt"]], [rows[1]["response"]], chat=chat)
     expected = -demo["mean"][0] * 2 / 4  # token-mean NLL × G / rows in the batch
     assert (total - rl_only).item() == pytest.approx(expected, rel=1e-4)
 
 
-def test_prefix_rft_hybrid_rollout_starts_with_the_demonstration_and_masks_its_prefix(tiny, smoke_cfg, pool, tmp_path,
-                                                                                       monkeypatch):
+@pytest.mark.parametrize("chat", [True, False], ids=["chat", "plain"])
+def test_prefix_rft_hybrid_rollout_starts_with_the_demonstration_and_masks_its_prefix(tiny, pool, tmp_path,
+                                                                                       monkeypatch, chat):
+    from studykit.config import compose
+
     model, tokenizer = tiny
+    cfg = compose(["profile=smoke", f"model.chat_template={str(chat).lower()}"])
     monkeypatch.setitem(rl.REWARDS, "verifier", _pattern_reward([1.0, 0.0, 0.0, 1.0]))
-    cfg_args = {"max_completion_length": 12}
-    trainer = rl.build_grpo_trainer(copy.deepcopy(model), tokenizer, pool, smoke_cfg, tmp_path, method="prefix_rft",
-                                    **cfg_args)
+    trainer = rl.build_grpo_trainer(copy.deepcopy(model), tokenizer, pool, cfg, tmp_path, method="prefix_rft",
+                                    max_completion_length=12)
     trainer.model.train()
     rows = sorted(pool, key=lambda r: -len(r["response"]))[:2]  # long demonstrations: prefixes of several tokens
     output = trainer._generate_and_score_completions(_generation_batch(trainer, rows))
     lengths = trainer._prefix_lengths
     assert lengths[1] == lengths[3] == 0 and lengths[0] > 1 and lengths[2] > 1  # the first rollout of each group
     for row, rec in ((0, rows[0]), (2, rows[1])):
-        prompt_text, _ = format_pair(tokenizer, rec["prompt"], rec["response"], chat=True)
-        content = encode_pair(tokenizer, prompt_text, rec["response"])[1]
+        prompt_text, _ = format_pair(tokenizer, rec["prompt"], rec["response"], chat=chat)
+        content = encode_pair(tokenizer, prompt_text, rec["response"] if chat else " " + rec["response"])[1]
+        assert output["prompt_ids"][row][output["prompt_mask"][row].bool()].tolist() == tokenizer(prompt_text)["input_ids"]
         n = lengths[row]
         assert n == min(math.floor(0.95 * len(content)), 12)  # step 0: low = high = 0.95
         assert output["completion_ids"][row, :n].tolist() == content[:n]
