@@ -20,7 +20,7 @@ STUDY_FILES = {
     "nuggets": {"item_scores.csv", "auroc.csv", "subsets.csv", "thresholds.csv", "summary.csv", "accuracy.png"},
     "nuggets_sensitivity": {"item_scores.csv", "sensitivity.csv", "sensitivity.png"},
     "rewardrank": {"checkpoints.csv", "dpo_runs.csv", "correlations.csv", "regret.csv", "choices.csv", "rewardrank.png"},
-    "rl_post_training": {"summary.csv", "accuracy.csv", "runs.csv", "grpo_rewards.csv", "teacher.csv", "ranking.csv",
+    "rl_post_training": {"summary.csv", "accuracy.csv", "runs.csv", "grpo_rewards.csv", "teacher.csv", "ranking.csv", "moved.csv",
                          "rl_post_training.png"},
 }
 SCORING_STUDIES = {"nuggets_sensitivity"}
