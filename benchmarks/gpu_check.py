@@ -35,7 +35,7 @@ from nuggets_scoring import flops_per_pass  # noqa: E402  (the benchmark's FLOP 
 from studykit.cli import _runnable_studies  # noqa: E402
 from studykit.config import ROOT, compose  # noqa: E402
 from studykit.logprobs import pad_token_id  # noqa: E402
-from studykit.models import load_model_and_tokenizer  # noqa: E402
+from studykit.models import copy_model, load_model_and_tokenizer  # noqa: E402
 from studykit.nuggets import encode_anchor, encode_demonstration, golden_scores, one_shot_scores, score_pool  # noqa: E402
 from studykit.testbed import build_testbed  # noqa: E402
 from studykit.train import build_sft_trainer  # noqa: E402
@@ -118,12 +118,11 @@ class StepTimer(TrainerCallback):
 
 def training_fraction(model, tok, cfg, device: torch.device, peak: float, steps: int = 6) -> dict:
     """Median SFT step time after the first (warm-up) step; 6 · params · tokens FLOPs per step."""
-    import copy
 
     records = build_testbed(cfg.data)["pool"]
     timer = StepTimer(device)
     with tempfile.TemporaryDirectory() as scratch:
-        trainer = build_sft_trainer(copy.deepcopy(model), tok, records, cfg, scratch, callbacks=[timer],
+        trainer = build_sft_trainer(copy_model(model), tok, records, cfg, scratch, callbacks=[timer],
                                     max_steps=steps + 1)
         batch = next(iter(trainer.get_train_dataloader()))
         tokens_per_step = int(batch["attention_mask"].sum()) * int(cfg.train.gradient_accumulation_steps)

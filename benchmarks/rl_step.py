@@ -14,7 +14,6 @@ almost no prompt, so HPT trains nearly every group's demonstration: its ratio is
 from __future__ import annotations
 
 import argparse
-import copy
 import statistics
 import tempfile
 import time
@@ -24,7 +23,7 @@ from transformers import PrinterCallback
 from trl import GRPOConfig, GRPOTrainer
 
 from studykit.config import compose, device
-from studykit.models import load_model_and_tokenizer
+from studykit.models import copy_model, load_model_and_tokenizer
 from studykit.rl import build_grpo_trainer, grpo_dataset, reward_functions
 from studykit.testbed import build_testbed
 from studykit.train import _args
@@ -38,11 +37,11 @@ def build(variant: str, model, tokenizer, records, cfg, output_dir: str, steps: 
         funcs, weights = reward_functions(cfg.rl)
         args = _args(GRPOConfig, cfg.grpo, output_dir, int(cfg.seed), {"reward_weights": weights, "max_steps": steps},
                      device(cfg))
-        trainer = GRPOTrainer(model=copy.deepcopy(model), processing_class=tokenizer, reward_funcs=funcs, args=args,
+        trainer = GRPOTrainer(model=copy_model(model), processing_class=tokenizer, reward_funcs=funcs, args=args,
                               train_dataset=grpo_dataset(records, tokenizer, bool(cfg.model.chat_template)))
         trainer.remove_callback(PrinterCallback)  # as the kit's trainers do: logs are not the benchmark's output
         return trainer
-    return build_grpo_trainer(copy.deepcopy(model), tokenizer, records, cfg, output_dir,
+    return build_grpo_trainer(copy_model(model), tokenizer, records, cfg, output_dir,
                               method=variant.removeprefix("kit "), max_steps=steps)
 
 

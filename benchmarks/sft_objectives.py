@@ -11,14 +11,13 @@ a reference forward, so it is reported, not targeted).
 from __future__ import annotations
 
 import argparse
-import copy
 import tempfile
 import time
 
 import torch
 
 from studykit.config import compose, device
-from studykit.models import load_model_and_tokenizer
+from studykit.models import copy_model, load_model_and_tokenizer
 from studykit.objectives import get_objective
 from studykit.testbed import build_testbed
 from studykit.train import build_sft_trainer
@@ -39,7 +38,7 @@ WEIGHT_ONLY = {"trl dft", "core sft", "core otr", "core pear (sequence)", "core 
 def build(label, model, tokenizer, pool, cfg, output_dir):
     objective, params = CASES[label]
     needs_reference = objective is not None and "full_logits" in get_objective(objective).needs
-    trainer = build_sft_trainer(copy.deepcopy(model), tokenizer, pool, cfg, output_dir, objective=objective,
+    trainer = build_sft_trainer(copy_model(model), tokenizer, pool, cfg, output_dir, objective=objective,
                                 objective_params=params, ref_model=model if needs_reference else None)
     trainer.create_optimizer()
     trainer.current_gradient_accumulation_steps = 1      # set by Trainer's own loop, which is bypassed here

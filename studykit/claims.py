@@ -114,6 +114,9 @@ def paired_matrices(t: pd.DataFrame, c: pd.DataFrame) -> tuple[np.ndarray, np.nd
     return t.loc[common].to_numpy(), c.loc[common].to_numpy()
 
 
+IDENTICAL = "not separable: the two conditions are right and wrong on exactly the same items (every seed)"
+
+
 def claims_table(claims: list[dict], predictions: pd.DataFrame, *, family_groups: dict[str, list[str]] | None = None,
                  aliases: dict[str, str] | None = None, not_run: dict[str, str] | None = None,
                  seed: int = 0) -> pd.DataFrame:
@@ -158,7 +161,8 @@ def claims_table(claims: list[dict], predictions: pd.DataFrame, *, family_groups
                      "families": families, "treatment": float(t.mean()), "control": float(c.mean()),
                      "difference": result.estimate, "ci_low": result.ci_low, "ci_high": result.ci_high,
                      "mde": result.mde, "items": result.n_items, "seeds": result.n_seeds,
-                     "verdict": verdict(result.ci_low, result.ci_high, test["direction"], result.mde)})
+                     "verdict": IDENTICAL if np.array_equal(t, c) else
+                     verdict(result.ci_low, result.ci_high, test["direction"], result.mde)})
     return pd.DataFrame(rows)
 
 
@@ -224,7 +228,10 @@ def conclusions(table: pd.DataFrame) -> list[str]:
             continue
         ours = (f"{row['comparison']} = {row['difference']:+.3f} [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}] "
                 f"{row['metric']}, {int(row['items'])} items × {int(row['seeds'])} seed(s)")
-        if row["verdict"] == "supported":
+        if row["verdict"] == IDENTICAL:
+            out.append(f"{head}: {IDENTICAL} — {ours}; no eval set separates them, so this says nothing about "
+                       "the claim's effect.")
+        elif row["verdict"] == "supported":
             out.append(f"{head}: supported here — {ours}.")
         elif row["verdict"] == "contradicted":
             out.append(f"{head}: contradicted here — {ours}.")

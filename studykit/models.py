@@ -202,5 +202,27 @@ def load_checkpoint(path: str | Path, like, device: str | torch.device | None = 
     return AutoModelForCausalLM.from_pretrained(str(path), dtype=like.dtype).to(device).eval()
 
 
+def restore_forward(model):
+    """Give ``model`` and its submodules back their class's ``forward``; returns ``model``.
+
+    TRL's trainers replace a model's forward when they are built (``trl.trainer.utils.add_fused_lm_head``; on GPUs
+    also accelerate's autocast wrapper) by a function that closes over the bound forward of *that* object.
+    ``copy.deepcopy`` keeps the closure, so a deep copy of a model a trainer has seen computes — and trains — with
+    the original's weights: its own weights get no gradient and its replies are the original's.  Every training
+    helper of the kit calls this after training (policy and reference); :func:`copy_model` calls it on the copy."""
+    for module in model.modules():
+        module.__dict__.pop("forward", None)
+        module.__dict__.pop("_original_forward", None)
+    return model
+
+
+def copy_model(model):
+    """An independent deep copy of ``model`` for another training run or evaluation (see :func:`restore_forward`
+    for why a plain ``copy.deepcopy`` is not one once a trainer has touched the model)."""
+    import copy
+
+    return restore_forward(copy.deepcopy(model))
+
+
 def load_model_and_tokenizer(cfg, device: str | torch.device):
     return load_model(cfg, device), load_tokenizer(cfg)

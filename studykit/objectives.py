@@ -27,6 +27,8 @@ import torch.nn.functional as F
 from trl import SFTTrainer
 from trl.trainer.utils import add_fused_lm_head
 
+from .models import restore_forward
+
 
 @dataclass
 class TokenStats:
@@ -216,6 +218,8 @@ class ObjectiveSFTTrainer(SFTTrainer):
             for row, example in enumerate(examples):
                 rows.append(out.log_probs[row, :len(example["input_ids"]) - 1].float().cpu().tolist())
         model.train(was_training)
+        if behavior_model is not None:
+            restore_forward(behavior_model)
         if "behavior_log_probs" in dataset.column_names:
             dataset = dataset.remove_columns("behavior_log_probs")
         self.train_dataset = dataset.add_column("behavior_log_probs", rows)

@@ -27,6 +27,7 @@ from trl import GRPOConfig, GRPOTrainer
 from .answers import extract_answer, first_line, judge
 from .config import device
 from .logprobs import format_prompt
+from .models import restore_forward
 from .train import _args, _logged, check_master_weights
 
 REWARDS: dict[str, Callable[..., list[float]]] = {}
@@ -123,6 +124,7 @@ def train_grpo(model, tokenizer, records: list[dict], cfg, output_dir: str | Pat
     """:func:`build_grpo_trainer`, trained; returns the trainer after training."""
     trainer = build_grpo_trainer(model, tokenizer, records, cfg, output_dir, **kwargs)
     trainer.train()
+    restore_forward(trainer.model)
     return trainer
 
 

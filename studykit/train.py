@@ -23,6 +23,7 @@ from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
 from .config import device
 from .logprobs import completion_text, format_prompt
+from .models import copy_model, restore_forward
 from .objectives import ObjectiveSFTTrainer, get_objective
 
 LOGGER = logging.getLogger("studykit.train")
@@ -140,6 +141,9 @@ def train_sft(model, tokenizer, records: list[dict], cfg, output_dir: str | Path
     """:func:`build_sft_trainer`, trained; returns the trainer after training."""
     trainer = build_sft_trainer(model, tokenizer, records, cfg, output_dir, **kwargs)
     trainer.train()
+    for model in (trainer.model, kwargs.get("ref_model")):
+        if model is not None:
+            restore_forward(model)
     return trainer
 
 
@@ -152,6 +156,8 @@ def train_dpo(model, ref_model, tokenizer, pairs: list[dict], cfg, output_dir: s
         args=_args(DPOConfig, cfg.dpo, output_dir, int(cfg.seed), args, device(cfg)),
         train_dataset=dpo_dataset(pairs, bool(cfg.model.chat_template)), callbacks=callbacks)
     _logged(trainer).train()
+    restore_forward(trainer.model)
+    restore_forward(ref_model)
     return trainer
 
 
@@ -161,7 +167,6 @@ def finetune_and_evaluate(base_model, tokenizer, records: list[dict], eval_recor
     objective, SFTConfig overrides), then evaluate it on ``eval_records``.  Returns ``{"predictions": per-item
     judged replies, "accuracy": per-family lenient accuracy (+ "mean"), "steps", "final_loss", "seconds"}``
     (+ ``"model"`` with ``return_model``)."""
-    import copy
     import tempfile
     import time
 
@@ -169,7 +174,7 @@ def finetune_and_evaluate(base_model, tokenizer, records: list[dict], eval_recor
 
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
-        trainer = train_sft(copy.deepcopy(base_model), tokenizer, records, cfg, scratch,
+        trainer = train_sft(copy_model(base_model), tokenizer, records, cfg, scratch,
                             **{"seed": seed, "data_seed": seed, **args})
     predictions = evaluate_records(trainer.model, tokenizer, eval_records, chat=bool(cfg.model.chat_template),
                                    max_new_tokens=int(cfg.eval.max_new_tokens), batch_size=int(cfg.eval.batch_size))

@@ -62,7 +62,9 @@ def _families(v) -> bool:
 
 
 def _rewards(v) -> bool:
-    return (isinstance(v, (dict, DictConfig)) and set(v) <= {"verifier", "format"} and all(_number(w) for w in v.values())
+    from .rl import REWARDS
+
+    return (isinstance(v, (dict, DictConfig)) and set(v) <= set(REWARDS) and all(_number(w) for w in v.values())
             and any(w != 0 for w in v.values()))
 
 
@@ -136,7 +138,7 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("grpo.max_completion_length", positive_int, "an integer ≥ 1"),
     ("grpo.max_steps", max_steps, "-1 (use epochs) or an integer ≥ 1"),
     ("grpo.temperature", positive, "a number > 0"),
-    ("rl.rewards", _rewards, "a mapping of reward names (verifier, format) to numbers, at least one non-zero"),
+    ("rl.rewards", _rewards, "a mapping of registered reward names (studykit.rl.REWARDS: verifier, format, …) to numbers, at least one non-zero"),
     ("rl.hpt.switch_gate", non_negative_int, "an integer ≥ 0 (at most num_generations − 1)"),
     ("rl.hpt.sft_coef", positive, "a number > 0"),
     ("rl.prefix_rft.high", open_unit_interval, "a ratio in (0, 1)"),

@@ -37,7 +37,8 @@ def test_verdicts_from_paired_predictions():
     rng = np.random.default_rng(0)
     b = rng.integers(0, 2, (3, 120))
     a = np.maximum(b, rng.random((3, 120)) < 0.5)   # A fixes about half of B's errors: clearly better
-    c = b.copy()                                     # C equals B: not resolved
+    c = b.copy()
+    c[:, 60] = 1 - c[:, 60]                          # C differs from B on one item: not resolved
     frame = predictions({"a": a, "b": b, "c": c}, families)
     table = claims_table(CLAIMS, frame, family_groups={"y_only": ["y"]}, aliases={"d": "a"}).set_index("id")
     assert table.loc["a.better = d.same_as_a", "verdict"] == "supported"   # D is A by construction: merged
@@ -48,6 +49,14 @@ def test_verdicts_from_paired_predictions():
     assert table.loc["a.worse", "difference"] == pytest.approx((a - b).mean())
     sentences = conclusions(table.reset_index())
     assert any("supported here" in s for s in sentences) and any("not resolved at this power" in s for s in sentences)
+
+
+def test_conditions_right_on_the_same_items_are_not_separable_rather_than_given_an_mde():
+    families = ["x"] * 40
+    b = np.random.default_rng(1).integers(0, 2, (3, 40))
+    row = claims_table(CLAIMS[:1], predictions({"a": b.copy(), "b": b}, families)).iloc[0]
+    assert row["verdict"].startswith("not separable") and row["difference"] == 0.0
+    assert "says nothing about the claim's effect" in conclusions(pd.DataFrame([row]))[0]
 
 
 def test_a_condition_that_was_not_run_is_reported_not_tested():

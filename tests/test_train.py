@@ -6,7 +6,9 @@ import torch
 
 from studykit.logprobs import sequence_logprobs
 from studykit.testbed import build_testbed
-from studykit.train import checkpoint_every, dpo_dataset, hardware_args, sft_dataset, train_dpo, train_sft
+from studykit.models import copy_model
+from studykit.train import (build_sft_trainer, checkpoint_every, dpo_dataset, hardware_args, sft_dataset, train_dpo,
+                            train_sft)
 
 
 @pytest.fixture(scope="module")
@@ -18,6 +20,44 @@ def test_cpu_settings_override_trls_gpu_defaults():
     args = hardware_args(torch.device("cpu"))
     assert args["use_cpu"] and not args["bf16"] and not args["activation_checkpointing"]
     assert args["optim"] == "adamw_torch"
+
+
+def _perturbed(model):
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return model
+
+
+def test_a_deep_copy_of_a_model_a_trl_trainer_has_seen_computes_with_the_original_weights(tiny, smoke_cfg, splits,
+                                                                                           tmp_path):
+    """Why :func:`studykit.models.copy_model` exists: TRL patches the model's forward with a closure over that
+    object, which ``copy.deepcopy`` keeps, so the copy's own weights are ignored.  ``copy_model`` is a real copy."""
+    model, tokenizer = tiny
+    seen = copy.deepcopy(model)
+    build_sft_trainer(seen, tokenizer, splits["pool"][:8], smoke_cfg, tmp_path)
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        assert torch.equal(_perturbed(copy.deepcopy(seen))(ids).logits, seen(ids).logits)   # the hazard
+        assert not torch.allclose(_perturbed(copy_model(seen))(ids).logits, seen(ids).logits)
+
+
+def test_a_copy_of_a_trained_model_trains_and_answers_with_its_own_weights(tiny, smoke_cfg, splits, tmp_path):
+    """A pipeline's next stage (SFT → more SFT, SFT → GRPO) starts from a copy of the trained model: after the kit's
+    training helpers no module keeps TRL's patched forward, so the copy's training moves the weights the copy
+    computes with.  (Regression: rl_post_training's continued-SFT and GRPO runs once evaluated their warm-up.)"""
+    model, tokenizer = tiny
+    records, ids = splits["pool"][:8], torch.tensor([[1, 2, 3, 4]])
+    fast = dict(max_steps=2, learning_rate=1e-3, lr_scheduler_type="constant", warmup_steps=0)
+    warm = train_sft(copy_model(model), tokenizer, records, smoke_cfg, tmp_path / "warm", **fast).model
+    assert not any("forward" in module.__dict__ for module in warm.modules())
+    with torch.no_grad():
+        warm_logits = warm(ids).logits
+    for start in (copy.deepcopy(warm), copy_model(warm)):
+        second = train_sft(start, tokenizer, records, smoke_cfg, tmp_path / "second", **fast).model
+        with torch.no_grad():
+            assert not torch.allclose(second(ids).logits, warm_logits)
+            assert torch.equal(warm(ids).logits, warm_logits)   # the warm-up itself is untouched
 
 
 def test_training_refuses_bf16_master_weights(tiny, smoke_cfg, splits, tmp_path):
