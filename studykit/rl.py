@@ -22,6 +22,7 @@ from typing import Callable
 
 from datasets import Dataset
 from omegaconf import OmegaConf
+from transformers import TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
 from .answers import extract_answer, first_line, judge
@@ -118,6 +119,22 @@ def build_grpo_trainer(model, tokenizer, records: list[dict], cfg, output_dir: s
                                train_dataset=grpo_dataset(records, tokenizer, bool(cfg.model.chat_template)),
                                callbacks=callbacks, **own)
     return _logged(trainer)
+
+
+class EvaluateEvery(TrainerCallback):
+    """Accuracy-vs-step curves: ``evaluate(model)`` (in eval mode) after every ``every``-th optimizer step before
+    the last (the caller evaluates the final model); the results are kept in ``curve`` as ``(step, result)``."""
+
+    def __init__(self, evaluate: Callable, every: int):
+        if every < 1:
+            raise ValueError(f"EvaluateEvery: every must be ≥ 1, got {every}")
+        self.evaluate, self.every, self.curve = evaluate, every, []
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step % self.every == 0 and state.global_step < state.max_steps:
+            model.eval()
+            self.curve.append((state.global_step, self.evaluate(model)))
+            model.train()
 
 
 def train_grpo(model, tokenizer, records: list[dict], cfg, output_dir: str | Path, **kwargs) -> GRPOTrainer:

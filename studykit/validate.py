@@ -68,6 +68,12 @@ def _rewards(v) -> bool:
             and any(w != 0 for w in v.values()))
 
 
+def _rl_methods(v) -> bool:
+    from .rl import TRAINERS
+
+    return isinstance(v, (dict, DictConfig)) and len(v) > 0 and all(m in TRAINERS for m in v.values())
+
+
 def _noise_kinds(v) -> bool:
     from .testbed import NOISE_KINDS
 
@@ -178,6 +184,9 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("study.gold_when_unsolved", lambda v: isinstance(v, bool), "true or false"),
     ("study.aliases", lambda v: isinstance(v, (dict, DictConfig)) and all(isinstance(x, str) for x in v.values()),
      "a mapping of condition names to the run they are identical to"),
+    ("study.steps", lambda v: _int(v) and v >= 2, "an integer ≥ 2 (optimizer steps of every run)"),
+    ("study.curve_every", positive_int, "an integer ≥ 1"),
+    ("study.methods", _rl_methods, "a mapping of run names to registered RL methods (studykit.rl.TRAINERS)"),
 ]
 
 
@@ -199,6 +208,14 @@ def validate(cfg: DictConfig) -> None:
     if grpo is not None and grpo.per_device_train_batch_size % grpo.num_generations:
         raise ConfigError(f"grpo.per_device_train_batch_size={grpo.per_device_train_batch_size} is not allowed: "
                           f"expected a multiple of grpo.num_generations={grpo.num_generations} (whole groups per step)")
+    steps, sft_steps = (OmegaConf.select(cfg, f"study.{k}", default=None) for k in ("steps", "sft_steps"))
+    if sft_steps is not None and not (_int(sft_steps) and 1 <= sft_steps < (steps or 0)):
+        raise ConfigError(f"study.sft_steps={sft_steps!r} is not allowed: expected an integer from 1 to "
+                          f"study.steps − 1 = {(steps or 0) - 1} (SFT → GRPO takes both stages within study.steps)")
+    methods, curve_runs = (OmegaConf.select(cfg, f"study.{k}", default=None) for k in ("methods", "curve_runs"))
+    if curve_runs is not None and not (isinstance(curve_runs, ListConfig) and set(curve_runs) <= set(methods or {})):
+        raise ConfigError(f"study.curve_runs={OmegaConf.to_container(curve_runs) if isinstance(curve_runs, ListConfig) else curve_runs!r} "
+                          f"is not allowed: expected a list of run names of study.methods ({', '.join(methods or {})})")
     required = OmegaConf.select(cfg, "study.requires_profile", default=None)
     if required is not None and cfg.profile.name != required:
         raise ConfigError(f"study {cfg.study.name} needs profile={required}, got profile={cfg.profile.name}: "

@@ -80,6 +80,11 @@ def test_every_study_has_a_notebook():
     (["study=sft_objectives", "study.objectives.sft.objective=magic"], "study.objectives", "a registered objective"),
     (["study=sft_objectives", "study.transforms=[grape,swap]"], "study.transforms", "a subset of grape, ssr, s3ft"),
     (["study=sft_objectives", "study.in_domain=[chain_sum,nonsense]"], "study.in_domain", "a proper subset"),
+    (["study=rl_hybrids", "study.methods.hpt=hybrid"], "study.methods", "registered RL methods"),
+    (["study=rl_hybrids", "study.sft_steps=12"], "study.sft_steps", "from 1 to study.steps − 1 = 11"),
+    (["study=rl_hybrids", "study.steps=1"], "study.steps", "an integer ≥ 2"),
+    (["study=rl_hybrids", "study.curve_every=0"], "study.curve_every", "an integer ≥ 1"),
+    (["study=rl_hybrids", "study.curve_runs=[grpo,sft]"], "study.curve_runs", "run names of study.methods"),
 ])
 def test_bad_values_are_one_clear_error_naming_key_value_and_what_is_allowed(overrides, key, allowed):
     with pytest.raises(ConfigError, match=rf"^{key}=.* is not allowed: expected .*{allowed}"):

@@ -208,3 +208,18 @@ def test_rl_settings_are_checked_before_any_work():
         compose(["rl.prefix_rft.high=1.5"])
     with pytest.raises(ValueError, match="unknown RL method 'ppo'"):
         rl.build_grpo_trainer(None, None, [], compose(["profile=smoke"]), "/tmp", method="ppo")
+
+
+def test_evaluate_every_evaluates_in_eval_mode_at_every_nth_step_before_the_last():
+    from types import SimpleNamespace
+
+    from studykit.rl import EvaluateEvery
+
+    model = torch.nn.Linear(1, 1)
+    seen = []
+    callback = EvaluateEvery(lambda m: seen.append(m.training) or len(seen), every=2)
+    for step in range(1, 7):
+        callback.on_step_end(None, SimpleNamespace(global_step=step, max_steps=6), None, model=model)
+    assert callback.curve == [(2, 1), (4, 2)] and seen == [False, False] and model.training
+    with pytest.raises(ValueError, match="every must be ≥ 1"):
+        EvaluateEvery(lambda m: None, every=0)
