@@ -121,6 +121,21 @@ def build_grpo_trainer(model, tokenizer, records: list[dict], cfg, output_dir: s
     return _logged(trainer)
 
 
+def learnable_prompts(records: list[dict], model, tokenizer, *, rollouts: int, chat: bool, max_new_tokens: int,
+                      batch_size: int = 16) -> list[dict]:
+    """RIF-RFT's rollout-based instance filter (rftforgetting2025, §RIF-RFT): before RL, sample ``rollouts``
+    temperature-1 replies of ``model`` per prompt and keep only the prompts at least one of them solves (the
+    verifier reward); a prompt every rollout fails gives GRPO no signal.  The paper's exact rule is not published:
+    this is the reading "drop an instance whose rollouts all fail"."""
+    from .transforms import verified_samples
+
+    if rollouts < 1:
+        raise ValueError(f"learnable_prompts: rollouts must be ≥ 1, got {rollouts}")
+    solved = {r["sample_of"] for r in verified_samples(records, model, tokenizer, samples=rollouts, chat=chat,
+                                                       max_new_tokens=max_new_tokens, batch_size=batch_size)}
+    return [r for r in records if r["id"] in solved]
+
+
 class EvaluateEvery(TrainerCallback):
     """Accuracy-vs-step curves: ``evaluate(model)`` (in eval mode) after every ``every``-th optimizer step before
     the last (the caller evaluates the final model); the results are kept in ``curve`` as ``(step, result)``."""

@@ -68,6 +68,10 @@ def _rewards(v) -> bool:
             and any(w != 0 for w in v.values()))
 
 
+def _share(v) -> bool:
+    return _number(v) and 0 < v <= 1
+
+
 def _rl_methods(v) -> bool:
     from .rl import TRAINERS
 
@@ -101,7 +105,7 @@ def _subset_conditions(v) -> bool:
             return False
         if rule in ("above", "at_most") and not unit_interval(value):
             return False
-        if rule == "top_share" and not (_number(value) and 0 < value <= 1):
+        if rule == "top_share" and not _share(value):
             return False
         if rule == "size_of" and value not in earlier:
             return False
@@ -148,7 +152,7 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("rl.hpt.switch_gate", non_negative_int, "an integer ≥ 0 (at most num_generations − 1)"),
     ("rl.hpt.sft_coef", positive, "a number > 0"),
     ("rl.prefix_rft.high", open_unit_interval, "a ratio in (0, 1)"),
-    ("rl.prefix_rft.entropy_top_share", lambda v: _number(v) and 0 < v <= 1, "a share in (0, 1]"),
+    ("rl.prefix_rft.entropy_top_share", _share, "a share in (0, 1]"),
     ("rl.dump.window", positive_int, "an integer ≥ 1"),
     ("rl.dump.temperature", positive, "a number > 0"),
     ("study.seeds", int_list, "a non-empty list of integers"),
@@ -166,7 +170,7 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
      "an earlier condition"),
     ("study.anchor_multipliers", lambda v: isinstance(v, (list, ListConfig)) and len(v) > 0 and all(positive(x) for x in v),
      "a non-empty list of numbers > 0 (anchor counts relative to study.nuggets.anchors.n)"),
-    ("study.top_share", lambda v: _number(v) and 0 < v <= 1, "a share in (0, 1]"),
+    ("study.top_share", _share, "a share in (0, 1]"),
     ("study.thresholds", lambda v: isinstance(v, (list, ListConfig)) and all(unit_interval(x) for x in v),
      "a list of golden-score thresholds in [0, 1]"),
     ("study.checkpoints", lambda v: v is None or (_int(v) and v >= 2), "null or an integer ≥ 2"),
@@ -184,6 +188,9 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("study.gold_when_unsolved", lambda v: isinstance(v, bool), "true or false"),
     ("study.aliases", lambda v: isinstance(v, (dict, DictConfig)) and all(isinstance(x, str) for x in v.values()),
      "a mapping of condition names to the run they are identical to"),
+    ("study.first_steps", positive_int, "an integer ≥ 1"),
+    ("study.second_steps", positive_int, "an integer ≥ 1"),
+    ("study.filter_rollouts", positive_int, "an integer ≥ 1"),
     ("study.steps", lambda v: _int(v) and v >= 2, "an integer ≥ 2 (optimizer steps of every run)"),
     ("study.curve_every", positive_int, "an integer ≥ 1"),
     ("study.methods", _rl_methods, "a mapping of run names to registered RL methods (studykit.rl.TRAINERS)"),
@@ -216,6 +223,10 @@ def validate(cfg: DictConfig) -> None:
     if curve_runs is not None and not (isinstance(curve_runs, ListConfig) and set(curve_runs) <= set(methods or {})):
         raise ConfigError(f"study.curve_runs={OmegaConf.to_container(curve_runs) if isinstance(curve_runs, ListConfig) else curve_runs!r} "
                           f"is not allowed: expected a list of run names of study.methods ({', '.join(methods or {})})")
+    tasks = [OmegaConf.select(cfg, f"study.{k}", default=None) for k in ("first_task", "second_task")]
+    if tasks != [None, None] and (len(set(tasks)) != 2 or not set(tasks) < set(cfg.data.families)):
+        raise ConfigError(f"study.first_task={tasks[0]!r} (with study.second_task={tasks[1]!r}) is not allowed: expected "
+                          f"two different families of data.families ({', '.join(cfg.data.families)}), some left held out")
     required = OmegaConf.select(cfg, "study.requires_profile", default=None)
     if required is not None and cfg.profile.name != required:
         raise ConfigError(f"study {cfg.study.name} needs profile={required}, got profile={cfg.profile.name}: "

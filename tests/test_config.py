@@ -85,6 +85,9 @@ def test_every_study_has_a_notebook():
     (["study=rl_hybrids", "study.steps=1"], "study.steps", "an integer ≥ 2"),
     (["study=rl_hybrids", "study.curve_every=0"], "study.curve_every", "an integer ≥ 1"),
     (["study=rl_hybrids", "study.curve_runs=[grpo,sft]"], "study.curve_runs", "run names of study.methods"),
+    (["study=rl_forgetting", "study.second_task=family_relationships"], "study.first_task", "two different families"),
+    (["study=rl_forgetting", "study.first_task=figlet"], "study.first_task", "two different families"),
+    (["study=rl_forgetting", "study.filter_rollouts=0"], "study.filter_rollouts", "an integer ≥ 1"),
 ])
 def test_bad_values_are_one_clear_error_naming_key_value_and_what_is_allowed(overrides, key, allowed):
     with pytest.raises(ConfigError, match=rf"^{key}=.* is not allowed: expected .*{allowed}"):

@@ -22,13 +22,15 @@ STUDY_FILES = {
     "rewardrank": {"checkpoints.csv", "dpo_runs.csv", "correlations.csv", "regret.csv", "choices.csv", "rewardrank.png"},
     "rl_post_training": {"summary.csv", "accuracy.csv", "runs.csv", "grpo_rewards.csv", "teacher.csv", "ranking.csv", "moved.csv",
                          "rl_post_training.png"},
+    "rl_forgetting": {"summary.csv", "accuracy.csv", "runs.csv", "grpo_rewards.csv", "filter.csv", "rl_forgetting.png"},
     "rl_hybrids": {"summary.csv", "accuracy.csv", "runs.csv", "rl_rewards.csv", "moved.csv", "curves.csv", "dump_arms.csv",
                    "rl_hybrids.png", "rl_hybrids_curves.png"},
 }
 SCORING_STUDIES = {"nuggets_sensitivity"}
 # the smoke model is random: it solves no prompt, so the RL study's SFT data fall back to gold answers there
 SMOKE_OVERRIDES = {"rl_post_training": ["study.gold_when_unsolved=true"],
-                   "rl_hybrids": ["study.steps=3", "study.sft_steps=1", "study.curve_every=1"]}
+                   "rl_hybrids": ["study.steps=3", "study.sft_steps=1", "study.curve_every=1"],
+                   "rl_forgetting": ["study.first_steps=2", "study.second_steps=2"]}
 
 
 @pytest.mark.parametrize("study", sorted(STUDY_FILES))

@@ -223,3 +223,23 @@ def test_evaluate_every_evaluates_in_eval_mode_at_every_nth_step_before_the_last
     assert callback.curve == [(2, 1), (4, 2)] and seen == [False, False] and model.training
     with pytest.raises(ValueError, match="every must be ≥ 1"):
         EvaluateEvery(lambda m: None, every=0)
+
+
+def test_the_instance_filter_drops_exactly_the_prompts_whose_rollouts_all_fail(tiny, monkeypatch):
+    """RIF-RFT's filter: a prompt stays when at least one of its rollouts is verified correct."""
+    import studykit.transforms as transforms
+    from studykit.testbed import build_testbed
+
+    model, tokenizer = tiny
+    pool = build_testbed(__import__("studykit").compose(["profile=smoke"]).data)["pool"][:6]
+    solved_once = {pool[1]["id"], pool[4]["id"]}
+
+    def fake_generate(model, tokenizer, prompts, **kwargs):  # 3 rollouts per prompt; only the second can be right
+        return [pool[i // 3]["answer"] if i % 3 == 1 and pool[i // 3]["id"] in solved_once else "zzz"
+                for i in range(len(prompts))]
+
+    monkeypatch.setattr(transforms, "generate", fake_generate)
+    kept = rl.learnable_prompts(pool, model, tokenizer, rollouts=3, chat=True, max_new_tokens=4)
+    assert [r["id"] for r in kept] == [r["id"] for r in pool if r["id"] in solved_once]
+    with pytest.raises(ValueError, match="rollouts must be ≥ 1"):
+        rl.learnable_prompts(pool, model, tokenizer, rollouts=0, chat=True, max_new_tokens=4)
