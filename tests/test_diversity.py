@@ -1,0 +1,64 @@
+"""Diversity metrics on hand-made sample sets with known values (the formulas of the official code)."""
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from studykit import diversity
+
+
+def test_ead_counts_distinct_word_ngrams_against_their_expectation_under_uniform_draws():
+    replies = ["a b c.", "a b\nd", "a b"]   # as the official code, "." and newlines are deleted: a b c | a bd | a b
+    v = 10
+    expected = v * (1 - (9 / 10) ** 7)       # distinct count expected among 7 uniform draws from 10
+    assert diversity.ead(replies, 1, v) == pytest.approx(4 / expected)
+    # bigrams: (a b) (b c) (a bd) (a b) → 3 distinct of 4
+    assert diversity.ead(replies, 2, v) == pytest.approx(3 / (v * (1 - 0.9 ** 4)))
+    assert diversity.ead(replies, 4, v) == 0.0                           # no reply has 4 words
+    assert diversity.ead(["x y"], 1, 2) == 1.0                           # clipped to 1 (2 distinct, 1.5 expected)
+    assert diversity.mean_ead(replies, v, orders=(1, 2)) == pytest.approx(
+        (diversity.ead(replies, 1, v) + diversity.ead(replies, 2, v)) / 2)
+    with pytest.raises(ValueError, match="vocab_size must be ≥ 2"):
+        diversity.ead(replies, 1, 1)
+
+
+def test_repeating_one_reply_lowers_ead_but_not_for_short_outputs_alone():
+    """EAD's point: more copies of the same words lower it, while a single short reply is not favoured."""
+    v = 49152
+    assert diversity.ead(["the cat sat"] * 4, 1, v) < diversity.ead(["the cat sat", "a dog ran", "one bird flew",
+                                                                        "two fish swam"], 1, v)
+
+
+def test_embedding_diversity_is_one_minus_the_mean_pairwise_cosine():
+    assert diversity.embedding_diversity(np.ones((3, 4))) == pytest.approx(0.0)
+    assert diversity.embedding_diversity(np.eye(3)) == pytest.approx(1.0)
+    angle = np.array([[1.0, 0.0], [math.cos(math.pi / 3), math.sin(math.pi / 3)]])   # cosine 0.5, any scale
+    assert diversity.embedding_diversity(angle * [[2.0], [5.0]]) == pytest.approx(0.5)
+    assert diversity.embedding_diversity(np.ones((1, 4))) == 0.0
+
+
+def test_vendi_counts_the_effective_number_of_distinct_replies():
+    assert diversity.vendi(np.ones((4, 3))) == pytest.approx(1.0)
+    assert diversity.vendi(np.eye(4)) == pytest.approx(4.0)
+    two_modes = np.array([[1.0, 0.0]] * 2 + [[0.0, 1.0]] * 2)
+    assert diversity.vendi(two_modes) == pytest.approx(2.0)
+
+
+def test_per_prompt_table_judges_quality_on_the_same_samples(monkeypatch):
+    records = [{"id": "a", "family": "chain_sum", "answer": "3", "entry": None},
+               {"id": "b", "family": "chain_sum", "answer": "5", "entry": None}]
+    replies = [["3", "4"], ["5", "5"]]
+    def embed(texts):
+        return np.array([[1.0, 0.0] if t == "3" or t == "5" else [0.0, 1.0] for t in texts])
+
+    judged = {("a", "3"): True, ("a", "4"): False, ("b", "5"): True}
+    monkeypatch.setattr(diversity, "judge", lambda record, text: SimpleNamespace(lenient=judged[(record["id"], text)]))
+    table = diversity.diversity_per_prompt(records, replies, embed, vocab_size=100)
+    assert table["quality"].tolist() == [0.5, 1.0]
+    assert table["embedding_diversity"].tolist() == pytest.approx([1.0, 0.0])
+    assert table["vendi"].tolist() == pytest.approx([2.0, 1.0])
+    with pytest.raises(ValueError, match="same number of replies"):
+        diversity.diversity_per_prompt(records, [["3"], ["5", "5"]], embed, vocab_size=100)
