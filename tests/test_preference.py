@@ -1,0 +1,85 @@
+"""SELM's optimistic DPO term on the tiny model: its value against the kit's independent scorer, and its wiring."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from trl import DPOConfig, DPOTrainer
+
+from studykit.logprobs import sequence_logprobs
+from studykit.models import copy_model
+from studykit.preference import SELMTrainer
+from studykit.testbed import build_testbed
+from studykit.train import _args, dpo_dataset
+
+
+@pytest.fixture(scope="module")
+def pairs(smoke_cfg):
+    pairs = build_testbed(smoke_cfg.data)["preference"][:6]
+    return [{**p, "reference_response": "I think " + p["rejected"]} for p in pairs]   # y₀: the model's own reply
+
+
+def _args_for(cfg, tmp_path, n):
+    return _args(DPOConfig, cfg.dpo, tmp_path, 0, {"per_device_train_batch_size": n}, torch.device("cpu"))
+
+
+def _loss(trainer):
+    batch = dict(next(iter(trainer.get_train_dataloader())))
+    with torch.no_grad():
+        return float(trainer.compute_loss(trainer.model, batch))
+
+
+def test_selm_adds_alpha_beta_times_the_log_ratio_of_the_models_own_reply(tiny, smoke_cfg, pairs, tmp_path):
+    model, tokenizer = tiny
+    policy = copy_model(model)
+    with torch.no_grad():
+        for p in policy.model.layers[0].parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    alpha, beta = 0.3, smoke_cfg.dpo.beta
+    selm = SELMTrainer(model=policy, ref_model=copy_model(model), processing_class=tokenizer, alpha=alpha,
+                       args=_args_for(smoke_cfg, tmp_path / "selm", len(pairs)), train_dataset=dpo_dataset(pairs, True))
+    dpo = DPOTrainer(model=copy_model(policy), ref_model=copy_model(model), processing_class=tokenizer,
+                     args=_args_for(smoke_cfg, tmp_path / "dpo", len(pairs)),
+                     train_dataset=dpo_dataset([{k: v for k, v in p.items() if k != "reference_response"} for p in pairs], True))
+    prompts, replies = [p["prompt"] for p in pairs], [p["reference_response"] for p in pairs]
+    log_ratio = (sequence_logprobs(policy, tokenizer, prompts, replies, chat=True)["sum"]
+                 - sequence_logprobs(model, tokenizer, prompts, replies, chat=True)["sum"])
+    assert abs(log_ratio.mean()) > 1e-3
+    assert _loss(selm) - _loss(dpo) == pytest.approx(alpha * beta * float(np.mean(log_ratio)), rel=1e-4, abs=1e-6)
+
+
+def test_the_optimistic_term_vanishes_when_the_policy_is_the_reference(tiny, smoke_cfg, pairs, tmp_path):
+    model, tokenizer = tiny
+    data = dpo_dataset(pairs, True)
+    selm = SELMTrainer(model=copy_model(model), ref_model=copy_model(model), processing_class=tokenizer, alpha=1.0,
+                       args=_args_for(smoke_cfg, tmp_path / "a", len(pairs)), train_dataset=data)
+    assert _loss(selm) == pytest.approx(np.log(2.0), rel=1e-5)   # DPO at policy = reference is log 2; the term is 0
+
+
+def test_a_selm_step_trains_and_lowers_the_likelihood_of_the_own_reply_more_than_dpo(tiny, smoke_cfg, pairs, tmp_path):
+    model, tokenizer = tiny
+    prompts, replies = [p["prompt"] for p in pairs], [p["reference_response"] for p in pairs]
+    results = {}
+    for name, alpha in (("dpo", 0.0), ("selm", 50.0)):
+        trainer = SELMTrainer(model=copy_model(model), ref_model=copy_model(model), processing_class=tokenizer,
+                              alpha=alpha, train_dataset=dpo_dataset(pairs, True),
+                              args=_args(DPOConfig, smoke_cfg.dpo, tmp_path / name, 0,
+                                         {"max_steps": 1, "learning_rate": 1e-3, "per_device_train_batch_size": 6,
+                                          "lr_scheduler_type": "constant", "warmup_steps": 0}, torch.device("cpu")))
+        trainer.train()
+        results[name] = sequence_logprobs(trainer.model, tokenizer, prompts, replies, chat=True)["sum"].mean()
+    assert results["selm"] < results["dpo"]
+
+
+def test_selm_needs_the_models_reply_and_the_sigmoid_loss(tiny, smoke_cfg, pairs, tmp_path):
+    model, tokenizer = tiny
+    plain = dpo_dataset([{k: v for k, v in p.items() if k != "reference_response"} for p in pairs], True)
+    with pytest.raises(ValueError, match="needs a 'reference_response' column"):
+        SELMTrainer(model=copy_model(model), ref_model=copy_model(model), processing_class=tokenizer,
+                    args=_args_for(smoke_cfg, tmp_path / "a", 2), train_dataset=plain)
+    with pytest.raises(ValueError, match="sigmoid DPO loss"):
+        SELMTrainer(model=copy_model(model), ref_model=copy_model(model), processing_class=tokenizer,
+                    args=_args(DPOConfig, smoke_cfg.dpo, tmp_path / "b", 0, {"loss_type": ["ipo"]}, torch.device("cpu")),
+                    train_dataset=dpo_dataset(pairs, True))
