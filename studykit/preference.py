@@ -1,4 +1,5 @@
-"""Preference losses that TRL's ``DPOTrainer`` has no loss type for, as its subclasses.
+"""Preference losses that TRL's ``DPOTrainer`` has no loss type for, as its subclasses: SELM's optimistic term
+and Discriminative fine-tuning (:class:`DiscriminativeFTTrainer`).
 
 * **SELM** (Zhang et al., 2024, "Self-Exploring Language Models", arXiv 2405.19332; official
   ``scripts/selm_trainer.py::optimistic_dpo_loss``): the sigmoid DPO loss plus an optimistic term
@@ -8,6 +9,8 @@
   official code; α = 0.001 in its Zephyr and Phi-3 recipes (1e-4 for Llama-3).
 """
 from __future__ import annotations
+
+import math
 
 import torch
 from trl import DPOTrainer
@@ -89,3 +92,90 @@ class SELMTrainer(DPOTrainer):
         self._metrics[mode]["selm/explore_log_ratio"].append(self.accelerator.gather_for_metrics(ratio.detach()).mean().item())
         loss = loss + self.alpha * self.beta * ratio.mean()
         return (loss, result[1]) if return_outputs else loss
+
+
+def normalizer_update(u_old: torch.Tensor, scores: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Discriminative FT's per-example moving normalizer in log space (official ``dft_loss``):
+    u ← log((1 − γ)·e^u + γ·mean_k e^{s_k}) over the example's negatives k (``scores``: (examples, negatives));
+    γ = 1 forgets the past (u = log mean_k e^{s_k})."""
+    w = math.log(gamma) + torch.logsumexp(scores, dim=1) - math.log(scores.shape[1])
+    if gamma == 1:
+        return w
+    return torch.logaddexp(math.log(1.0 - gamma) + u_old, w)
+
+
+class DiscriminativeFTTrainer(DPOTrainer):
+    """Discriminative fine-tuning (Guo et al., 2025, arXiv 2502.18679; official ``scripts/dft_trainer.py``): raise
+    the likelihood of the positive y_w and push down sampled negatives y′ in proportion to how much more likely the
+    policy makes them than the reference —
+
+        s = log πθ(y′)/τ − log π_ref(y′),   u ← log((1 − γ)e^u + γ·e^s)  (one u per example, from u = 0),
+        L = −log πθ(y_w) + sg(e^{s − u})·log πθ(y′)
+
+    (``reference_free``: DFT2, s = log πθ(y′)/τ and every log-prob length-averaged, no reference model).  The
+    dataset's ``chosen`` is y_w and ``rejected`` the negative, one per example (the paper: 2 per prompt and epoch).
+    Defaults as the paper: DFT τ = 1, γ = 0.85; DFT2 τ = 0.3, γ = 0.9."""
+
+    def __init__(self, *args, tau: float | None = None, gamma: float | None = None, reference_free: bool = False,
+                 **kwargs):
+        self.tau = tau if tau is not None else (0.3 if reference_free else 1.0)
+        self.gamma = gamma if gamma is not None else (0.9 if reference_free else 0.85)
+        if self.tau <= 0 or not 0 < self.gamma <= 1:
+            raise ValueError(f"Discriminative FT: tau must be > 0 and gamma in (0, 1], got {self.tau}, {self.gamma}")
+        self.reference_free = reference_free
+        super().__init__(*args, **kwargs)
+        if not reference_free and self.ref_model is None:
+            raise ValueError("Discriminative FT (DFT) scores its negatives with a reference model in every step: pass "
+                             "ref_model (precompute_ref_log_probs is not supported); reference_free=True is DFT2")
+        self.u = torch.zeros(max(self.train_dataset["example_id"]) + 1)   # u_init = 0, as the official config
+        self.data_collator = _IdCollator(self.data_collator)
+
+    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        if "example_id" not in dataset.column_names:
+            dataset = dataset.add_column("example_id", list(range(len(dataset))))
+        return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        self._signature_columns = [*self._signature_columns, "example_id"]
+
+    def _sequence_logps(self, model, inputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed completion log-probs of the [chosen; rejected] batch and the completion lengths (TRL's layout)."""
+        mask = inputs["completion_mask"][..., 1:]
+        labels = inputs["input_ids"].masked_fill(inputs["completion_mask"] == 0, -100)
+        out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], labels=labels,
+                    fused_lm_head=True, use_cache=False)
+        per_token = out.log_probs[:, -mask.shape[1]:]
+        return (per_token * mask).sum(1), mask.sum(1).clamp(min=1)
+
+    def _compute_loss(self, model, inputs, return_outputs):
+        ids = inputs.pop("example_id").cpu()
+        logps, lengths = self._sequence_logps(model, inputs)
+        if self.reference_free:
+            logps = logps / lengths
+        chosen, rejected = logps.chunk(2)
+        scores = rejected / self.tau
+        if not self.reference_free:
+            with torch.no_grad():
+                ref_rejected = self._sequence_logps(self.ref_model, inputs)[0].chunk(2)[1]
+            scores = scores - ref_rejected
+        u = normalizer_update(self.u[ids].to(scores.device), scores.detach()[:, None], self.gamma)
+        self.u[ids] = u.detach().cpu()
+        weight = torch.exp(scores.detach() - u)
+        loss = (-chosen + weight * rejected).mean()
+        mode = "train" if self.model.training else "eval"
+        self._metrics[mode]["dft/negative_weight"].append(weight.mean().item())
+        return (loss, None) if return_outputs else loss
+
+
+class _IdCollator:
+    """TRL's preference batch plus each row's ``example_id`` (its normalizer's index)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __call__(self, examples):
+        ids = torch.tensor([e.pop("example_id") for e in examples])
+        batch = self.inner(examples)
+        batch["example_id"] = ids
+        return batch

@@ -1,7 +1,7 @@
 """SELM's optimistic DPO term on the tiny model: its value against the kit's independent scorer, and its wiring."""
 from __future__ import annotations
 
-import copy
+import math
 
 import numpy as np
 import pytest
@@ -83,3 +83,57 @@ def test_selm_needs_the_models_reply_and_the_sigmoid_loss(tiny, smoke_cfg, pairs
         SELMTrainer(model=copy_model(model), ref_model=copy_model(model), processing_class=tokenizer,
                     args=_args(DPOConfig, smoke_cfg.dpo, tmp_path / "b", 0, {"loss_type": ["ipo"]}, torch.device("cpu")),
                     train_dataset=dpo_dataset(pairs, True))
+
+
+def test_the_normalizer_follows_its_log_space_moving_average():
+    from studykit.preference import normalizer_update
+
+    s = torch.tensor([[1.0, 3.0]])
+    expected = math.log(0.15 * math.exp(0.0) + 0.85 * (math.e + math.e ** 3) / 2)
+    assert normalizer_update(torch.zeros(1), s, 0.85).item() == pytest.approx(expected)
+    assert normalizer_update(torch.tensor([5.0]), s, 1.0).item() == pytest.approx(math.log((math.e + math.e ** 3) / 2))
+
+
+@pytest.mark.parametrize("reference_free", [False, True])
+def test_discriminative_ft_loss_matches_the_papers_formula_on_the_kits_own_scores(tiny, smoke_cfg, pairs, tmp_path,
+                                                                                  reference_free):
+    from studykit.preference import DiscriminativeFTTrainer
+
+    model, tokenizer = tiny
+    policy = copy_model(model)
+    with torch.no_grad():
+        for p in policy.model.layers[0].parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    plain = [{k: v for k, v in p.items() if k != "reference_response"} for p in pairs]
+    trainer = DiscriminativeFTTrainer(model=policy, ref_model=copy_model(model), processing_class=tokenizer,
+                                      reference_free=reference_free, args=_args_for(smoke_cfg, tmp_path, len(pairs)),
+                                      train_dataset=dpo_dataset(plain, True))
+    prompts = [p["prompt"] for p in plain]
+    key = "mean" if reference_free else "sum"
+    chosen = sequence_logprobs(policy, tokenizer, prompts, [p["chosen"] for p in plain], chat=True)[key]
+    rejected = sequence_logprobs(policy, tokenizer, prompts, [p["rejected"] for p in plain], chat=True)[key]
+    ref = sequence_logprobs(model, tokenizer, prompts, [p["rejected"] for p in plain], chat=True)["sum"]
+    tau, gamma = trainer.tau, trainer.gamma
+    s = rejected / tau - (0.0 if reference_free else ref)
+    u = np.log((1 - gamma) * 1.0 + gamma * np.exp(s))            # from u = 0
+    expected = float(np.mean(-chosen + np.exp(s - u) * rejected))
+    assert _loss(trainer) == pytest.approx(expected, rel=1e-4)
+    first_u = trainer.u.clone()                                     # u is indexed by the example's row
+    assert first_u.numpy() == pytest.approx(u, rel=1e-4)
+    _loss(trainer)                                                  # the second pass starts from the stored u
+    again = np.logaddexp(np.log(1 - gamma) + first_u.numpy(), np.log(gamma) + s)
+    assert trainer.u.numpy() == pytest.approx(again, rel=1e-4)
+
+
+def test_discriminative_ft_needs_a_reference_unless_reference_free_and_valid_settings(tiny, smoke_cfg, pairs, tmp_path):
+    from studykit.preference import DiscriminativeFTTrainer
+
+    model, tokenizer = tiny
+    data = dpo_dataset([{k: v for k, v in p.items() if k != "reference_response"} for p in pairs], True)
+    with pytest.raises(ValueError, match="gamma in \\(0, 1\\]"):
+        DiscriminativeFTTrainer(model=copy_model(model), ref_model=copy_model(model), processing_class=tokenizer,
+                                gamma=0.0, args=_args_for(smoke_cfg, tmp_path, 2), train_dataset=data)
+    with pytest.raises(ValueError, match="precompute_ref_log_probs is not supported"):
+        DiscriminativeFTTrainer(model=copy_model(model), processing_class=tokenizer, train_dataset=data,
+                                args=_args(DPOConfig, smoke_cfg.dpo, tmp_path / "p", 0,
+                                           {"precompute_ref_log_probs": True}, torch.device("cpu")))
