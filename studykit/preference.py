@@ -1,5 +1,6 @@
 """Preference losses that TRL's ``DPOTrainer`` has no loss type for, as its subclasses: SELM's optimistic term
-and Discriminative fine-tuning (:class:`DiscriminativeFTTrainer`).
+and Discriminative fine-tuning (:class:`DiscriminativeFTTrainer`); and Self-Contrast's negatives
+(:func:`self_contrast_pairs`).
 
 * **SELM** (Zhang et al., 2024, "Self-Exploring Language Models", arXiv 2405.19332; official
   ``scripts/selm_trainer.py::optimistic_dpo_loss``): the sigmoid DPO loss plus an optimistic term
@@ -11,6 +12,7 @@ and Discriminative fine-tuning (:class:`DiscriminativeFTTrainer`).
 from __future__ import annotations
 
 import math
+import random
 
 import torch
 from trl import DPOTrainer
@@ -179,3 +181,47 @@ class _IdCollator:
         batch = self.inner(examples)
         batch["example_id"] = ids
         return batch
+
+
+def self_contrast_negatives(samples: list[str], similarity: list[float], k: int, share: float = 0.75,
+                            rng: random.Random | None = None) -> list[str]:
+    """Self-Contrast's negatives for one prompt (Zhao et al., 2024, arXiv 2404.00604; official
+    ``src/construct_synthetic_data.py``, mode ``lastdedup-<share>``): the samples ranked by cosine similarity to
+    the target (0 = least similar), deduplicated (first occurrence kept), the ``min(⌊N·share⌋, distinct − 1)``
+    least similar kept, and ``k`` of those drawn at random — none when fewer than ``k`` are left."""
+    if len(samples) != len(similarity) or k < 1 or not 0 < share <= 1:
+        raise ValueError(f"self_contrast_negatives: need one similarity per sample, k ≥ 1 and share in (0, 1]; got "
+                         f"{len(samples)} samples, {len(similarity)} similarities, k={k}, share={share}")
+    order = sorted(range(len(similarity)), key=lambda i: similarity[i])
+    rank = {i: r for r, i in enumerate(order)}
+    distinct: dict[str, int] = {}
+    for i, text in enumerate(samples):
+        distinct.setdefault(text, rank[i])
+    if not distinct:
+        return []
+    keep = min(int(len(samples) * share), len(distinct) - 1)
+    threshold = sorted(distinct.values())[keep]
+    candidates = [text.lstrip(" ") for text, r in distinct.items() if r < threshold and text.strip()]
+    if len(candidates) < k:
+        return []
+    return [candidates[i] for i in sorted((rng or random.Random(0)).sample(range(len(candidates)), k))]
+
+
+def self_contrast_pairs(records: list[dict], samples: list[list[str]], embed, k: int, share: float = 0.75,
+                        seed: int = 0) -> list[dict]:
+    """DPO pairs of Self-Contrast: per record, its target (``response``) as chosen against each of its ``k``
+    negatives (:func:`self_contrast_negatives`, cosine similarity of ``embed``'s unit embeddings to the
+    target's).  Raises when no record gets a negative."""
+    import numpy as np
+
+    rng, pairs = random.Random(seed), []
+    for record, texts in zip(records, samples, strict=True):
+        vectors = np.asarray(embed([record["response"], *texts]), dtype=float)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True).clip(min=1e-12)
+        similarity = (vectors[1:] @ vectors[0]).tolist()
+        pairs += [{**record, "chosen": record["response"], "rejected": negative, "source": "self_contrast"}
+                  for negative in self_contrast_negatives(texts, similarity, k, share, rng)]
+    if not pairs:
+        raise ValueError(f"Self-Contrast: no record has {k} distinct negatives among its samples (share {share}); "
+                         "draw more samples per prompt or lower k")
+    return pairs

@@ -137,3 +137,29 @@ def test_discriminative_ft_needs_a_reference_unless_reference_free_and_valid_set
         DiscriminativeFTTrainer(model=copy_model(model), processing_class=tokenizer, train_dataset=data,
                                 args=_args(DPOConfig, smoke_cfg.dpo, tmp_path / "p", 0,
                                            {"precompute_ref_log_probs": True}, torch.device("cpu")))
+
+
+def test_self_contrast_keeps_the_least_similar_distinct_samples_as_the_official_lastdedup_mode():
+    from studykit.preference import self_contrast_negatives
+
+    samples = ["a", "b", "a", "c", "d", " "]          # "a" twice; an empty sample never becomes a negative
+    similarity = [0.9, 0.1, 0.9, 0.5, 0.3, 0.0]        # ranks: " " 0, b 1, d 2, c 3, a 4 (and 5)
+    # ⌊6 · 0.5⌋ = 3 least-similar distinct samples: " ", b, d → without the empty one: b, d
+    assert sorted(self_contrast_negatives(samples, similarity, k=2, share=0.5)) == ["b", "d"]
+    assert self_contrast_negatives(samples, similarity, k=3, share=0.5) == []          # fewer than k left
+    assert self_contrast_negatives(["a", "a"], [0.2, 0.2], k=1) == []                   # one distinct: the target's twin
+    with pytest.raises(ValueError, match="one similarity per sample"):
+        self_contrast_negatives(samples, similarity[:2], k=1)
+
+
+def test_self_contrast_pairs_use_the_target_as_chosen_and_fail_clearly_without_negatives():
+    from studykit.preference import self_contrast_pairs
+
+    records = [{"id": "x", "prompt": "q", "response": "yes"}]
+    def embed(texts):   # one axis per word: "yes" is the target, "yep" close to it, "no" / "nah" far
+        axes = {"yes": [1, 0, 0], "yep": [0.9, 0.1, 0], "no": [0, 1, 0], "nah": [0, 0, 1]}
+        return np.array([axes[t] for t in texts])
+    pairs = self_contrast_pairs(records, [["yep", "no", "nah", "no"]], embed, k=1, share=0.5)
+    assert len(pairs) == 1 and pairs[0]["chosen"] == "yes" and pairs[0]["rejected"] in {"no", "nah"}
+    with pytest.raises(ValueError, match="no record has 1 distinct negatives"):
+        self_contrast_pairs(records, [["yep", "yep"]], embed, k=1)
