@@ -157,6 +157,38 @@ def otr(stats: TokenStats, beta: float = -0.1):
     return (1.0 - beta) * p, beta * stats.entropy.detach()
 
 
+@register("prob_power")
+def prob_power(stats: TokenStats, alpha: float = 1.0):
+    """The p^α family of "Beyond Log Likelihood" (arXiv 2510.00526; official ``objective_trans``
+    ``GeneralFamily-α``): the loss (1 − p^α)/α has gradient −p^α·∇log p, so it is this weighted NLL with
+    w_t = sg(p_t^α) — the same gradient, a loss value that differs by a per-token constant.  α → 0 is SFT (−log p),
+    α = 1 is DFT (1 − p, TRL's ``loss_type="dft"``)."""
+    if alpha <= 0:
+        raise ValueError(f"prob_power: alpha must be > 0 (alpha → 0 is plain SFT), got {alpha}")
+    return stats.log_probs.detach().mul(alpha).exp(), None
+
+
+def _thresholded_p(stats: TokenStats, threshold: float, keep_above: bool):
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"the probability threshold must be in [0, 1], got {threshold}")
+    p = stats.log_probs.detach().exp()
+    return p * ((p >= threshold) if keep_above else (p <= threshold)).to(p.dtype), None
+
+
+@register("only_top_p")
+def only_top_p(stats: TokenStats, threshold: float = 0.5):
+    """"Beyond Log Likelihood" (arXiv 2510.00526) ``OnlyTopP-q``: the loss (1 − p)·1[p ≥ q] trains only the tokens
+    the model already gives probability ≥ q, with DFT's gradient there: w_t = sg(p_t)·1[p_t ≥ q]."""
+    return _thresholded_p(stats, threshold, keep_above=True)
+
+
+@register("only_bottom_p")
+def only_bottom_p(stats: TokenStats, threshold: float = 0.5):
+    """"Beyond Log Likelihood" (arXiv 2510.00526) ``OnlyBottomP-q``: the loss (1 − p)·1[p ≤ q] trains only the
+    tokens the model gives probability ≤ q: w_t = sg(p_t)·1[p_t ≤ q]."""
+    return _thresholded_p(stats, threshold, keep_above=False)
+
+
 # --- TRL integration ----------------------------------------------------------------------------------------------
 
 class _StoredLogProbsCollator:

@@ -98,14 +98,15 @@ def sft_dataset(records: list[dict], chat: bool) -> Dataset:
 
 
 def dpo_dataset(pairs: list[dict], chat: bool) -> Dataset:
-    """Prompt / chosen / rejected rows for DPOTrainer."""
+    """Prompt / chosen / rejected rows for DPOTrainer (and ``reference_response``, SELM's y₀, where the pairs
+    carry one), every response in the same form."""
+    responses = [k for k in ("chosen", "rejected", "reference_response") if k in (pairs[0] if pairs else {})]
     if chat:
         rows = [{"prompt": [{"role": "user", "content": p["prompt"]}],
-                 "chosen": [{"role": "assistant", "content": p["chosen"]}],
-                 "rejected": [{"role": "assistant", "content": p["rejected"]}]} for p in pairs]
+                 **{k: [{"role": "assistant", "content": p[k]}] for k in responses}} for p in pairs]
     else:
-        rows = [{"prompt": format_prompt(None, p["prompt"], chat=False), "chosen": completion_text(p["chosen"]),
-                 "rejected": completion_text(p["rejected"])} for p in pairs]
+        rows = [{"prompt": format_prompt(None, p["prompt"], chat=False),
+                 **{k: completion_text(p[k]) for k in responses}} for p in pairs]
     if not rows:
         raise ValueError("DPO needs at least one preference pair")
     return Dataset.from_list(rows)

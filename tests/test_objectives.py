@@ -135,6 +135,39 @@ def _first_batch(trainer):
     return {k: v for k, v in batch.items()}
 
 
+@pytest.mark.parametrize("alpha", [0.5, 1.0, 2.0])
+def test_the_p_alpha_family_has_the_gradient_of_its_loss_one_minus_p_to_the_alpha_over_alpha(batch, alpha):
+    logits, targets, mask = batch
+    stats = stats_from_logits(logits, targets, mask)
+    loss = objective_loss("prob_power", stats, mask.sum(), alpha=alpha)
+    p = torch.exp(-F.cross_entropy(logits[mask], targets[mask], reduction="none"))
+    paper = ((1 - p ** alpha) / alpha).mean()                     # the official GeneralFamily-α loss
+    (grad,) = torch.autograd.grad(loss, logits)
+    (paper_grad,) = torch.autograd.grad(paper, logits)
+    torch.testing.assert_close(grad, paper_grad)
+    if alpha == 1.0:   # α = 1 is DFT, value and gradient
+        dft = objective_loss("dft", stats_from_logits(logits, targets, mask), mask.sum())
+        assert loss.item() == pytest.approx(dft.item(), rel=1e-6)
+    with pytest.raises(ValueError, match="alpha must be > 0"):
+        objective_loss("prob_power", stats, mask.sum(), alpha=0)
+
+
+@pytest.mark.parametrize("name, keep", [("only_top_p", lambda p, q: p >= q), ("only_bottom_p", lambda p, q: p <= q)])
+def test_thresholded_objectives_train_only_the_tokens_on_their_side_of_q(batch, name, keep):
+    logits, targets, mask = batch
+    stats = stats_from_logits(logits, targets, mask)
+    q = float(stats.log_probs.detach()[mask].exp().median())
+    loss = objective_loss(name, stats, mask.sum(), threshold=q)
+    p = torch.exp(-F.cross_entropy(logits[mask], targets[mask], reduction="none"))
+    paper = ((1 - p) * keep(p, q).float()).mean()                 # (1 − p)·1[p ≥ q] or (1 − p)·1[p ≤ q]
+    (grad,) = torch.autograd.grad(loss, logits)
+    (paper_grad,) = torch.autograd.grad(paper, logits)
+    torch.testing.assert_close(grad, paper_grad)
+    assert 0 < int(keep(p, q).sum()) < int(mask.sum())            # the threshold really splits the tokens
+    with pytest.raises(ValueError, match=r"threshold must be in \[0, 1\]"):
+        objective_loss(name, stats, mask.sum(), threshold=1.5)
+
+
 def test_core_dft_matches_trls_builtin_dft_on_a_real_batch(tiny, smoke_cfg, records, tmp_path):
     model, tokenizer = tiny
     data = sft_dataset(records, chat=True)
@@ -188,7 +221,7 @@ def test_pear_takes_the_data_generating_policy_from_another_model(tiny, smoke_cf
     assert not torch.allclose(stats.behavior_log_probs[stats.mask], stats.log_probs.detach()[stats.mask], atol=1e-3)
 
 
-@pytest.mark.parametrize("name", ["dft", "asft", "pear", "otr", "low_lr_sft"])
+@pytest.mark.parametrize("name", ["dft", "asft", "pear", "otr", "low_lr_sft", "prob_power", "only_bottom_p"])  # (a random model has no p ≥ 0.5)
 def test_each_objective_trains_through_trl(tiny, smoke_cfg, records, tmp_path, name):
     model, tokenizer = tiny
     before = {k: v.clone() for k, v in model.state_dict().items()}

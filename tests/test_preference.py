@@ -1,0 +1,165 @@
+"""SELM's optimistic DPO term on the tiny model: its value against the kit's independent scorer, and its wiring."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from trl import DPOConfig, DPOTrainer
+
+from studykit.logprobs import sequence_logprobs
+from studykit.models import copy_model
+from studykit.preference import SELMTrainer
+from studykit.testbed import build_testbed
+from studykit.train import _args, dpo_dataset
+
+
+@pytest.fixture(scope="module")
+def pairs(smoke_cfg):
+    pairs = build_testbed(smoke_cfg.data)["preference"][:6]
+    return [{**p, "reference_response": "I think " + p["rejected"]} for p in pairs]   # y₀: the model's own reply
+
+
+def _args_for(cfg, tmp_path, n):
+    return _args(DPOConfig, cfg.dpo, tmp_path, 0, {"per_device_train_batch_size": n}, torch.device("cpu"))
+
+
+def _loss(trainer):
+    batch = dict(next(iter(trainer.get_train_dataloader())))
+    with torch.no_grad():
+        return float(trainer.compute_loss(trainer.model, batch))
+
+
+def test_selm_adds_alpha_beta_times_the_log_ratio_of_the_models_own_reply(tiny, smoke_cfg, pairs, tmp_path):
+    model, tokenizer = tiny
+    policy = copy_model(model)
+    with torch.no_grad():
+        for p in policy.model.layers[0].parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    alpha, beta = 0.3, smoke_cfg.dpo.beta
+    selm = SELMTrainer(model=policy, ref_model=copy_model(model), processing_class=tokenizer, alpha=alpha,
+                       args=_args_for(smoke_cfg, tmp_path / "selm", len(pairs)), train_dataset=dpo_dataset(pairs, True))
+    dpo = DPOTrainer(model=copy_model(policy), ref_model=copy_model(model), processing_class=tokenizer,
+                     args=_args_for(smoke_cfg, tmp_path / "dpo", len(pairs)),
+                     train_dataset=dpo_dataset([{k: v for k, v in p.items() if k != "reference_response"} for p in pairs], True))
+    prompts, replies = [p["prompt"] for p in pairs], [p["reference_response"] for p in pairs]
+    log_ratio = (sequence_logprobs(policy, tokenizer, prompts, replies, chat=True)["sum"]
+                 - sequence_logprobs(model, tokenizer, prompts, replies, chat=True)["sum"])
+    assert abs(log_ratio.mean()) > 1e-3
+    assert _loss(selm) - _loss(dpo) == pytest.approx(alpha * beta * float(np.mean(log_ratio)), rel=1e-4, abs=1e-6)
+
+
+def test_the_optimistic_term_vanishes_when_the_policy_is_the_reference(tiny, smoke_cfg, pairs, tmp_path):
+    model, tokenizer = tiny
+    data = dpo_dataset(pairs, True)
+    selm = SELMTrainer(model=copy_model(model), ref_model=copy_model(model), processing_class=tokenizer, alpha=1.0,
+                       args=_args_for(smoke_cfg, tmp_path / "a", len(pairs)), train_dataset=data)
+    assert _loss(selm) == pytest.approx(np.log(2.0), rel=1e-5)   # DPO at policy = reference is log 2; the term is 0
+
+
+def test_a_selm_step_trains_and_lowers_the_likelihood_of_the_own_reply_more_than_dpo(tiny, smoke_cfg, pairs, tmp_path):
+    model, tokenizer = tiny
+    prompts, replies = [p["prompt"] for p in pairs], [p["reference_response"] for p in pairs]
+    results = {}
+    for name, alpha in (("dpo", 0.0), ("selm", 50.0)):
+        trainer = SELMTrainer(model=copy_model(model), ref_model=copy_model(model), processing_class=tokenizer,
+                              alpha=alpha, train_dataset=dpo_dataset(pairs, True),
+                              args=_args(DPOConfig, smoke_cfg.dpo, tmp_path / name, 0,
+                                         {"max_steps": 1, "learning_rate": 1e-3, "per_device_train_batch_size": 6,
+                                          "lr_scheduler_type": "constant", "warmup_steps": 0}, torch.device("cpu")))
+        trainer.train()
+        results[name] = sequence_logprobs(trainer.model, tokenizer, prompts, replies, chat=True)["sum"].mean()
+    assert results["selm"] < results["dpo"]
+
+
+def test_selm_needs_the_models_reply_and_the_sigmoid_loss(tiny, smoke_cfg, pairs, tmp_path):
+    model, tokenizer = tiny
+    plain = dpo_dataset([{k: v for k, v in p.items() if k != "reference_response"} for p in pairs], True)
+    with pytest.raises(ValueError, match="needs a 'reference_response' column"):
+        SELMTrainer(model=copy_model(model), ref_model=copy_model(model), processing_class=tokenizer,
+                    args=_args_for(smoke_cfg, tmp_path / "a", 2), train_dataset=plain)
+    with pytest.raises(ValueError, match="sigmoid DPO loss"):
+        SELMTrainer(model=copy_model(model), ref_model=copy_model(model), processing_class=tokenizer,
+                    args=_args(DPOConfig, smoke_cfg.dpo, tmp_path / "b", 0, {"loss_type": ["ipo"]}, torch.device("cpu")),
+                    train_dataset=dpo_dataset(pairs, True))
+
+
+def test_the_normalizer_follows_its_log_space_moving_average():
+    from studykit.preference import normalizer_update
+
+    s = torch.tensor([[1.0, 3.0]])
+    expected = math.log(0.15 * math.exp(0.0) + 0.85 * (math.e + math.e ** 3) / 2)
+    assert normalizer_update(torch.zeros(1), s, 0.85).item() == pytest.approx(expected)
+    assert normalizer_update(torch.tensor([5.0]), s, 1.0).item() == pytest.approx(math.log((math.e + math.e ** 3) / 2))
+
+
+@pytest.mark.parametrize("reference_free", [False, True])
+def test_discriminative_ft_loss_matches_the_papers_formula_on_the_kits_own_scores(tiny, smoke_cfg, pairs, tmp_path,
+                                                                                  reference_free):
+    from studykit.preference import DiscriminativeFTTrainer
+
+    model, tokenizer = tiny
+    policy = copy_model(model)
+    with torch.no_grad():
+        for p in policy.model.layers[0].parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    plain = [{k: v for k, v in p.items() if k != "reference_response"} for p in pairs]
+    trainer = DiscriminativeFTTrainer(model=policy, ref_model=copy_model(model), processing_class=tokenizer,
+                                      reference_free=reference_free, args=_args_for(smoke_cfg, tmp_path, len(pairs)),
+                                      train_dataset=dpo_dataset(plain, True))
+    prompts = [p["prompt"] for p in plain]
+    key = "mean" if reference_free else "sum"
+    chosen = sequence_logprobs(policy, tokenizer, prompts, [p["chosen"] for p in plain], chat=True)[key]
+    rejected = sequence_logprobs(policy, tokenizer, prompts, [p["rejected"] for p in plain], chat=True)[key]
+    ref = sequence_logprobs(model, tokenizer, prompts, [p["rejected"] for p in plain], chat=True)["sum"]
+    tau, gamma = trainer.tau, trainer.gamma
+    s = rejected / tau - (0.0 if reference_free else ref)
+    u = np.log((1 - gamma) * 1.0 + gamma * np.exp(s))            # from u = 0
+    expected = float(np.mean(-chosen + np.exp(s - u) * rejected))
+    assert _loss(trainer) == pytest.approx(expected, rel=1e-4)
+    first_u = trainer.u.clone()                                     # u is indexed by the example's row
+    assert first_u.numpy() == pytest.approx(u, rel=1e-4)
+    _loss(trainer)                                                  # the second pass starts from the stored u
+    again = np.logaddexp(np.log(1 - gamma) + first_u.numpy(), np.log(gamma) + s)
+    assert trainer.u.numpy() == pytest.approx(again, rel=1e-4)
+
+
+def test_discriminative_ft_needs_a_reference_unless_reference_free_and_valid_settings(tiny, smoke_cfg, pairs, tmp_path):
+    from studykit.preference import DiscriminativeFTTrainer
+
+    model, tokenizer = tiny
+    data = dpo_dataset([{k: v for k, v in p.items() if k != "reference_response"} for p in pairs], True)
+    with pytest.raises(ValueError, match="gamma in \\(0, 1\\]"):
+        DiscriminativeFTTrainer(model=copy_model(model), ref_model=copy_model(model), processing_class=tokenizer,
+                                gamma=0.0, args=_args_for(smoke_cfg, tmp_path, 2), train_dataset=data)
+    with pytest.raises(ValueError, match="precompute_ref_log_probs is not supported"):
+        DiscriminativeFTTrainer(model=copy_model(model), processing_class=tokenizer, train_dataset=data,
+                                args=_args(DPOConfig, smoke_cfg.dpo, tmp_path / "p", 0,
+                                           {"precompute_ref_log_probs": True}, torch.device("cpu")))
+
+
+def test_self_contrast_keeps_the_least_similar_distinct_samples_as_the_official_lastdedup_mode():
+    from studykit.preference import self_contrast_negatives
+
+    samples = ["a", "b", "a", "c", "d", " "]          # "a" twice; an empty sample never becomes a negative
+    similarity = [0.9, 0.1, 0.9, 0.5, 0.3, 0.0]        # ranks: " " 0, b 1, d 2, c 3, a 4 (and 5)
+    # ⌊6 · 0.5⌋ = 3 least-similar distinct samples: " ", b, d → without the empty one: b, d
+    assert sorted(self_contrast_negatives(samples, similarity, k=2, share=0.5)) == ["b", "d"]
+    assert self_contrast_negatives(samples, similarity, k=3, share=0.5) == []          # fewer than k left
+    assert self_contrast_negatives(["a", "a"], [0.2, 0.2], k=1) == []                   # one distinct: the target's twin
+    with pytest.raises(ValueError, match="one similarity per sample"):
+        self_contrast_negatives(samples, similarity[:2], k=1)
+
+
+def test_self_contrast_pairs_use_the_target_as_chosen_and_fail_clearly_without_negatives():
+    from studykit.preference import self_contrast_pairs
+
+    records = [{"id": "x", "prompt": "q", "response": "yes"}]
+    def embed(texts):   # one axis per word: "yes" is the target, "yep" close to it, "no" / "nah" far
+        axes = {"yes": [1, 0, 0], "yep": [0.9, 0.1, 0], "no": [0, 1, 0], "nah": [0, 0, 1]}
+        return np.array([axes[t] for t in texts])
+    pairs = self_contrast_pairs(records, [["yep", "no", "nah", "no"]], embed, k=1, share=0.5)
+    assert len(pairs) == 1 and pairs[0]["chosen"] == "yes" and pairs[0]["rejected"] in {"no", "nah"}
+    with pytest.raises(ValueError, match="no record has 1 distinct negatives"):
+        self_contrast_pairs(records, [["yep", "yep"]], embed, k=1)
