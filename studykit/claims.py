@@ -11,6 +11,8 @@ A claim entry (``conf/claims/<study>.yaml``)::
       test: {treatment: dft, control: sft, metric: lenient, direction: greater, families: in_domain}
 
 ``test.families`` names a family group the notebook passes (``in_domain``, ``ood``; ``all`` by default).
+``test.metric`` is a per-item column of the predictions: ``strict`` / ``lenient`` correctness, or a per-prompt
+measurement of :data:`PER_PROMPT` (e.g. the embedding diversity of a prompt's samples, :mod:`studykit.diversity`).
 ``metric: auroc`` tests a scorer instead of a trained model: treatment and control name per-item scores (or
 ``chance``) and the difference is their AUROC for a per-item label (:func:`auroc_claims_table`).  An entry
 with ``not_tested: <why>`` instead of ``test`` is listed with that reason.  The verdict is
@@ -33,7 +35,9 @@ from .stats import DIRECTIONS, paired_difference, verdict
 
 CLAIMS_DIR = CONF_DIR / "claims"
 BIBLIOGRAPHY = ROOT / "references.bib"
-METRICS = ("strict", "lenient", "auroc")
+ACCURACY = ("strict", "lenient")
+PER_PROMPT = ("ead", "embedding_diversity", "vendi", "quality", "crc_valid", "crc_distinct")
+METRICS = (*ACCURACY, *PER_PROMPT, "auroc")
 REQUIRED = ("id", "paper", "source", "claim")
 TEST_KEYS = {"treatment", "control", "metric", "direction", "families"}
 
@@ -157,7 +161,7 @@ def claims_table(claims: list[dict], predictions: pd.DataFrame, *, family_groups
                                condition_matrix(predictions, control, metric, items))
         result = paired_difference(t, c, family_of[items].to_numpy(), seed=seed)
         merged[key] = len(rows)
-        rows.append({**row, "comparison": f"{treatment} − {control}", "metric": f"{metric} accuracy",
+        rows.append({**row, "comparison": f"{treatment} − {control}", "metric": metric_label(metric),
                      "families": families, "treatment": float(t.mean()), "control": float(c.mean()),
                      "difference": result.estimate, "ci_low": result.ci_low, "ci_high": result.ci_high,
                      "mde": result.mde, "items": result.n_items, "seeds": result.n_seeds,
@@ -190,6 +194,11 @@ def auroc_claims_table(claims: list[dict], scores: dict[str, np.ndarray], labels
                      "mde": result.mde, "items": result.n_items, "seeds": 1,
                      "verdict": verdict(result.ci_low, result.ci_high, test["direction"], result.mde)})
     return pd.DataFrame(rows)
+
+
+def metric_label(metric: str) -> str:
+    """How a claims table names a metric: "lenient accuracy", or the per-prompt measurement's own name."""
+    return f"{metric} accuracy" if metric in ACCURACY else metric.replace("_", " ")
 
 
 def _auc(labels, scores) -> float:

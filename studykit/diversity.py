@@ -14,11 +14,19 @@ For K replies per prompt at temperature 1:
 
 *Per prompt*: the metric over the prompt's K replies (averaged over prompts by the caller, with CIs over prompts);
 *across prompts*: the metric over each prompt's first reply.  Quality is the verifier's lenient judgement of each
-sample (:func:`studykit.answers.judge`, the evaluator's rule).
+sample (:func:`studykit.answers.judge`, the evaluator's rule); an open-ended prompt (no verifier) has none.
+
+The **constrained random characters** proxy task (CRC) of Selective Layer Restoration (arXiv 2602.06665) asks for
+a random string over a given alphabet: a reply is *valid* when it is exactly ``length`` characters of the alphabet
+(spaces ignored), and the diversity objective is the share of a prompt's K samples that are *distinct valid*
+strings — so a model that always writes the same valid string scores 1/K and one that never complies scores 0.
 """
 from __future__ import annotations
 
 from typing import Callable
+
+import random
+import string
 
 import numpy as np
 import pandas as pd
@@ -91,7 +99,7 @@ def sample_replies(model, tokenizer, prompts: list[str], samples: int, *, chat: 
 def diversity_per_prompt(records: list[dict], replies: list[list[str]], embed: Callable[[list[str]], np.ndarray],
                          vocab_size: int) -> pd.DataFrame:
     """One row per prompt: id, family, EAD, embedding diversity, Vendi and quality (the share of its samples the
-    verifier accepts, lenient), from one embedding pass over every reply."""
+    verifier accepts, lenient; NaN for a prompt without a verifier), from one embedding pass over every reply."""
     if len(records) != len(replies) or any(len(r) != len(replies[0]) for r in replies):
         raise ValueError(f"diversity_per_prompt: need the same number of replies for each of {len(records)} records, "
                          f"got {[len(r) for r in replies][:5]}…")
@@ -102,7 +110,8 @@ def diversity_per_prompt(records: list[dict], replies: list[list[str]], embed: C
         e = embeddings[i * k:(i + 1) * k]
         rows.append({"id": record["id"], "family": record["family"], "ead": mean_ead(group, vocab_size),
                      "embedding_diversity": embedding_diversity(e), "vendi": vendi(e),
-                     "quality": float(np.mean([judge(record, text).lenient for text in group]))})
+                     "quality": float(np.mean([judge(record, text).lenient for text in group]))
+                     if "entry" in record else float("nan")})
     return pd.DataFrame(rows)
 
 
@@ -112,3 +121,37 @@ def diversity_across_prompts(replies: list[list[str]], embed: Callable[[list[str
     first = [group[0] for group in replies if group]
     e = np.asarray(embed(first))
     return {"ead": mean_ead(first, vocab_size), "embedding_diversity": embedding_diversity(e), "vendi": vendi(e)}
+
+
+def crc_prompts(n: int, *, seed: int, split: str, alphabet_size: int = 4, length: int = 8) -> list[dict]:
+    """``n`` CRC prompts, each with its own alphabet of ``alphabet_size`` distinct lowercase letters (seeded)."""
+    if not 2 <= alphabet_size <= 26 or length < 1 or n < 1:
+        raise ValueError(f"crc_prompts: need n ≥ 1, 2 ≤ alphabet_size ≤ 26, length ≥ 1; got n={n}, "
+                         f"alphabet_size={alphabet_size}, length={length}")
+    rng = random.Random(seed)
+    records = []
+    for i in range(n):
+        alphabet = "".join(sorted(rng.sample(string.ascii_lowercase, alphabet_size)))
+        prompt = (f"Write a random string of exactly {length} characters, using only the letters "
+                  f"{', '.join(alphabet)}. Reply with the string only.")
+        records.append({"id": f"crc/{split}/{i}", "family": "crc", "prompt": prompt, "alphabet": alphabet,
+                        "length": length})
+    return records
+
+
+def crc_valid(record: dict, reply: str) -> bool:
+    """A reply's first line, spaces removed, is exactly ``length`` letters of the prompt's alphabet."""
+    lines = reply.strip().splitlines()
+    text = lines[0].replace(" ", "").strip() if lines else ""
+    return len(text) == record["length"] and set(text) <= set(record["alphabet"])
+
+
+def crc_scores(records: list[dict], replies: list[list[str]]) -> pd.DataFrame:
+    """One row per CRC prompt: ``crc_valid`` (share of its samples that are valid) and ``crc_distinct`` (distinct
+    valid strings / samples, the diversity objective)."""
+    rows = []
+    for record, group in zip(records, replies, strict=True):
+        valid = [reply.strip().splitlines()[0].replace(" ", "") for reply in group if crc_valid(record, reply)]
+        rows.append({"id": record["id"], "family": record["family"], "crc_valid": len(valid) / len(group),
+                     "crc_distinct": len(set(valid)) / len(group)})
+    return pd.DataFrame(rows)

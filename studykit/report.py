@@ -6,7 +6,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from .claims import claims_table, condition_matrix, conclusions, load_claims
+from .claims import ACCURACY, claims_table, condition_matrix, conclusions, load_claims
 from .evaluate import answer_baselines
 from .stats import paired_difference, wilson_interval
 
@@ -18,7 +18,8 @@ pd.set_option("display.max_colwidth", None)
 def condition_accuracy(predictions: pd.DataFrame, metric: str = "lenient", families: list[str] | None = None,
                        seed: int = 0) -> pd.DataFrame:
     """Per condition: accuracy (mean over seeds and items), its 95% CI (Wilson for one seed; a bootstrap over items
-    within families and over seeds for several), the items and seeds."""
+    within families and over seeds for several), the items and seeds.  For a per-prompt measurement (``metric``
+    not an accuracy, e.g. ``embedding_diversity``) the column is named after it and the CI is always the bootstrap."""
     frame = predictions if families is None else predictions[predictions["family"].isin(families)]
     rows = []
     family_of = frame.drop_duplicates("id").set_index("id")["family"]
@@ -26,12 +27,13 @@ def condition_accuracy(predictions: pd.DataFrame, metric: str = "lenient", famil
     for condition in frame["condition"].unique():
         matrix = condition_matrix(frame, condition, metric, items)
         n_seeds, n_items = matrix.shape
-        if n_seeds == 1:
+        if n_seeds == 1 and metric in ACCURACY:
             low, high = wilson_interval(int(matrix.to_numpy().sum()), n_items)
         else:
             result = paired_difference(matrix.to_numpy(), np.zeros(n_items), family_of[items].to_numpy(), seed=seed)
             low, high = result.ci_low, result.ci_high
-        rows.append({"condition": condition, f"{metric}_accuracy": float(matrix.to_numpy().mean()),
+        value = f"{metric}_accuracy" if metric in ACCURACY else metric
+        rows.append({"condition": condition, value: float(matrix.to_numpy().mean()),
                      "ci_low": low, "ci_high": high, "items": n_items, "seeds": n_seeds})
     return pd.DataFrame(rows)
 
@@ -77,3 +79,58 @@ def show_claims(table: pd.DataFrame) -> pd.DataFrame:
                            "treatment", "control", "difference", "ci_low", "ci_high", "mde", "items", "seeds",
                            "verdict") if c in table.columns]
     return table[columns].round(3)
+
+
+def metric_summary(predictions: pd.DataFrame, metrics: list[str], family_groups: dict[str, list[str]],
+                   seed: int = 0) -> pd.DataFrame:
+    """One row per condition × family group: each per-prompt metric's mean with its 95% CI (bootstrap over
+    prompts within families and over seeds, :func:`condition_accuracy`); a metric that is NaN for a group (e.g.
+    quality on open-ended prompts, which have no verifier) is averaged over the prompts that have it."""
+    rows = []
+    for group, families in family_groups.items():
+        frame = predictions[predictions["family"].isin(families)]
+        for metric in metrics:
+            measured = frame[frame[metric].notna()]
+            if measured.empty:
+                continue
+            table = condition_accuracy(measured, metric, seed=seed)
+            rows.extend({"group": group, "metric": metric, "condition": r["condition"], "mean": r[metric],
+                         "ci_low": r["ci_low"], "ci_high": r["ci_high"], "prompts": r["items"], "seeds": r["seeds"]}
+                        for r in table.to_dict(orient="records"))
+    return pd.DataFrame(rows)
+
+
+def diversity_quality_figure(summary: pd.DataFrame, diversity: str, group: str, title: str):
+    """Diversity (y) against quality (x) per condition on one family group, both with their 95% CIs."""
+    part = summary[summary["group"] == group].set_index(["metric", "condition"])
+    conditions = part.loc[diversity].index.tolist()
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for condition in conditions:
+        q, d = part.loc[("quality", condition)], part.loc[(diversity, condition)]
+        ax.errorbar(q["mean"], d["mean"], xerr=[[q["mean"] - q["ci_low"]], [q["ci_high"] - q["mean"]]],
+                    yerr=[[d["mean"] - d["ci_low"]], [d["ci_high"] - d["mean"]]], fmt="o", capsize=3, label=condition)
+    ax.set_xlabel("quality: share of samples the verifier accepts (95% CI)")
+    ax.set_ylabel(f"{diversity.replace('_', ' ')} per prompt (95% CI)")
+    ax.legend(fontsize=8)
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def layer_range_heatmap(sweep: pd.DataFrame, value: str, title: str):
+    """A heat map of ``value`` over restored layer ranges: rows = first restored layer, columns = last (inclusive),
+    one cell per ``(start, end)`` row of ``sweep`` (mean over any repeats)."""
+    table = sweep.assign(last=sweep["end"] - 1).pivot_table(index="start", columns="last", values=value, aggfunc="mean")
+    fig, ax = plt.subplots(figsize=(1.1 * len(table.columns) + 2.5, 0.8 * len(table) + 2))
+    image = ax.imshow(table.to_numpy(), cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(table.columns)), table.columns)
+    ax.set_yticks(range(len(table.index)), table.index)
+    for (i, j), v in np.ndenumerate(table.to_numpy()):
+        if np.isfinite(v):
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="w", fontsize=8)
+    ax.set_xlabel("last restored layer")
+    ax.set_ylabel("first restored layer")
+    fig.colorbar(image, ax=ax, label=value.replace("_", " "))
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig

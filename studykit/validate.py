@@ -193,6 +193,13 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("study.filter_rollouts", positive_int, "an integer ≥ 1"),
     ("study.steps", lambda v: _int(v) and v >= 2, "an integer ≥ 2 (optimizer steps of every run)"),
     ("study.curve_every", positive_int, "an integer ≥ 1"),
+    ("study.samples", lambda v: _int(v) and v >= 2, "an integer ≥ 2 (samples per prompt)"),
+    ("study.temperature", positive, "a number > 0"),
+    ("study.verifiable_tokens", positive_int, "an integer ≥ 1"),
+    ("study.open_ended", lambda v: _int(v) and 1 <= v <= 40, "an integer from 1 to 40 (MT-Bench's open-ended questions)"),
+    ("study.open_ended_tokens", positive_int, "an integer ≥ 1"),
+    ("study.stage_steps", lambda v: isinstance(v, (dict, DictConfig)) and set(v) == {"sft", "dpo", "grpo"}
+     and all(positive_int(x) for x in v.values()), "a mapping {sft, dpo, grpo} of integers ≥ 1"),
     ("study.methods", _rl_methods, "a mapping of run names to registered RL methods (studykit.rl.TRAINERS)"),
 ]
 

@@ -62,3 +62,33 @@ def test_per_prompt_table_judges_quality_on_the_same_samples(monkeypatch):
     assert table["vendi"].tolist() == pytest.approx([2.0, 1.0])
     with pytest.raises(ValueError, match="same number of replies"):
         diversity.diversity_per_prompt(records, [["3"], ["5", "5"]], embed, vocab_size=100)
+
+
+def test_open_ended_prompts_have_no_quality():
+    records = [{"id": "q", "family": "mt_bench_writing", "prompt": "Write a poem."}]
+    table = diversity.diversity_per_prompt(records, [["a b", "c d"]], lambda t: np.eye(2), vocab_size=10)
+    assert np.isnan(table["quality"].iloc[0]) and table["embedding_diversity"].iloc[0] == pytest.approx(1.0)
+
+
+def test_crc_counts_valid_and_distinct_valid_samples():
+    records = diversity.crc_prompts(3, seed=0, split="dev", alphabet_size=4, length=8)
+    assert len({r["alphabet"] for r in records}) == 3 and all(len(r["alphabet"]) == 4 for r in records)
+    assert records == diversity.crc_prompts(3, seed=0, split="dev", alphabet_size=4, length=8)   # seeded
+    record = {"id": "c", "family": "crc", "alphabet": "abcd", "length": 8}
+    replies = ["abcdabcd", "abcd abcd\nmore text", "aaaabbbb", "abcdabce", "abc", "aaaabbbb"]
+    assert [diversity.crc_valid(record, r) for r in replies] == [True, True, True, False, False, True]
+    row = diversity.crc_scores([record], [replies]).iloc[0]
+    assert row["crc_valid"] == pytest.approx(4 / 6)          # e is not in the alphabet; "abc" is too short
+    assert row["crc_distinct"] == pytest.approx(2 / 6)       # abcdabcd (twice) and aaaabbbb (twice)
+    with pytest.raises(ValueError, match="alphabet_size"):
+        diversity.crc_prompts(2, seed=0, split="dev", alphabet_size=1)
+
+
+def test_mt_bench_prompts_are_balanced_over_the_open_ended_categories():
+    from studykit.data import OPEN_ENDED_CATEGORIES, DataError, load_mt_bench
+
+    records = load_mt_bench(8)
+    assert [r["family"] for r in records[:4]] == [f"mt_bench_{c}" for c in OPEN_ENDED_CATEGORIES]
+    assert len({r["id"] for r in records}) == 8 and all(r["prompt"].strip() for r in records)
+    with pytest.raises(DataError, match="asked for 1000"):
+        load_mt_bench(1000)

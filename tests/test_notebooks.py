@@ -25,12 +25,16 @@ STUDY_FILES = {
     "rl_forgetting": {"summary.csv", "accuracy.csv", "runs.csv", "grpo_rewards.csv", "filter.csv", "rl_forgetting.png"},
     "rl_hybrids": {"summary.csv", "accuracy.csv", "runs.csv", "rl_rewards.csv", "moved.csv", "curves.csv", "dump_arms.csv",
                    "rl_hybrids.png", "rl_hybrids_curves.png"},
+    "diversity": {"summary.csv", "across_prompts.csv", "samples.csv", "runs.csv", "diversity.png"},
 }
 SCORING_STUDIES = {"nuggets_sensitivity"}
+# sampling studies: the per-item data are per-prompt measurements over K samples (the samples in samples.csv)
+DIVERSITY_COLUMNS = {"condition", "seed", "id", "family", "ead", "embedding_diversity", "vendi", "quality"}
 # the smoke model is random: it solves no prompt, so the RL study's SFT data fall back to gold answers there
 SMOKE_OVERRIDES = {"rl_post_training": ["study.gold_when_unsolved=true"],
                    "rl_hybrids": ["study.steps=3", "study.sft_steps=1", "study.curve_every=1"],
-                   "rl_forgetting": ["study.first_steps=2", "study.second_steps=2"]}
+                   "rl_forgetting": ["study.first_steps=2", "study.second_steps=2"],
+                   "diversity": ["study.samples=2", "study.open_ended=4", "study.stage_steps={sft:1,dpo:1,grpo:1}"]}
 
 
 @pytest.mark.parametrize("study", sorted(STUDY_FILES))
@@ -47,8 +51,12 @@ def test_study_notebook_meets_the_evidence_contract(study, tmp_path, monkeypatch
         assert "predictions" not in names and {"id", "family", "noise_kind"} <= set(pd.read_csv(out / "item_scores.csv"))
     else:
         predictions = pd.concat([pd.read_csv(p) for p in (out / "predictions").glob("*.csv")])
-        assert PREDICTION_COLUMNS <= set(predictions.columns)
-        assert not (predictions["strict"] & ~predictions["lenient"]).any()  # strict implies lenient
+        if "samples.csv" in STUDY_FILES[study]:
+            assert DIVERSITY_COLUMNS <= set(predictions.columns)
+            assert predictions[["ead", "embedding_diversity"]].stack().between(0, 1).all()
+        else:
+            assert PREDICTION_COLUMNS <= set(predictions.columns)
+            assert not (predictions["strict"] & ~predictions["lenient"]).any()  # strict implies lenient
         counts = predictions.groupby(["condition", "seed"])["id"].nunique()
         assert counts.nunique() == 1, "every evaluated model is scored on the same eval items"
 
