@@ -16,10 +16,11 @@ For K replies per prompt at temperature 1:
 *across prompts*: the metric over each prompt's first reply.  Quality is the verifier's lenient judgement of each
 sample (:func:`studykit.answers.judge`, the evaluator's rule); an open-ended prompt (no verifier) has none.
 
-The **constrained random characters** proxy task (CRC) of Selective Layer Restoration (arXiv 2602.06665) asks for
-a random string over a given alphabet: a reply is *valid* when it is exactly ``length`` characters of the alphabet
-(spaces ignored), and the diversity objective is the share of a prompt's K samples that are *distinct valid*
-strings — so a model that always writes the same valid string scores 1/K and one that never complies scores 0.
+The **constrained random character** proxy task (CRC) of Selective Layer Restoration (arXiv 2602.06665) asks for a
+random pick from an explicit validity set: ``length`` characters (default one) from a given alphabet.  A reply is
+*valid* when its first word, stripped of punctuation and case, is such a string; the diversity objective is the share
+of a prompt's K samples that are *distinct valid* strings — a model that always writes the same valid letter scores
+1/K, one that never complies 0, uniform picks from 8 letters about 0.66 at K = 8.
 """
 from __future__ import annotations
 
@@ -123,7 +124,7 @@ def diversity_across_prompts(replies: list[list[str]], embed: Callable[[list[str
     return {"ead": mean_ead(first, vocab_size), "embedding_diversity": embedding_diversity(e), "vendi": vendi(e)}
 
 
-def crc_prompts(n: int, *, seed: int, split: str, alphabet_size: int = 4, length: int = 8) -> list[dict]:
+def crc_prompts(n: int, *, seed: int, split: str, alphabet_size: int = 8, length: int = 1) -> list[dict]:
     """``n`` CRC prompts, each with its own alphabet of ``alphabet_size`` distinct lowercase letters (seeded)."""
     if not 2 <= alphabet_size <= 26 or length < 1 or n < 1:
         raise ValueError(f"crc_prompts: need n ≥ 1, 2 ≤ alphabet_size ≤ 26, length ≥ 1; got n={n}, "
@@ -132,18 +133,20 @@ def crc_prompts(n: int, *, seed: int, split: str, alphabet_size: int = 4, length
     records = []
     for i in range(n):
         alphabet = "".join(sorted(rng.sample(string.ascii_lowercase, alphabet_size)))
-        prompt = (f"Write a random string of exactly {length} characters, using only the letters "
-                  f"{', '.join(alphabet)}. Reply with the string only.")
+        letters = ", ".join(alphabet)
+        prompt = (f"Choose one letter at random from: {letters}. Reply with that letter only." if length == 1 else
+                  f"Write a random string of exactly {length} letters, each one of: {letters}. Reply with the string only.")
         records.append({"id": f"crc/{split}/{i}", "family": "crc", "prompt": prompt, "alphabet": alphabet,
                         "length": length})
     return records
 
 
-def crc_valid(record: dict, reply: str) -> bool:
-    """A reply's first line, spaces removed, is exactly ``length`` letters of the prompt's alphabet."""
-    lines = reply.strip().splitlines()
-    text = lines[0].replace(" ", "").strip() if lines else ""
-    return len(text) == record["length"] and set(text) <= set(record["alphabet"])
+def crc_answer(record: dict, reply: str) -> str | None:
+    """The reply's valid string — its first word without surrounding punctuation, lowercased, when that is
+    exactly ``length`` letters of the prompt's alphabet — or None."""
+    words = reply.split()
+    word = words[0].strip(string.punctuation + "“”‘’").lower() if words else ""
+    return word if len(word) == record["length"] and set(word) <= set(record["alphabet"]) else None
 
 
 def crc_scores(records: list[dict], replies: list[list[str]]) -> pd.DataFrame:
@@ -151,7 +154,7 @@ def crc_scores(records: list[dict], replies: list[list[str]]) -> pd.DataFrame:
     valid strings / samples, the diversity objective)."""
     rows = []
     for record, group in zip(records, replies, strict=True):
-        valid = [reply.strip().splitlines()[0].replace(" ", "") for reply in group if crc_valid(record, reply)]
+        valid = [a for a in (crc_answer(record, reply) for reply in group) if a is not None]
         rows.append({"id": record["id"], "family": record["family"], "crc_valid": len(valid) / len(group),
                      "crc_distinct": len(set(valid)) / len(group)})
     return pd.DataFrame(rows)

@@ -26,6 +26,15 @@ def decoder_layers(model) -> torch.nn.ModuleList:
     return layers
 
 
+def layer_ranges(n_layers: int, block: int) -> list[tuple[int, int]]:
+    """Every contiguous range ``(start, end)`` (end exclusive) of whole blocks of ``block`` layers (the last block
+    may be shorter): SLR's search space at block resolution, ``b·(b + 1)/2`` ranges for ``b`` blocks."""
+    if n_layers < 1 or block < 1:
+        raise ValueError(f"layer_ranges: need n_layers ≥ 1 and block ≥ 1, got n_layers={n_layers}, block={block}")
+    bounds = sorted({*range(0, n_layers, block), n_layers})
+    return [(a, b) for i, a in enumerate(bounds) for b in bounds[i + 1:]]
+
+
 def restore_layers(post, base, start: int, end: int):
     """SLR: a copy of ``post`` whose layers ``start .. end − 1`` carry ``base``'s weights (everything else,
     embeddings and head included, stays post-trained)."""

@@ -200,6 +200,16 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("study.open_ended_tokens", positive_int, "an integer ≥ 1"),
     ("study.stage_steps", lambda v: isinstance(v, (dict, DictConfig)) and set(v) == {"sft", "dpo", "grpo"}
      and all(positive_int(x) for x in v.values()), "a mapping {sft, dpo, grpo} of integers ≥ 1"),
+    ("study.ingredient_lrs", lambda v: isinstance(v, (list, ListConfig)) and len(v) >= 2 and all(positive(x) for x in v)
+     and len(set(v)) == len(v), "a list of at least two distinct learning rates > 0"),
+    ("study.dtm_portions", lambda v: _int(v) and v >= 2, "an integer ≥ 2"),
+    ("study.slr.block", positive_int, "an integer ≥ 1 (layers per block)"),
+    ("study.slr.samples", lambda v: _int(v) and v >= 2, "an integer ≥ 2 (samples per prompt)"),
+    ("study.slr.crc_dev", positive_int, "an integer ≥ 1"),
+    ("study.slr.crc_eval", positive_int, "an integer ≥ 1"),
+    ("study.slr.alphabet_size", lambda v: _int(v) and 2 <= v <= 26, "an integer from 2 to 26"),
+    ("study.slr.length", positive_int, "an integer ≥ 1"),
+    ("study.slr.max_new_tokens", positive_int, "an integer ≥ 1"),
     ("study.methods", _rl_methods, "a mapping of run names to registered RL methods (studykit.rl.TRAINERS)"),
 ]
 
@@ -234,6 +244,10 @@ def validate(cfg: DictConfig) -> None:
     if tasks != [None, None] and (len(set(tasks)) != 2 or not set(tasks) < set(cfg.data.families)):
         raise ConfigError(f"study.first_task={tasks[0]!r} (with study.second_task={tasks[1]!r}) is not allowed: expected "
                           f"two different families of data.families ({', '.join(cfg.data.families)}), some left held out")
+    rates = OmegaConf.select(cfg, "study.ingredient_lrs", default=None)
+    if rates is not None and float(cfg.train.learning_rate) not in map(float, rates):
+        raise ConfigError(f"train.learning_rate={cfg.train.learning_rate!r} is not allowed with study.ingredient_lrs="
+                          f"{list(rates)!r}: expected one of them (that ingredient is the all-data model)")
     required = OmegaConf.select(cfg, "study.requires_profile", default=None)
     if required is not None and cfg.profile.name != required:
         raise ConfigError(f"study {cfg.study.name} needs profile={required}, got profile={cfg.profile.name}: "

@@ -71,15 +71,18 @@ def test_open_ended_prompts_have_no_quality():
 
 
 def test_crc_counts_valid_and_distinct_valid_samples():
-    records = diversity.crc_prompts(3, seed=0, split="dev", alphabet_size=4, length=8)
-    assert len({r["alphabet"] for r in records}) == 3 and all(len(r["alphabet"]) == 4 for r in records)
-    assert records == diversity.crc_prompts(3, seed=0, split="dev", alphabet_size=4, length=8)   # seeded
-    record = {"id": "c", "family": "crc", "alphabet": "abcd", "length": 8}
-    replies = ["abcdabcd", "abcd abcd\nmore text", "aaaabbbb", "abcdabce", "abc", "aaaabbbb"]
-    assert [diversity.crc_valid(record, r) for r in replies] == [True, True, True, False, False, True]
+    records = diversity.crc_prompts(3, seed=0, split="dev")
+    assert len({r["alphabet"] for r in records}) == 3 and all(len(r["alphabet"]) == 8 for r in records)
+    assert records == diversity.crc_prompts(3, seed=0, split="dev")                      # seeded
+    assert "one letter" in records[0]["prompt"] and all(c in records[0]["prompt"] for c in records[0]["alphabet"])
+    record = {"id": "c", "family": "crc", "alphabet": "behkmqtw", "length": 1}
+    replies = ["B.", "b", "m, because", "“t”", "The letter b", "z", "", "bb"]
+    assert [diversity.crc_answer(record, r) for r in replies] == ["b", "b", "m", "t", None, None, None, None]
     row = diversity.crc_scores([record], [replies]).iloc[0]
-    assert row["crc_valid"] == pytest.approx(4 / 6)          # e is not in the alphabet; "abc" is too short
-    assert row["crc_distinct"] == pytest.approx(2 / 6)       # abcdabcd (twice) and aaaabbbb (twice)
+    assert row["crc_valid"] == pytest.approx(4 / 8)          # z is not allowed; "The" and "bb" are not one letter
+    assert row["crc_distinct"] == pytest.approx(3 / 8)       # b (twice), m, t
+    pair = {"id": "p", "family": "crc", "alphabet": "ab", "length": 2}
+    assert diversity.crc_answer(pair, "ab!") == "ab" and diversity.crc_answer(pair, "a b") is None
     with pytest.raises(ValueError, match="alphabet_size"):
         diversity.crc_prompts(2, seed=0, split="dev", alphabet_size=1)
 

@@ -74,3 +74,12 @@ def test_disperse_deals_the_records_into_disjoint_portions_of_nearly_equal_size(
     assert merging.disperse(records, 3, seed=1) == parts
     with pytest.raises(ValueError, match="portions must be in"):
         merging.disperse(records, 11)
+
+
+def test_layer_ranges_are_every_contiguous_range_of_whole_blocks():
+    assert merging.layer_ranges(30, 6) == [(a, b) for a in range(0, 30, 6) for b in range(a + 6, 31, 6)]
+    assert len(merging.layer_ranges(30, 6)) == 15                       # 5 blocks: 5·6/2 ranges
+    assert merging.layer_ranges(5, 2) == [(0, 2), (0, 4), (0, 5), (2, 4), (2, 5), (4, 5)]   # a short last block
+    assert merging.layer_ranges(2, 6) == [(0, 2)]
+    with pytest.raises(ValueError, match="block ≥ 1"):
+        merging.layer_ranges(30, 0)

@@ -25,6 +25,8 @@ STUDY_FILES = {
     "rl_forgetting": {"summary.csv", "accuracy.csv", "runs.csv", "grpo_rewards.csv", "filter.csv", "rl_forgetting.png"},
     "rl_hybrids": {"summary.csv", "accuracy.csv", "runs.csv", "rl_rewards.csv", "moved.csv", "curves.csv", "dump_arms.csv",
                    "rl_hybrids.png", "rl_hybrids_curves.png"},
+    "merging": {"accuracy.csv", "crc.csv", "crc_summary.csv", "soups.csv", "slr_sweep.csv", "runs.csv", "merging.png",
+                "slr_sweep.png", "slr_sweep_dev_accuracy.png"},
     "diversity": {"summary.csv", "across_prompts.csv", "samples.csv", "runs.csv", "diversity.png"},
 }
 SCORING_STUDIES = {"nuggets_sensitivity"}
@@ -34,6 +36,7 @@ DIVERSITY_COLUMNS = {"condition", "seed", "id", "family", "ead", "embedding_dive
 SMOKE_OVERRIDES = {"rl_post_training": ["study.gold_when_unsolved=true"],
                    "rl_hybrids": ["study.steps=3", "study.sft_steps=1", "study.curve_every=1"],
                    "rl_forgetting": ["study.first_steps=2", "study.second_steps=2"],
+                   "merging": ["study.slr.block=1", "study.slr.samples=2", "study.slr.crc_dev=2", "study.slr.crc_eval=2"],
                    "diversity": ["study.samples=2", "study.open_ended=4", "study.stage_steps={sft:1,dpo:1,grpo:1}"]}
 
 
