@@ -1,6 +1,10 @@
-"""Preference losses that TRL's ``DPOTrainer`` has no loss type for, as its subclasses: SELM's optimistic term
-and Discriminative fine-tuning (:class:`DiscriminativeFTTrainer`); and Self-Contrast's negatives
-(:func:`self_contrast_pairs`).
+"""Preference training beyond plain DPO.
+
+* :func:`train_preference` — the DPO loss family through TRL's own implementations (registry :data:`LOSSES`):
+  ``DPOTrainer``'s loss types and SimPO from ``trl.experimental.cpo``;
+* losses TRL's ``DPOTrainer`` has no loss type for, as its subclasses: SELM's optimistic term (:class:`SELMTrainer`)
+  and Discriminative fine-tuning (:class:`DiscriminativeFTTrainer`);
+* Self-Contrast's negatives (:func:`self_contrast_pairs`).
 
 * **SELM** (Zhang et al., 2024, "Self-Exploring Language Models", arXiv 2405.19332; official
   ``scripts/selm_trainer.py::optimistic_dpo_loss``): the sigmoid DPO loss plus an optimistic term
@@ -20,6 +24,44 @@ from trl import DPOTrainer
 from .logprobs import batch_response_logprobs, collate_left, encode_pair, pad_token_id
 
 EXPLORE = "reference_response"
+
+# name → (trainer, its loss_type, reference model used); each a maintained TRL implementation:
+#   sigmoid       DPO (Rafailov et al., 2023, eq. 7)
+#   sigmoid_norm  length-normalized DPO: each log-ratio divided by its response length (Tülu 3's / delta learning's
+#                 dpo_norm)
+#   ipo           IPO (Azar et al., 2023, eq. 17): squared loss of the log-ratio margin against 1/(2β)
+#   simpo         SimPO (Meng et al., 2024, eq. 6): reference-free, length-averaged log-probs, margin γ; TRL's
+#                 CPOTrainer with loss_type="simpo" and cpo_alpha=0 (no NLL term); it appends the tokenizer's EOS
+#                 after the chat template's end of turn, so each response is scored with one extra end token
+LOSSES = {"sigmoid": ("dpo", "sigmoid", True), "sigmoid_norm": ("dpo", "sigmoid_norm", True),
+          "ipo": ("dpo", "ipo", True), "simpo": ("cpo", "simpo", False)}
+
+
+def train_preference(model, ref_model, tokenizer, pairs: list[dict], cfg, output_dir, *, loss: str = "sigmoid",
+                     **args):
+    """Train ``model`` on preference ``pairs`` with one loss of :data:`LOSSES` and ``cfg.dpo`` (+ ``args``
+    overrides, e.g. ``beta``, ``simpo_gamma``); ``ref_model`` is the frozen reference of the DPO losses (SimPO has
+    none and ignores it).  Returns the trainer after training."""
+    from trl.experimental.cpo import CPOConfig, CPOTrainer
+
+    from .models import restore_forward
+    from .train import _args, _logged, check_master_weights, dpo_dataset, train_dpo
+    from .config import device
+
+    if loss not in LOSSES:
+        raise ValueError(f"train_preference: unknown loss '{loss}'; expected one of {sorted(LOSSES)}")
+    kind, loss_type, _ = LOSSES[loss]
+    if kind == "dpo":
+        return train_dpo(model, ref_model, tokenizer, pairs, cfg, output_dir, loss_type=[loss_type], **args)
+    check_master_weights(model)
+    section = {k: v for k, v in cfg.dpo.items() if k in CPOConfig.__dataclass_fields__}
+    config = _args(CPOConfig, None, output_dir, int(cfg.seed), {**section, "loss_type": loss_type, "cpo_alpha": 0.0,
+                                                                 **args}, device(cfg))
+    trainer = CPOTrainer(model=model, args=config, processing_class=tokenizer,
+                         train_dataset=dpo_dataset(pairs, bool(cfg.model.chat_template)))
+    _logged(trainer).train()
+    restore_forward(trainer.model)
+    return trainer
 
 
 def _texts(tokenizer, example: dict) -> tuple[str, str]:

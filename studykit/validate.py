@@ -78,6 +78,17 @@ def _rl_methods(v) -> bool:
     return isinstance(v, (dict, DictConfig)) and len(v) > 0 and all(m in TRAINERS for m in v.values())
 
 
+def _loss_names() -> set[str]:
+    from .preference import LOSSES
+
+    return set(LOSSES)
+
+
+def _preference_losses(v) -> bool:
+    return isinstance(v, (dict, DictConfig)) and len(v) > 0 and all(
+        isinstance(spec, (dict, DictConfig)) and spec.get("loss") in _loss_names() for spec in v.values())
+
+
 def _noise_kinds(v) -> bool:
     from .testbed import NOISE_KINDS
 
@@ -210,6 +221,13 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("study.slr.alphabet_size", lambda v: _int(v) and 2 <= v <= 26, "an integer from 2 to 26"),
     ("study.slr.length", positive_int, "an integer ≥ 1"),
     ("study.slr.max_new_tokens", positive_int, "an integer ≥ 1"),
+    ("study.warmup_steps", positive_int, "an integer ≥ 1"),
+    ("study.preference_steps", positive_int, "an integer ≥ 1"),
+    ("study.heldout_pairs_per_family", positive_int, "an integer ≥ 1"),
+    ("study.losses", _preference_losses, "a mapping of run names to {loss: <one of studykit.preference.LOSSES>, ...}"),
+    ("study.delta.chosen_steps", positive_int, "an integer ≥ 1"),
+    ("study.delta.loss", lambda v: v in _loss_names(), "one of studykit.preference.LOSSES"),
+    ("study.delta.beta", positive, "a number > 0"),
     ("study.methods", _rl_methods, "a mapping of run names to registered RL methods (studykit.rl.TRAINERS)"),
 ]
 
@@ -248,6 +266,10 @@ def validate(cfg: DictConfig) -> None:
     if rates is not None and float(cfg.train.learning_rate) not in map(float, rates):
         raise ConfigError(f"train.learning_rate={cfg.train.learning_rate!r} is not allowed with study.ingredient_lrs="
                           f"{list(rates)!r}: expected one of them (that ingredient is the all-data model)")
+    heldout = OmegaConf.select(cfg, "study.heldout_pairs_per_family", default=None)
+    if heldout is not None and heldout >= cfg.data.preference_per_family:
+        raise ConfigError(f"study.heldout_pairs_per_family={heldout!r} is not allowed with data.preference_per_family="
+                          f"{cfg.data.preference_per_family}: expected fewer (the rest train every preference run)")
     required = OmegaConf.select(cfg, "study.requires_profile", default=None)
     if required is not None and cfg.profile.name != required:
         raise ConfigError(f"study {cfg.study.name} needs profile={required}, got profile={cfg.profile.name}: "

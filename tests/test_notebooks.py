@@ -27,6 +27,8 @@ STUDY_FILES = {
                    "rl_hybrids.png", "rl_hybrids_curves.png"},
     "merging": {"accuracy.csv", "crc.csv", "crc_summary.csv", "soups.csv", "slr_sweep.csv", "runs.csv", "merging.png",
                 "slr_sweep.png", "slr_sweep_dev_accuracy.png"},
+    "preference_losses": {"accuracy.csv", "margins.csv", "delta_pairs.csv", "train_log.csv", "runs.csv",
+                          "preference_losses.png"},
     "diversity": {"summary.csv", "across_prompts.csv", "samples.csv", "runs.csv", "diversity.png"},
 }
 SCORING_STUDIES = {"nuggets_sensitivity"}
@@ -37,6 +39,8 @@ SMOKE_OVERRIDES = {"rl_post_training": ["study.gold_when_unsolved=true"],
                    "rl_hybrids": ["study.steps=3", "study.sft_steps=1", "study.curve_every=1"],
                    "rl_forgetting": ["study.first_steps=2", "study.second_steps=2"],
                    "merging": ["study.slr.block=1", "study.slr.samples=2", "study.slr.crc_dev=2", "study.slr.crc_eval=2"],
+                   "preference_losses": ["study.heldout_pairs_per_family=1", "study.warmup_steps=1",
+                                         "study.preference_steps=1", "study.delta.chosen_steps=1"],
                    "diversity": ["study.samples=2", "study.open_ended=4", "study.stage_steps={sft:1,dpo:1,grpo:1}"]}
 
 

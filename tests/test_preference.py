@@ -163,3 +163,53 @@ def test_self_contrast_pairs_use_the_target_as_chosen_and_fail_clearly_without_n
     assert len(pairs) == 1 and pairs[0]["chosen"] == "yes" and pairs[0]["rejected"] in {"no", "nah"}
     with pytest.raises(ValueError, match="no record has 1 distinct negatives"):
         self_contrast_pairs(records, [["yep", "yep"]], embed, k=1)
+
+
+def _first_loss(tiny, cfg, pairs, tmp_path, loss, **options):
+    """The loss TRL logs for the first step, taken on all ``pairs`` at once before any update."""
+    from studykit.preference import train_preference
+
+    model, tokenizer = tiny
+    trainer = train_preference(copy_model(model), copy_model(model), tokenizer, pairs, cfg, tmp_path, loss=loss,
+                               max_steps=1, per_device_train_batch_size=len(pairs), logging_steps=1, **options)
+    assert trainer.state.global_step == 1
+    return trainer.state.log_history[0]["loss"]
+
+
+@pytest.mark.parametrize("loss, expected", [("sigmoid", math.log(2)), ("sigmoid_norm", math.log(2)),
+                                            ("ipo", (1 / (2 * 0.1)) ** 2)])
+def test_dpo_family_losses_at_policy_equal_reference(tiny, smoke_cfg, pairs, tmp_path, loss, expected):
+    """Every log-ratio is 0 at the start: DPO and its length-normalized form give log 2, IPO (1/(2β))² (β = 0.1)."""
+    assert smoke_cfg.dpo.beta == 0.1
+    plain = [{k: v for k, v in p.items() if k != "reference_response"} for p in pairs]
+    assert _first_loss(tiny, smoke_cfg, plain, tmp_path, loss) == pytest.approx(expected, rel=1e-5)
+
+
+def test_simpo_loss_is_the_papers_formula_on_length_averaged_log_probs(tiny, smoke_cfg, pairs, tmp_path):
+    """SimPO (eq. 6): −log σ(β/|y_w|·log π(y_w) − β/|y_l|·log π(y_l) − γ), reference-free, on the kit's own scores.
+    TRL's CPOTrainer appends the tokenizer's EOS after the chat template's end of turn, so each response it scores
+    is the kit's response tokens plus one EOS (scored, and counted in the length average)."""
+    from studykit.logprobs import encode_pair, format_pair, pair_logprobs, pad_token_id
+
+    model, tokenizer = tiny
+    plain = [{k: v for k, v in p.items() if k != "reference_response"} for p in pairs]
+    beta, gamma = 2.0, 1.0
+
+    def mean_logprob(side):
+        encoded = [encode_pair(tokenizer, *format_pair(tokenizer, p["prompt"], p[side], True)) for p in plain]
+        scored = pair_logprobs(model, [(ids, response + [tokenizer.eos_token_id]) for ids, response in encoded],
+                               pad_token_id(tokenizer))
+        return np.array([float(np.mean(t)) for t in scored])
+
+    margin = beta * (mean_logprob("chosen") - mean_logprob("rejected")) - gamma
+    expected = float(np.mean(np.log1p(np.exp(-margin))))
+    got = _first_loss(tiny, smoke_cfg, plain, tmp_path, "simpo", beta=beta, simpo_gamma=gamma)
+    assert got == pytest.approx(expected, rel=1e-4)
+
+
+def test_an_unknown_preference_loss_is_one_clear_error(tiny, smoke_cfg, pairs, tmp_path):
+    from studykit.preference import train_preference
+
+    model, tokenizer = tiny
+    with pytest.raises(ValueError, match="unknown loss 'kto'.*expected one of"):
+        train_preference(model, model, tokenizer, pairs, smoke_cfg, tmp_path, loss="kto")
