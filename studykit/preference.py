@@ -1,7 +1,8 @@
 """Preference training beyond plain DPO.
 
-* :func:`train_preference` — the DPO loss family through TRL's own implementations (registry :data:`LOSSES`):
-  ``DPOTrainer``'s loss types and SimPO from ``trl.experimental.cpo``;
+* :func:`train_preference` — one entry point for every preference loss (registry :data:`LOSSES`): the DPO loss
+  family through TRL's own implementations (``DPOTrainer``'s loss types, SimPO from ``trl.experimental.cpo``) and
+  the kit's subclasses below;
 * losses TRL's ``DPOTrainer`` has no loss type for, as its subclasses: SELM's optimistic term (:class:`SELMTrainer`)
   and Discriminative fine-tuning (:class:`DiscriminativeFTTrainer`);
 * Self-Contrast's negatives (:func:`self_contrast_pairs`).
@@ -17,52 +18,16 @@ from __future__ import annotations
 
 import math
 import random
+from dataclasses import dataclass, field
 
 import torch
-from trl import DPOTrainer
+from omegaconf import OmegaConf
+from trl import DPOConfig, DPOTrainer
+from trl.experimental.cpo import CPOConfig, CPOTrainer
 
 from .logprobs import batch_response_logprobs, collate_left, encode_pair, pad_token_id
 
 EXPLORE = "reference_response"
-
-# name → (trainer, its loss_type, reference model used); each a maintained TRL implementation:
-#   sigmoid       DPO (Rafailov et al., 2023, eq. 7)
-#   sigmoid_norm  length-normalized DPO: each log-ratio divided by its response length (Tülu 3's / delta learning's
-#                 dpo_norm)
-#   ipo           IPO (Azar et al., 2023, eq. 17): squared loss of the log-ratio margin against 1/(2β)
-#   simpo         SimPO (Meng et al., 2024, eq. 6): reference-free, length-averaged log-probs, margin γ; TRL's
-#                 CPOTrainer with loss_type="simpo" and cpo_alpha=0 (no NLL term); it appends the tokenizer's EOS
-#                 after the chat template's end of turn, so each response is scored with one extra end token
-LOSSES = {"sigmoid": ("dpo", "sigmoid", True), "sigmoid_norm": ("dpo", "sigmoid_norm", True),
-          "ipo": ("dpo", "ipo", True), "simpo": ("cpo", "simpo", False)}
-
-
-def train_preference(model, ref_model, tokenizer, pairs: list[dict], cfg, output_dir, *, loss: str = "sigmoid",
-                     **args):
-    """Train ``model`` on preference ``pairs`` with one loss of :data:`LOSSES` and ``cfg.dpo`` (+ ``args``
-    overrides, e.g. ``beta``, ``simpo_gamma``); ``ref_model`` is the frozen reference of the DPO losses (SimPO has
-    none and ignores it).  Returns the trainer after training."""
-    from trl.experimental.cpo import CPOConfig, CPOTrainer
-
-    from .models import restore_forward
-    from .train import _args, _logged, check_master_weights, dpo_dataset, train_dpo
-    from .config import device
-
-    if loss not in LOSSES:
-        raise ValueError(f"train_preference: unknown loss '{loss}'; expected one of {sorted(LOSSES)}")
-    kind, loss_type, _ = LOSSES[loss]
-    if kind == "dpo":
-        return train_dpo(model, ref_model, tokenizer, pairs, cfg, output_dir, loss_type=[loss_type], **args)
-    check_master_weights(model)
-    section = {k: v for k, v in cfg.dpo.items() if k in CPOConfig.__dataclass_fields__}
-    config = _args(CPOConfig, None, output_dir, int(cfg.seed), {**section, "loss_type": loss_type, "cpo_alpha": 0.0,
-                                                                 **args}, device(cfg))
-    trainer = CPOTrainer(model=model, args=config, processing_class=tokenizer,
-                         train_dataset=dpo_dataset(pairs, bool(cfg.model.chat_template)))
-    _logged(trainer).train()
-    restore_forward(trainer.model)
-    return trainer
-
 
 def _texts(tokenizer, example: dict) -> tuple[str, str]:
     """(prompt text, response text) of y₀ rendered as TRL renders chosen / rejected."""
@@ -267,3 +232,63 @@ def self_contrast_pairs(records: list[dict], samples: list[list[str]], embed, k:
         raise ValueError(f"Self-Contrast: no record has {k} distinct negatives among its samples (share {share}); "
                          "draw more samples per prompt or lower k")
     return pairs
+
+
+@dataclass(frozen=True)
+class PreferenceLoss:
+    """One entry of :data:`LOSSES`: the TRL trainer (or kit subclass) and config class that implement the loss, the
+    config values it fixes, and the keyword arguments that go to the trainer rather than its config."""
+    trainer: type
+    config: type = DPOConfig
+    settings: dict = field(default_factory=dict)
+    fixed: dict = field(default_factory=dict)       # trainer keyword arguments the loss fixes
+    options: tuple[str, ...] = ()                   # trainer keyword arguments a caller may set
+
+
+LOSSES = {
+    # DPO (Rafailov et al., 2023, eq. 7)
+    "sigmoid": PreferenceLoss(DPOTrainer, settings={"loss_type": ["sigmoid"]}),
+    # length-normalized DPO: each log-ratio divided by its response length (Tülu 3's / delta learning's dpo_norm)
+    "sigmoid_norm": PreferenceLoss(DPOTrainer, settings={"loss_type": ["sigmoid_norm"]}),
+    # IPO (Azar et al., 2023, eq. 17): the squared distance of the log-ratio margin from 1/(2β)
+    "ipo": PreferenceLoss(DPOTrainer, settings={"loss_type": ["ipo"]}),
+    # SimPO (Meng et al., 2024, eq. 6): reference-free, length-averaged log-probs, margin γ (simpo_gamma); TRL's
+    # CPOTrainer without its NLL term.  It appends the tokenizer's EOS after the chat template's end of turn, so each
+    # response is scored with one extra end token.
+    "simpo": PreferenceLoss(CPOTrainer, CPOConfig, settings={"loss_type": "simpo", "cpo_alpha": 0.0}),
+    # SELM's optimistic DPO (SELMTrainer above); pairs need a reference_response column
+    "selm": PreferenceLoss(SELMTrainer, settings={"loss_type": ["sigmoid"]}, options=("alpha",)),
+    # Discriminative FT with a reference (DFT) and reference-free (DFT2), DiscriminativeFTTrainer above
+    "dft": PreferenceLoss(DiscriminativeFTTrainer, options=("tau", "gamma")),
+    "dft2": PreferenceLoss(DiscriminativeFTTrainer, fixed={"reference_free": True}, options=("tau", "gamma")),
+}
+
+
+def train_preference(model, ref_model, tokenizer, pairs: list[dict], cfg, output_dir, *, loss: str = "sigmoid",
+                     callbacks=None, **args):
+    """Train ``model`` on preference ``pairs`` with one loss of :data:`LOSSES` and ``cfg.dpo`` (+ ``args``:
+    config overrides such as ``beta``, ``max_steps``, ``simpo_gamma``, or the loss's trainer options such as SELM's
+    ``alpha``); ``ref_model`` is the frozen reference (passed to DPOTrainer and its subclasses, which DFT2 does not
+    use; SimPO has none).  Returns the trainer after training."""
+    from .config import device
+    from .models import restore_forward
+    from .train import _args, _logged, check_master_weights, dpo_dataset
+
+    if loss not in LOSSES:
+        raise ValueError(f"train_preference: unknown loss '{loss}'; expected one of {sorted(LOSSES)}")
+    spec = LOSSES[loss]
+    options = {k: args.pop(k) for k in spec.options if k in args}
+    check_master_weights(model)
+    section = {k: v for k, v in OmegaConf.to_container(cfg.dpo, resolve=True).items()
+               if k in spec.config.__dataclass_fields__}
+    config = _args(spec.config, None, output_dir, int(cfg.seed), {**section, **spec.settings, **args}, device(cfg))
+    common = dict(model=model, args=config, processing_class=tokenizer, callbacks=callbacks,
+                  train_dataset=dpo_dataset(pairs, bool(cfg.model.chat_template)))
+    if spec.config is DPOConfig:
+        common["ref_model"] = ref_model
+    trainer = spec.trainer(**common, **spec.fixed, **options)
+    _logged(trainer).train()
+    for trained in (trainer.model, ref_model if spec.config is DPOConfig else None):
+        if trained is not None:
+            restore_forward(trained)
+    return trainer

@@ -213,3 +213,22 @@ def test_an_unknown_preference_loss_is_one_clear_error(tiny, smoke_cfg, pairs, t
     model, tokenizer = tiny
     with pytest.raises(ValueError, match="unknown loss 'kto'.*expected one of"):
         train_preference(model, model, tokenizer, pairs, smoke_cfg, tmp_path, loss="kto")
+
+
+@pytest.mark.parametrize("loss, options", [("selm", {"alpha": 0.01}), ("dft", {}), ("dft2", {"tau": 0.5}),
+                                           ("simpo", {}), ("ipo", {})])
+def test_every_registered_loss_trains_through_one_entry_point(tiny, smoke_cfg, pairs, tmp_path, loss, options):
+    from studykit.preference import train_preference
+
+    model, tokenizer = tiny
+    policy = copy_model(model)
+    data = pairs if loss == "selm" else [{k: v for k, v in p.items() if k != "reference_response"} for p in pairs]
+    trainer = train_preference(policy, copy_model(model), tokenizer, data, smoke_cfg, tmp_path, loss=loss,
+                               max_steps=2, learning_rate=1e-3, **options)
+    assert trainer.state.global_step == 2 and np.isfinite(trainer.state.log_history[-1]["train_loss"])
+    moved = sum(float((a - b).abs().sum()) for a, b in zip(policy.parameters(), model.parameters()))
+    assert moved > 0
+    if loss == "selm":
+        assert trainer.alpha == 0.01                       # a trainer option, not a DPOConfig field
+    if loss == "dft2":
+        assert trainer.reference_free and trainer.tau == 0.5
