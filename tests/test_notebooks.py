@@ -29,6 +29,7 @@ STUDY_FILES = {
                 "slr_sweep.png", "slr_sweep_dev_accuracy.png"},
     "preference_losses": {"accuracy.csv", "margins.csv", "delta_pairs.csv", "train_log.csv", "runs.csv",
                           "preference_losses.png"},
+    "preference_variants": {"accuracy.csv", "data.csv", "runs.csv", "preference_variants.png"},
     "diversity": {"summary.csv", "across_prompts.csv", "samples.csv", "runs.csv", "diversity.png"},
 }
 SCORING_STUDIES = {"nuggets_sensitivity"}
@@ -41,6 +42,8 @@ SMOKE_OVERRIDES = {"rl_post_training": ["study.gold_when_unsolved=true"],
                    "merging": ["study.slr.block=1", "study.slr.samples=2", "study.slr.crc_dev=2", "study.slr.crc_eval=2"],
                    "preference_losses": ["study.heldout_pairs_per_family=1", "study.warmup_steps=1",
                                          "study.preference_steps=1", "study.delta.chosen_steps=1"],
+                   "preference_variants": ["study.warmup_steps=1", "study.preference_steps=1", "study.samples=3",
+                                           "study.self_contrast.negatives=[1]"],
                    "diversity": ["study.samples=2", "study.open_ended=4", "study.stage_steps={sft:1,dpo:1,grpo:1}"]}
 
 
