@@ -268,12 +268,13 @@ def validate(cfg: DictConfig) -> None:
                           f"two different families of data.families ({', '.join(cfg.data.families)}), some left held out")
     rates = OmegaConf.select(cfg, "study.ingredient_lrs", default=None)
     if rates is not None and float(cfg.train.learning_rate) not in map(float, rates):
-        raise ConfigError(f"train.learning_rate={cfg.train.learning_rate!r} is not allowed with study.ingredient_lrs="
-                          f"{list(rates)!r}: expected one of them (that ingredient is the all-data model)")
+        raise ConfigError(f"train.learning_rate={cfg.train.learning_rate!r} is not allowed: expected one of "
+                          f"study.ingredient_lrs={list(rates)!r} (that ingredient is the all-data model)")
     heldout = OmegaConf.select(cfg, "study.heldout_pairs_per_family", default=None)
     if heldout is not None and heldout >= cfg.data.preference_per_family:
-        raise ConfigError(f"study.heldout_pairs_per_family={heldout!r} is not allowed with data.preference_per_family="
-                          f"{cfg.data.preference_per_family}: expected fewer (the rest train every preference run)")
+        raise ConfigError(f"study.heldout_pairs_per_family={heldout!r} is not allowed: expected fewer than "
+                          f"data.preference_per_family={cfg.data.preference_per_family} (the rest train every "
+                          "preference run)")
     required = OmegaConf.select(cfg, "study.requires_profile", default=None)
     if required is not None and cfg.profile.name != required:
         raise ConfigError(f"study {cfg.study.name} needs profile={required}, got profile={cfg.profile.name}: "

@@ -121,3 +121,32 @@ def test_auroc_claims_compare_two_scores_on_the_same_items():
     assert table.loc["x", "verdict"] == "not tested: ['missing'] not scored"
     with pytest.raises(ClaimsError, match="auroc_claims_table"):
         claims_table(claims[:1], predictions({"good": np.ones(4)}, ["x"] * 4))
+
+
+def test_claims_on_a_per_prompt_measurement_use_its_values_and_name():
+    """A diversity claim: the paired difference of a continuous per-prompt metric, named after it."""
+    rows = []
+    for condition, shift in (("base", 0.0), ("sft", -0.3)):
+        for seed in ((-1,) if condition == "base" else (0, 1)):
+            for i in range(40):
+                rows.append({"condition": condition, "seed": seed, "id": f"p{i}", "family": "f" if i < 20 else "g",
+                             "embedding_diversity": 0.6 + 0.01 * i + shift + 0.001 * seed})
+    frame = pd.DataFrame(rows)
+    entry = [{"id": "sft.collapses", "paper": "studykit", "source": "s", "claim": "SFT lowers diversity",
+              "test": {"treatment": "sft", "control": "base", "metric": "embedding_diversity", "direction": "less"}}]
+    row = claims_table(entry, frame).iloc[0]
+    assert row["metric"] == "embedding diversity" and row["difference"] == pytest.approx(-0.3 + 0.0015)   # seeds 0, 1 vs −1
+    assert row["verdict"] == "supported" and (row["items"], row["seeds"]) == (40, 2)
+
+
+def test_a_per_prompt_metric_of_one_condition_gets_a_bootstrap_interval_not_a_wilson_one():
+    from studykit.report import condition_accuracy, metric_summary
+
+    frame = pd.DataFrame([{"condition": "base", "seed": -1, "id": f"p{i}", "family": "f" if i % 2 else "g",
+                           "vendi": 2.0 + (i % 3), "quality": np.nan if i >= 10 else float(i % 2)}
+                          for i in range(20)])
+    table = condition_accuracy(frame, "vendi").iloc[0]
+    assert table["vendi"] == pytest.approx(frame["vendi"].mean()) and table["ci_low"] > 2.0   # not a [0, 1] interval
+    summary = metric_summary(frame, ["vendi", "quality"], {"all": ["f", "g"]})
+    quality = summary[summary["metric"] == "quality"].iloc[0]
+    assert quality["prompts"] == 10 and quality["mean"] == pytest.approx(0.5)   # the prompts without it left out

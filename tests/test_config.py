@@ -88,6 +88,20 @@ def test_every_study_has_a_notebook():
     (["study=rl_forgetting", "study.second_task=family_relationships"], "study.first_task", "two different families"),
     (["study=rl_forgetting", "study.first_task=figlet"], "study.first_task", "two different families"),
     (["study=rl_forgetting", "study.filter_rollouts=0"], "study.filter_rollouts", "an integer ≥ 1"),
+    (["study=diversity", "study.samples=1"], "study.samples", "an integer ≥ 2"),
+    (["study=diversity", "study.open_ended=80"], "study.open_ended", "from 1 to 40"),
+    (["study=diversity", "study.stage_steps={sft:12,dpo:0,grpo:8}"], "study.stage_steps", "integers ≥ 1"),
+    (["study=merging", "study.ingredient_lrs=[1e-4,1e-4]"], "study.ingredient_lrs", "two distinct learning rates"),
+    (["study=merging", "train.learning_rate=2e-4"], "train.learning_rate", "one of study.ingredient_lrs"),
+    (["study=merging", "study.dtm_portions=1"], "study.dtm_portions", "an integer ≥ 2"),
+    (["study=merging", "study.slr.alphabet_size=30"], "study.slr.alphabet_size", "from 2 to 26"),
+    (["study=preference_losses", "study.losses.dpo.loss=kto"], "study.losses", "studykit.preference.LOSSES"),
+    (["study=preference_losses", "study.heldout_pairs_per_family=24"], "study.heldout_pairs_per_family",
+     "fewer than data.preference_per_family=24"),
+    (["study=preference_losses", "study.delta.loss=orpo"], "study.delta.loss", "studykit.preference.LOSSES"),
+    (["study=preference_variants", "study.self_contrast.negatives=[0,4]"], "study.self_contrast.negatives",
+     "integers ≥ 1"),
+    (["study=preference_variants", "study.selm.alpha=-1"], "study.selm.alpha", "a number ≥ 0"),
 ])
 def test_bad_values_are_one_clear_error_naming_key_value_and_what_is_allowed(overrides, key, allowed):
     with pytest.raises(ConfigError, match=rf"^{key}=.* is not allowed: expected .*{allowed}"):
