@@ -227,6 +227,7 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("study.losses", _preference_losses, "a mapping of run names to {loss: <one of studykit.preference.LOSSES>, ...}"),
     ("study.delta.chosen_steps", positive_int, "an integer ≥ 1"),
     ("study.sample_tokens", positive_int, "an integer ≥ 1"),
+    ("study.objective_steps", positive_int, "an integer ≥ 1"),
     ("study.self_contrast.negatives", lambda v: int_list(v) and min(v) >= 1, "a non-empty list of integers ≥ 1"),
     ("study.self_contrast.share", lambda v: _number(v) and 0 < v <= 1, "a share in (0, 1]"),
     ("study.selm.alpha", lambda v: _number(v) and v >= 0, "a number ≥ 0"),
@@ -270,6 +271,10 @@ def validate(cfg: DictConfig) -> None:
     if rates is not None and float(cfg.train.learning_rate) not in map(float, rates):
         raise ConfigError(f"train.learning_rate={cfg.train.learning_rate!r} is not allowed: expected one of "
                           f"study.ingredient_lrs={list(rates)!r} (that ingredient is the all-data model)")
+    strong, weak = (OmegaConf.select(cfg, f"study.{k}", default=None) for k in ("model_strong", "model_weak"))
+    if (strong, weak) != (None, None) and (strong == weak or not {strong, weak} <= set(cfg.data.families)):
+        raise ConfigError(f"study.model_strong={strong!r} is not allowed: expected a family of data.families other than "
+                          f"study.model_weak={weak!r} ({', '.join(cfg.data.families)})")
     heldout = OmegaConf.select(cfg, "study.heldout_pairs_per_family", default=None)
     if heldout is not None and heldout >= cfg.data.preference_per_family:
         raise ConfigError(f"study.heldout_pairs_per_family={heldout!r} is not allowed: expected fewer than "

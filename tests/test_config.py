@@ -102,6 +102,9 @@ def test_every_study_has_a_notebook():
     (["study=preference_variants", "study.self_contrast.negatives=[0,4]"], "study.self_contrast.negatives",
      "integers ≥ 1"),
     (["study=preference_variants", "study.selm.alpha=-1"], "study.selm.alpha", "a number ≥ 0"),
+    (["study=prob_objectives", "study.model_strong=figlet_font"], "study.model_strong", "other than study.model_weak"),
+    (["study=prob_objectives", "study.model_weak=gsm8k"], "study.model_strong", "a family of data.families"),
+    (["study=prob_objectives", "study.objectives.p.objective=focal"], "study.objectives", "a registered objective"),
 ])
 def test_bad_values_are_one_clear_error_naming_key_value_and_what_is_allowed(overrides, key, allowed):
     with pytest.raises(ConfigError, match=rf"^{key}=.* is not allowed: expected .*{allowed}"):
