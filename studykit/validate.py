@@ -228,6 +228,9 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("study.delta.chosen_steps", positive_int, "an integer ≥ 1"),
     ("study.sample_tokens", positive_int, "an integer ≥ 1"),
     ("study.objective_steps", positive_int, "an integer ≥ 1"),
+    ("study.budget", lambda v: _int(v) and v >= 2, "an integer ≥ 2 (examples in all)"),
+    ("study.sft_shares", lambda v: isinstance(v, (list, ListConfig)) and len(v) > 0 and all(unit_interval(x) for x in v)
+     and len({round(100 * x) for x in v}) == len(v), "a non-empty list of distinct shares in [0, 1]"),
     ("study.self_contrast.negatives", lambda v: int_list(v) and min(v) >= 1, "a non-empty list of integers ≥ 1"),
     ("study.self_contrast.share", lambda v: _number(v) and 0 < v <= 1, "a share in (0, 1]"),
     ("study.selm.alpha", lambda v: _number(v) and v >= 0, "a number ≥ 0"),

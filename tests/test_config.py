@@ -102,6 +102,8 @@ def test_every_study_has_a_notebook():
     (["study=preference_variants", "study.self_contrast.negatives=[0,4]"], "study.self_contrast.negatives",
      "integers ≥ 1"),
     (["study=preference_variants", "study.selm.alpha=-1"], "study.selm.alpha", "a number ≥ 0"),
+    (["study=budget", "study.sft_shares=[0.0,1.5]"], "study.sft_shares", r"distinct shares in \[0, 1\]"),
+    (["study=budget", "study.budget=1"], "study.budget", "an integer ≥ 2"),
     (["study=prob_objectives", "study.model_strong=figlet_font"], "study.model_strong", "other than study.model_weak"),
     (["study=prob_objectives", "study.model_weak=gsm8k"], "study.model_strong", "a family of data.families"),
     (["study=prob_objectives", "study.objectives.p.objective=focal"], "study.objectives", "a registered objective"),

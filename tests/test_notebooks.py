@@ -31,6 +31,7 @@ STUDY_FILES = {
                           "preference_losses.png"},
     "preference_variants": {"accuracy.csv", "data.csv", "runs.csv", "preference_variants.png"},
     "prob_objectives": {"accuracy.csv", "runs.csv", "prob_objectives.png"},
+    "budget": {"accuracy.csv", "runs.csv", "budget.png"},
     "diversity": {"summary.csv", "across_prompts.csv", "samples.csv", "runs.csv", "diversity.png"},
 }
 SCORING_STUDIES = {"nuggets_sensitivity"}
@@ -46,6 +47,7 @@ SMOKE_OVERRIDES = {"rl_post_training": ["study.gold_when_unsolved=true"],
                    "preference_variants": ["study.warmup_steps=1", "study.preference_steps=1", "study.samples=3",
                                            "study.self_contrast.negatives=[1]"],
                    "prob_objectives": ["study.warmup_steps=1", "study.objective_steps=1"],
+                   "budget": ["study.budget=12"],
                    "diversity": ["study.samples=2", "study.open_ended=4", "study.stage_steps={sft:1,dpo:1,grpo:1}"]}
 
 
