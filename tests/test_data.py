@@ -47,6 +47,8 @@ def test_preferences_accept_message_lists_and_strings():
     (load_preferences, "empty.jsonl", r"empty\.jsonl: no examples"),
     (load_preferences, "preferences_bad_role.jsonl", r"line 1: the last message of 'rejected' must have role 'assistant'"),
     (load_chat, "preferences.jsonl", r"line 1: missing field 'messages'"),
+    (load_preferences, "preferences_missing_rejected.jsonl",
+     r"preferences_missing_rejected\.jsonl: line 1: missing field 'rejected'"),
     (load_alpaca, "does_not_exist.json", r"does_not_exist\.json: file not found"),
 ])
 def test_bad_input_names_file_row_and_field(loader, name, expected):
