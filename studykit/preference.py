@@ -279,9 +279,12 @@ def train_preference(model, ref_model, tokenizer, pairs: list[dict], cfg, output
     spec = LOSSES[loss]
     options = {k: args.pop(k) for k in spec.options if k in args}
     check_master_weights(model)
-    section = {k: v for k, v in OmegaConf.to_container(cfg.dpo, resolve=True).items()
-               if k in spec.config.__dataclass_fields__}
-    config = _args(spec.config, None, output_dir, int(cfg.seed), {**section, **spec.settings, **args}, device(cfg))
+    if spec.config is DPOConfig:   # every cfg.dpo key must be a DPOConfig field, as for any DPO run
+        section, extra = cfg.dpo, {}
+    else:                          # another trainer's config: the cfg.dpo settings it shares
+        section, extra = None, {k: v for k, v in OmegaConf.to_container(cfg.dpo, resolve=True).items()
+                                if k in spec.config.__dataclass_fields__}
+    config = _args(spec.config, section, output_dir, int(cfg.seed), {**extra, **spec.settings, **args}, device(cfg))
     common = dict(model=model, args=config, processing_class=tokenizer, callbacks=callbacks,
                   train_dataset=dpo_dataset(pairs, bool(cfg.model.chat_template)))
     if spec.config is DPOConfig:

@@ -19,7 +19,7 @@ import torch
 from datasets import Dataset
 from omegaconf import OmegaConf
 from transformers import PrinterCallback, TrainerCallback
-from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
+from trl import DPOTrainer, SFTConfig, SFTTrainer
 
 from .config import device
 from .logprobs import completion_text, format_prompt
@@ -150,16 +150,12 @@ def train_sft(model, tokenizer, records: list[dict], cfg, output_dir: str | Path
 
 def train_dpo(model, ref_model, tokenizer, pairs: list[dict], cfg, output_dir: str | Path, *, callbacks=None,
               **args) -> DPOTrainer:
-    """Run TRL DPO from ``model`` against the frozen ``ref_model`` with ``cfg.dpo`` (+ ``args`` overrides)."""
-    check_master_weights(model)
-    trainer = DPOTrainer(
-        model=model, ref_model=ref_model, processing_class=tokenizer,
-        args=_args(DPOConfig, cfg.dpo, output_dir, int(cfg.seed), args, device(cfg)),
-        train_dataset=dpo_dataset(pairs, bool(cfg.model.chat_template)), callbacks=callbacks)
-    _logged(trainer).train()
-    restore_forward(trainer.model)
-    restore_forward(ref_model)
-    return trainer
+    """Run TRL DPO from ``model`` against the frozen ``ref_model`` with ``cfg.dpo`` (+ ``args`` overrides): the
+    sigmoid loss of :func:`studykit.preference.train_preference`."""
+    from .preference import train_preference
+
+    return train_preference(model, ref_model, tokenizer, pairs, cfg, output_dir, loss="sigmoid", callbacks=callbacks,
+                            **args)
 
 
 def finetune_and_evaluate(base_model, tokenizer, records: list[dict], eval_records: list[dict], cfg, *, seed: int,
