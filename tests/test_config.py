@@ -98,7 +98,7 @@ def test_every_study_has_a_notebook():
     (["study=preference_losses", "study.losses.dpo.loss=kto"], "study.losses", "studykit.preference.LOSSES"),
     (["study=preference_losses", "study.heldout_pairs_per_family=24"], "study.heldout_pairs_per_family",
      "fewer than data.preference_per_family=24"),
-    (["study=preference_losses", "study.delta.loss=orpo"], "study.delta.loss", "studykit.preference.LOSSES"),
+    (["study=delta_learning", "study.delta.loss=orpo"], "study.delta.loss", "studykit.preference.LOSSES"),
     (["study=preference_variants", "study.self_contrast.negatives=[0,4]"], "study.self_contrast.negatives",
      "integers ≥ 1"),
     (["study=preference_variants", "study.selm.alpha=-1"], "study.selm.alpha", "a number ≥ 0"),
@@ -111,3 +111,15 @@ def test_every_study_has_a_notebook():
 def test_bad_values_are_one_clear_error_naming_key_value_and_what_is_allowed(overrides, key, allowed):
     with pytest.raises(ConfigError, match=rf"^{key}=.* is not allowed: expected .*{allowed}"):
         compose(overrides)
+
+
+@pytest.mark.parametrize("study", list_studies())
+def test_every_study_draws_its_testbed_at_the_sizes_it_runs_with(study):
+    """Each family's splits are drawn answer-balanced, which not every size allows (a family's answers can be too
+    skewed); the smoke profile draws other sizes, so only this test sees a study's own sizes before its run does."""
+    from studykit.testbed import build_testbed
+
+    cfg = compose(study_overrides(study))
+    splits = build_testbed(cfg.data)
+    for split in ("pool", "eval"):
+        assert len(splits[split]) == len(cfg.data.families) * cfg.data[f"{split}_per_family"]

@@ -27,8 +27,8 @@ STUDY_FILES = {
                    "rl_hybrids.png", "rl_hybrids_curves.png"},
     "merging": {"accuracy.csv", "crc.csv", "crc_summary.csv", "soups.csv", "slr_sweep.csv", "runs.csv", "merging.png",
                 "slr_sweep.png", "slr_sweep_dev_accuracy.png"},
-    "preference_losses": {"accuracy.csv", "margins.csv", "delta_pairs.csv", "train_log.csv", "runs.csv",
-                          "preference_losses.png"},
+    "preference_losses": {"accuracy.csv", "margins.csv", "train_log.csv", "runs.csv", "preference_losses.png"},
+    "delta_learning": {"accuracy.csv", "delta_pairs.csv", "train_log.csv", "runs.csv", "delta_learning.png"},
     "preference_variants": {"accuracy.csv", "data.csv", "runs.csv", "preference_variants.png"},
     "prob_objectives": {"accuracy.csv", "runs.csv", "prob_objectives.png"},
     "budget": {"accuracy.csv", "runs.csv", "budget.png"},
@@ -43,7 +43,8 @@ SMOKE_OVERRIDES = {"rl_post_training": ["study.gold_when_unsolved=true"],
                    "rl_forgetting": ["study.first_steps=2", "study.second_steps=2"],
                    "merging": ["study.slr.block=1", "study.slr.samples=2", "study.slr.crc_dev=2", "study.slr.crc_eval=2"],
                    "preference_losses": ["study.heldout_pairs_per_family=1", "study.warmup_steps=1",
-                                         "study.preference_steps=1", "study.delta.chosen_steps=1"],
+                                         "study.preference_steps=1"],
+                   "delta_learning": ["study.warmup_steps=1", "study.preference_steps=1", "study.delta.chosen_steps=1"],
                    "preference_variants": ["study.warmup_steps=1", "study.preference_steps=1", "study.samples=3",
                                            "study.self_contrast.negatives=[1]"],
                    "prob_objectives": ["study.warmup_steps=1", "study.objective_steps=1"],
@@ -71,8 +72,9 @@ def test_study_notebook_meets_the_evidence_contract(study, tmp_path, monkeypatch
         else:
             assert PREDICTION_COLUMNS <= set(predictions.columns)
             assert not (predictions["strict"] & ~predictions["lenient"]).any()  # strict implies lenient
-        counts = predictions.groupby(["condition", "seed"])["id"].nunique()
-        assert counts.nunique() == 1, "every evaluated model is scored on the same eval items"
+        # paired comparisons: every model evaluated on a family is scored on all of that family's eval items
+        counts = predictions.groupby(["family", "condition", "seed"])["id"].nunique()
+        assert (counts.groupby("family").nunique() == 1).all(), "every evaluated model is scored on the same eval items"
 
     claims = pd.read_csv(out / "claims.csv")
     assert set(claims["id"].str.split(" = ").explode()) == {c["id"] for c in load_claims(study)}
