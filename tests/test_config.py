@@ -99,7 +99,7 @@ def test_every_study_has_a_notebook():
     (["study=preference_losses", "study.heldout_pairs_per_family=24"], "study.heldout_pairs_per_family",
      "fewer than data.preference_per_family=24"),
     (["study=delta_learning", "study.delta.loss=orpo"], "study.delta.loss", "studykit.preference.LOSSES"),
-    (["study=preference_variants", "study.self_contrast.negatives=[0,4]"], "study.self_contrast.negatives",
+    (["study=self_contrast", "study.self_contrast.negatives=[0,4]"], "study.self_contrast.negatives",
      "integers ≥ 1"),
     (["study=preference_variants", "study.selm.alpha=-1"], "study.selm.alpha", "a number ≥ 0"),
     (["study=budget", "study.sft_shares=[0.0,1.5]"], "study.sft_shares", r"distinct shares in \[0, 1\]"),
