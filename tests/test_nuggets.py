@@ -171,6 +171,10 @@ def test_minilm_embeddings_load_offline_from_their_pypi_package():
     assert emb.shape == (3, 384)
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
     assert emb[0] @ emb[1] > emb[0] @ emb[2]  # paraphrases are closer than unrelated instructions
+    from studykit.nuggets import minilm_encoder
+    loads = minilm_encoder.cache_info().misses
+    np.testing.assert_allclose(minilm_embeddings(["Add 2 and 3."], "cpu")[0], emb[0], atol=1e-5)
+    assert minilm_encoder.cache_info().misses == loads       # the encoder is loaded once per device, not per call
 
 
 CONDITIONS = {"full": {"rule": "all"}, "high": {"rule": "above", "value": 0.5}, "low": {"rule": "at_most", "value": 0.5},

@@ -161,6 +161,15 @@ def test_self_contrast_pairs_use_the_target_as_chosen_and_fail_clearly_without_n
         return np.array([axes[t] for t in texts])
     pairs = self_contrast_pairs(records, [["yep", "no", "nah", "no"]], embed, k=1, share=0.5)
     assert len(pairs) == 1 and pairs[0]["chosen"] == "yes" and pairs[0]["rejected"] in {"no", "nah"}
+    calls = []
+    def embed_counted(texts):
+        calls.append(list(texts))
+        return embed(texts)
+    two = [{"id": "x", "prompt": "q", "response": "yes"}, {"id": "y", "prompt": "r", "response": "no"}]
+    pairs = self_contrast_pairs(two, [["yep", "no", "nah"], ["no", "nah", "yes"]], embed_counted, k=1, share=0.5)
+    assert calls == [["yes", "yep", "no", "nah", "no", "no", "nah", "yes"]]     # one call, on every target and sample
+    assert {(p["id"], p["rejected"]) for p in pairs} <= {("x", "no"), ("x", "nah"), ("y", "yes"), ("y", "nah")}
+    assert {p["id"] for p in pairs} == {"x", "y"}
     with pytest.raises(ValueError, match="no record has 1 distinct negatives"):
         self_contrast_pairs(records, [["yep", "yep"]], embed, k=1)
 
