@@ -1,5 +1,5 @@
-"""Paper claims → verdicts: one function turns the claims YAML of a study and its per-item predictions into the
-claims table every notebook shows.
+"""Paper claims → guarded verdicts: one function turns the claims YAML of a study and its per-item predictions into
+the claims table every notebook shows and ``studykit analyze`` recomputes from committed evidence.
 
 A claim entry (``conf/claims/<study>.yaml``)::
 
@@ -8,22 +8,22 @@ A claim entry (``conf/claims/<study>.yaml``)::
       source: Table 1, Qwen2.5-Math-1.5B, math average
       claim: DFT beats SFT on the trained domain
       paper_numbers: {treatment: 31.58, control: 18.01}
+      kind: paper                       # paper: the paper reports it; kit: the kit's own question (never "contradicts")
+      regime: {model: Qwen2.5-Math-1.5B, data: NuminaMath 100k, steps: 1 epoch}   # the paper's (paper claims)
+      requires: {signal_share: 0.5, changed_replies: 0.1}   # optional preconditions on the trained arms
+      headline: true                    # optional: the study's main question (≥ 5 seeds when re-run)
       test: {treatment: dft, control: sft, metric: lenient, direction: greater, families: in_domain}
 
-``test.families`` names a family group the notebook passes (``in_domain``, ``ood``; ``all`` by default).
+``test.families`` names a family group of the study's evidence (``in_domain``, ``ood``; ``all`` by default).
 ``test.metric`` is a per-item column of the predictions: ``strict`` / ``lenient`` correctness, or a per-prompt
-measurement of :data:`PER_PROMPT` (e.g. the embedding diversity of a prompt's samples, :mod:`studykit.diversity`).
-``metric: auroc`` tests a scorer instead of a trained model: treatment and control name per-item scores (or
-``chance``) and the difference is their AUROC for a per-item label (:func:`auroc_claims_table`).  An entry
-with ``not_tested: <why>`` instead of ``test`` is listed with that reason.  The verdict is
-:func:`studykit.stats.verdict` on the paired difference of :func:`studykit.stats.paired_difference`.
-
-Conditions that are the same training run by construction (``aliases``: e.g. GRAPE picking exactly S3FT's items)
-are evaluated once, and claims whose tests then coincide are merged into one row.
+measurement of :data:`PER_PROMPT`.  ``metric: auroc`` tests a scorer instead of a trained model
+(:func:`auroc_claims_table`).  An entry with ``not_tested: <why>`` instead of ``test`` is listed with that reason.
+The guards are :mod:`studykit.guards`; the interval, p-values and Holm are :mod:`studykit.stats`.
 """
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,15 +31,21 @@ import pandas as pd
 import yaml
 
 from .config import CONF_DIR, ROOT
-from .stats import DIRECTIONS, paired_difference, verdict
+from . import guards
+from .guards import UNTRAINED
+from .stats import ALPHA, DIRECTIONS, auroc_difference, holm, paired_difference, verdict
 
 CLAIMS_DIR = CONF_DIR / "claims"
 BIBLIOGRAPHY = ROOT / "references.bib"
 ACCURACY = ("strict", "lenient")
 PER_PROMPT = ("ead", "embedding_diversity", "vendi", "quality", "crc_valid", "crc_distinct")
 METRICS = (*ACCURACY, *PER_PROMPT, "auroc")
-REQUIRED = ("id", "paper", "source", "claim")
+REQUIRED = ("id", "paper", "source", "claim", "kind")
 TEST_KEYS = {"treatment", "control", "metric", "direction", "families"}
+KINDS = ("paper", "kit")
+REGIME_KEYS = {"model", "data", "steps"}
+PRECONDITIONS = ("signal_share", "changed_replies")
+HEADLINE_SEEDS = 5  # a headline claim runs at least this many training seeds when re-run
 
 
 class ClaimsError(ValueError):
@@ -79,7 +85,24 @@ def load_claims(study: str | Path) -> list[dict]:
             raise ClaimsError(f"{where}: give exactly one of 'test' and 'not_tested'")
         if "test" in entry:
             _check_test(where, entry["test"])
+        _check_guards(where, entry)
     return entries
+
+
+def _check_guards(where: str, entry: dict) -> None:
+    """``kind`` (paper | kit), the paper's ``regime`` (model, data, steps) on paper claims, ``requires`` and
+    ``headline``."""
+    if entry["kind"] not in KINDS:
+        raise ClaimsError(f"{where}: kind '{entry['kind']}' is not one of {KINDS}")
+    regime = entry.get("regime")
+    if entry["kind"] == "paper" and (not isinstance(regime, dict) or set(regime) != REGIME_KEYS):
+        raise ClaimsError(f"{where}: a paper claim needs regime: {{model, data, steps}} (the paper's), got {regime!r}")
+    requires = entry.get("requires", {})
+    if not isinstance(requires, dict) or set(requires) - set(PRECONDITIONS):
+        raise ClaimsError(f"{where}: requires must map preconditions {PRECONDITIONS} to minimum values, "
+                          f"got {requires!r}")
+    if not isinstance(entry.get("headline", False), bool):
+        raise ClaimsError(f"{where}: headline must be true or false, got {entry['headline']!r}")
 
 
 def _check_test(where: str, test) -> None:
@@ -94,17 +117,14 @@ def _check_test(where: str, test) -> None:
         raise ClaimsError(f"{where}: metric '{test['metric']}' is not one of {METRICS}")
 
 
-UNTRAINED = -1  # the seed of a condition that involves no training (e.g. the base model): compared with every seed
-
-
 def condition_matrix(predictions: pd.DataFrame, condition: str, metric: str, items: list[str]) -> pd.DataFrame:
-    """(seeds × items) per-item scores of one condition, items in the given order."""
+    """(seeds × items) per-item values of one condition (``metric`` a score column, or ``reply``), items in order."""
     rows = predictions[predictions["condition"] == condition]
     table = rows.pivot_table(index="seed", columns="id", values=metric, aggfunc="first")
     missing = set(items) - set(table.columns)
     if missing:
         raise ValueError(f"condition '{condition}' has no prediction for {len(missing)} eval items, e.g. {sorted(missing)[:3]}")
-    return table[items].astype(float)
+    return table[items] if metric == "reply" else table[items].astype(float)
 
 
 def paired_matrices(t: pd.DataFrame, c: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -118,82 +138,250 @@ def paired_matrices(t: pd.DataFrame, c: pd.DataFrame) -> tuple[np.ndarray, np.nd
     return t.loc[common].to_numpy(), c.loc[common].to_numpy()
 
 
-IDENTICAL = "not separable: the two conditions are right and wrong on exactly the same items (every seed)"
+@dataclass
+class Evidence:
+    """What a study's analysis reads besides its predictions (``analysis_inputs.json`` and the RL signal log):
+    family groups, conditions that are the same run (``aliases``), why a condition has no predictions
+    (``not_run``), which conditions were trained here, their evaluated starts and placebos, our regime, and the
+    per-step RL signal share (columns ``condition, seed, step, signal_share``)."""
+    family_groups: dict = field(default_factory=dict)
+    aliases: dict = field(default_factory=dict)
+    not_run: dict = field(default_factory=dict)
+    trained: list | None = None
+    starts: dict = field(default_factory=dict)
+    placebos: dict = field(default_factory=dict)
+    regime: dict = field(default_factory=dict)
+    rl_signal: pd.DataFrame | None = None
+
+    def trained_conditions(self, predictions: pd.DataFrame) -> set[str]:
+        """The declared trained conditions, or (undeclared) every condition with a training seed."""
+        if self.trained is not None:
+            return set(self.trained)
+        return set(predictions.loc[predictions["seed"] != UNTRAINED, "condition"])
 
 
-def claims_table(claims: list[dict], predictions: pd.DataFrame, *, family_groups: dict[str, list[str]] | None = None,
-                 aliases: dict[str, str] | None = None, not_run: dict[str, str] | None = None,
-                 seed: int = 0) -> pd.DataFrame:
-    """One row per claim (claims that test the same comparison merged): the paper's numbers, ours (treatment and
-    control accuracy), the paired difference with its 95% CI, the MDE, the items and seeds, and the verdict.
+def claims_table(claims: list[dict], predictions: pd.DataFrame, evidence: Evidence | None = None) -> pd.DataFrame:
+    """One row per claim, guarded (:mod:`studykit.guards`): the paper's numbers and regime, ours, the paired
+    difference over the families that are left, its 95% t interval (seeds and items random), the per-seed
+    differences, the MDE, the raw and Holm-adjusted p-values, the guards' findings and the verdict.
 
-    ``predictions``: long table with ``condition, seed, id, family`` and the ``strict`` / ``lenient`` columns.
-    ``not_run`` says why a condition has no predictions (e.g. its subset was too small to train on every seed)."""
-    aliases = aliases or {}
-    groups = {"all": sorted(predictions["family"].unique()), **(family_groups or {})}
+    A comparison carries a verdict only when: each trained arm beats its placebo; the claim's ``requires:``
+    preconditions hold; families where an arm is degenerate are left out (none left: not tested); the arms are
+    separable; no two families show significant effects of opposite sign (then one row per family instead); and no
+    single family carries it (leave-one-family-out, else *fragile*).  Supported / contradicted need Holm-adjusted
+    p < 0.05 within the study; claims whose tests coincide numerically are merged into one row."""
+    evidence = evidence or Evidence()
+    groups = {"all": sorted(predictions["family"].unique()), **evidence.family_groups}
     family_of = predictions.drop_duplicates("id").set_index("id")["family"]
-    rows, merged = [], {}
+    trained = evidence.trained_conditions(predictions)
+    profile = guards.family_profile(predictions)
+    rows, tests = [], []
     for entry, row, test in _tested(claims, rows):
-        treatment, control = (aliases.get(test[k], test[k]) for k in ("treatment", "control"))
+        treatment, control = (evidence.aliases.get(test[k], test[k]) for k in ("treatment", "control"))
         metric, families = test.get("metric", "lenient"), test.get("families", "all")
         if metric == "auroc":
             raise ClaimsError(f"claim '{entry['id']}': metric 'auroc' claims go through auroc_claims_table")
         if families not in groups:
             raise ClaimsError(f"claim '{entry['id']}': family group '{families}' not given; have {sorted(groups)}")
-        key = (treatment, control, metric, families, test["direction"])
-        if key in merged:
-            first = rows[merged[key]]
-            first.update(id=f"{first['id']} = {entry['id']}", claim=f"{first['claim']} / {entry['claim']}",
-                         paper_numbers=f"{first['paper_numbers']} / {row['paper_numbers']}")
-            continue
+        row.update(comparison=f"{treatment} − {control}", metric=metric_label(metric), families=families)
         if treatment == control:
-            rows.append({**row, "comparison": f"{test['treatment']} − {test['control']}", "verdict":
-                         f"not resolved: {test['treatment']} and {test['control']} are the same run by construction"})
+            rows.append({**row, "verdict": f"not separable: {test['treatment']} and {test['control']} are the "
+                                           "same run by construction"})
             continue
         available = set(predictions["condition"])
         if not {treatment, control} <= available:
             missing = sorted({treatment, control} - available)
-            why = "; ".join(f"{m}: {(not_run or {}).get(m, 'not run in this study')}" for m in missing)
-            rows.append({**row, "comparison": f"{treatment} − {control}", "verdict": f"not tested: {why}"})
+            why = "; ".join(f"{m}: {evidence.not_run.get(m, 'not run in this study')}" for m in missing)
+            rows.append({**row, "verdict": f"not tested: {why}"})
             continue
-        items = sorted(set(family_of.index[family_of.isin(groups[families])]))
+        checks, withheld = _arm_checks(entry, (treatment, control), predictions, evidence, trained)
+        excluded = guards.degenerate_families(profile, [treatment, control], groups[families]) \
+            if metric in ACCURACY else {}
+        kept = [f for f in groups[families] if f not in excluded]
+        row.update(excluded_families="; ".join(f"{f} ({why})" for f, why in excluded.items()), guards=checks)
+        if not kept:
+            rows.append({**row, "verdict": "not tested: degenerate arms on every family (" + "; ".join(
+                f"{f}: {why}" for f, why in excluded.items()) + ")"})
+            continue
+        items = sorted(family_of.index[family_of.isin(kept)])
         t, c = paired_matrices(condition_matrix(predictions, treatment, metric, items),
                                condition_matrix(predictions, control, metric, items))
-        result = paired_difference(t, c, family_of[items].to_numpy(), seed=seed)
-        merged[key] = len(rows)
-        rows.append({**row, "comparison": f"{treatment} − {control}", "metric": metric_label(metric),
-                     "families": families, "treatment": float(t.mean()), "control": float(c.mean()),
-                     "difference": result.estimate, "ci_low": result.ci_low, "ci_high": result.ci_high,
-                     "mde": result.mde, "items": result.n_items, "seeds": result.n_seeds,
-                     "verdict": IDENTICAL if np.array_equal(t, c) else
-                     verdict(result.ci_low, result.ci_high, test["direction"], result.mde)})
-    return pd.DataFrame(rows)
+        replies = (None, None)
+        if "reply" in predictions.columns and predictions.loc[predictions["id"].isin(items), "reply"].notna().all():
+            replies = paired_matrices(condition_matrix(predictions, treatment, "reply", items),
+                                      condition_matrix(predictions, control, "reply", items))
+        same, flags = guards.identity(t, c, *replies)
+        if entry.get("headline") and max(t.shape[0], c.shape[0]) < HEADLINE_SEEDS:
+            flags.append(f"headline claim on {max(t.shape[0], c.shape[0])} seeds (< {HEADLINE_SEEDS})")
+        row["flags"] = "; ".join(flags)
+        strata = family_of[items].to_numpy()
+        effects = guards.family_effects(*np.broadcast_arrays(t, c), strata)
+        opposite = _opposite(effects)
+        if opposite and not same:
+            rows.append({**_numbers_of(row, t, c), "verdict": f"not pooled: opposite effects ({opposite}); "
+                                                             "one row per family below"})
+            for family in effects["family"]:
+                keep = strata == family
+                sub = {**row, "id": f"{entry['id']} [{family}]", "families": family, "excluded_families": ""}
+                tests.append((len(rows), entry, test, t[:, keep], c[:, keep], strata[keep], withheld))
+                rows.append(_numbers_of(sub, t[:, keep], c[:, keep]))
+            continue
+        if same:
+            rows.append({**_numbers_of(row, t, c), "verdict": same})
+            continue
+        tests.append((len(rows), entry, test, t, c, strata, withheld))
+        rows.append(_numbers_of(row, t, c))
+    _resolve(rows, tests)
+    return _merge_identical(pd.DataFrame(rows), tests)
 
 
-def auroc_claims_table(claims: list[dict], scores: dict[str, np.ndarray], labels: np.ndarray, *,
-                       seed: int = 0) -> pd.DataFrame:
+def _arm_checks(entry: dict, arms: tuple[str, str], predictions: pd.DataFrame, evidence: Evidence,
+                trained: set[str]) -> tuple[str, str | None]:
+    """(what the placebo and precondition guards measured, the reason the verdict is withheld or None)."""
+    notes, withheld = [], []
+    for arm in arms:
+        if arm not in trained:
+            continue
+        placebo = evidence.placebos.get(arm)
+        if placebo is None or placebo not in set(predictions["condition"]):
+            withheld.append(f"no placebo yet ({arm})")
+            continue
+        items = sorted(predictions.loc[predictions["condition"] == arm, "id"].unique())
+        metric = next(m for m in ("lenient", "quality", entry["test"].get("metric", "lenient"))
+                      if m in predictions.columns)
+        a, p = paired_matrices(condition_matrix(predictions, arm, metric, items),
+                               condition_matrix(predictions, placebo, metric, items))
+        beats, text = guards.placebo_check(a, p)
+        notes.append(f"{arm} − {placebo} {text}")
+        if not beats:
+            withheld.append(f"indistinguishable from placebo ({arm} − {placebo} {text})")
+    for name, minimum in entry.get("requires", {}).items():
+        for arm in (a for a in arms if a in trained):
+            value = (guards.signal_share(evidence.rl_signal, arm) if name == "signal_share" else
+                     guards.changed_replies(predictions, arm, evidence.starts.get(arm)))
+            if name == "signal_share" and not np.isfinite(value) and (evidence.rl_signal is None or
+                                                                      arm not in set(evidence.rl_signal["condition"])):
+                continue  # not an RL arm of this comparison: the signal precondition is about the RL arms
+            notes.append(f"{name}({arm}) = {value:.2f}")
+            if not np.isfinite(value):
+                withheld.append(f"{name} not measured ({arm})")
+            elif value < float(minimum):
+                withheld.append(f"{name} = {value:.2f} < {minimum} ({arm})")
+    return "; ".join(notes), ("; ".join(dict.fromkeys(withheld)) or None)
+
+
+def _opposite(effects: pd.DataFrame) -> str:
+    """The families with significant effects of opposite sign (unadjusted p < α), as text, or ''."""
+    significant = effects[effects["p"] < ALPHA]
+    up, down = significant[significant["difference"] > 0], significant[significant["difference"] < 0]
+    if up.empty or down.empty:
+        return ""
+    return ", ".join(f"{r['family']} {r['difference']:+.3f}" for r in pd.concat([up, down]).to_dict(orient="records"))
+
+
+def _numbers_of(row: dict, t: np.ndarray, c: np.ndarray) -> dict:
+    result = paired_difference(t, c)
+    return {**row, "treatment": float(np.mean(t)), "control": float(np.mean(c)), "difference": result.estimate,
+            "ci_low": result.ci_low, "ci_high": result.ci_high,
+            "per_seed": " ".join(f"{v:+.3f}" for v in result.per_seed), "df": result.df, "mde": result.mde,
+            "p": result.p_value, "items": result.n_items, "seeds": result.n_seeds}
+
+
+def _resolve(rows: list[dict], tests: list[tuple]) -> None:
+    """Holm within the study over the comparisons that passed the guards, then the verdict and the
+    leave-one-family-out check of each resolved one."""
+    testable = [i for i, test in enumerate(tests) if test[-1] is None]
+    adjusted = dict(zip(testable, holm([rows[tests[i][0]]["p"] for i in testable])))
+    for i, (index, entry, test, t, c, strata, withheld) in enumerate(tests):
+        row = rows[index]
+        if withheld is not None:
+            row["verdict"] = f"not tested: {withheld}"
+            continue
+        row["p_holm"] = float(adjusted[i])
+        label = verdict(row["difference"], row["p_holm"], test["direction"], row["mde"], kind=entry["kind"])
+        if not label.startswith("not resolved"):
+            carrier = _carried_by(t, c, strata)
+            if carrier:
+                label = f"fragile: carried by {carrier}"
+        row["verdict"] = label
+
+
+def _carried_by(t: np.ndarray, c: np.ndarray, strata: np.ndarray) -> str | None:
+    """The family whose removal changes the raw label (CI excludes 0 on one side / not), or the only family."""
+    families = list(dict.fromkeys(strata))
+    if len(families) == 1:
+        return f"{families[0]} (the only family left)"
+    full = paired_difference(t, c)
+    sign = np.sign(full.estimate) if full.p_value < ALPHA else 0
+    for family in families:
+        keep = strata != family
+        part = paired_difference(t[:, keep], c[:, keep])
+        if (np.sign(part.estimate) if part.p_value < ALPHA else 0) != sign:
+            return family
+    return None
+
+
+def _merge_identical(table: pd.DataFrame, tests: list[tuple]) -> pd.DataFrame:
+    """Claims whose tests are numerically the same comparison (same items, same score tables, same direction):
+    one row, the ids and claims joined."""
+    seen, drop = {}, []
+    for index, entry, test, t, c, strata, withheld in tests:
+        key = (test["direction"], t.shape, c.shape, t.tobytes(), c.tobytes(), tuple(strata))
+        if key in seen:
+            first = seen[key]
+            for column, sep in (("id", " = "), ("claim", " / "), ("paper_numbers", " / ")):
+                table.at[first, column] = f"{table.at[first, column]}{sep}{table.at[index, column]}"
+            drop.append(index)
+        else:
+            seen[key] = index
+    return table.drop(index=drop).reset_index(drop=True)
+
+
+def auroc_claims_table(claims: list[dict], scores: dict[str, np.ndarray], labels: np.ndarray,
+                       families: np.ndarray | None = None, *, seed: int = 0) -> pd.DataFrame:
     """The claims table of a scoring study: each ``metric: auroc`` claim compares the AUROC of two per-item scores
     (``scores[treatment]`` vs ``scores[control]``, or vs 0.5 when the control is ``chance``) for the same
-    ``labels``, with :func:`studykit.stats.auroc_difference` and the one verdict rule."""
-    from .stats import auroc_difference
-
-    rows = []
+    ``labels`` (:func:`studykit.stats.auroc_difference`), Holm within the study, and — given the items'
+    ``families`` — leave-one-family-out: a resolved verdict that one family carries is *fragile*."""
+    rows, tests = [], []
     for entry, row, test in _tested(claims, rows):
         if test.get("metric") != "auroc":
             raise ClaimsError(f"claim '{entry['id']}': a scoring study tests metric 'auroc', got '{test.get('metric')}'")
         treatment, control = test["treatment"], test["control"]
+        row.update(comparison=f"{treatment} − {control}", metric="AUROC", families="all")
         missing = sorted({treatment, control} - set(scores) - {"chance"})
         if missing:
-            rows.append({**row, "comparison": f"{treatment} − {control}", "verdict": f"not tested: {missing} not scored"})
+            rows.append({**row, "verdict": f"not tested: {missing} not scored"})
             continue
         result = auroc_difference(labels, scores[treatment], None if control == "chance" else scores[control], seed=seed)
         control_auroc = 0.5 if control == "chance" else _auc(labels, scores[control])
-        rows.append({**row, "comparison": f"{treatment} − {control}", "metric": "AUROC", "families": "all",
-                     "treatment": _auc(labels, scores[treatment]), "control": control_auroc,
+        tests.append((len(rows), entry, test, treatment, control))
+        rows.append({**row, "treatment": _auc(labels, scores[treatment]), "control": control_auroc,
                      "difference": result.estimate, "ci_low": result.ci_low, "ci_high": result.ci_high,
-                     "mde": result.mde, "items": result.n_items, "seeds": 1,
-                     "verdict": verdict(result.ci_low, result.ci_high, test["direction"], result.mde)})
+                     "per_seed": f"{result.estimate:+.3f}", "mde": result.mde, "p": result.p_value,
+                     "items": result.n_items, "seeds": 1, "flags": "one scoring pass (no training seeds)"})
+    adjusted = holm([rows[i]["p"] for i, *_ in tests])
+    for (index, entry, test, treatment, control), p_holm in zip(tests, adjusted):
+        row = rows[index]
+        row["p_holm"] = float(p_holm)
+        label = verdict(row["difference"], p_holm, test["direction"], row["mde"], kind=entry["kind"])
+        if families is not None and not label.startswith("not resolved"):
+            label = _auroc_fragility(label, labels, scores, treatment, control, np.asarray(families), seed)
+        row["verdict"] = label
     return pd.DataFrame(rows)
+
+
+def _auroc_fragility(label: str, labels, scores, treatment: str, control: str, families: np.ndarray,
+                     seed: int) -> str:
+    for family in dict.fromkeys(families):
+        keep = families != family
+        if labels[keep].all() or not labels[keep].any():
+            return f"fragile: carried by {family} (the only family with both labels)"
+        part = auroc_difference(labels[keep], scores[treatment][keep],
+                                None if control == "chance" else scores[control][keep], seed=seed)
+        if part.p_value >= ALPHA:
+            return f"fragile: carried by {family}"
+    return label
 
 
 def metric_label(metric: str) -> str:
@@ -211,8 +399,9 @@ def _tested(claims: list[dict], rows: list[dict]):
     """(entry, its first columns, its test) for each claim with a test; an untested claim's row (its reason as the
     verdict) is appended to ``rows`` as it comes, so the table keeps the YAML's order."""
     for entry in claims:
-        row = {"id": entry["id"], "paper": entry["paper"], "source": entry["source"], "claim": entry["claim"],
-               "paper_numbers": _numbers(entry.get("paper_numbers"))}
+        row = {"id": entry["id"], "kind": entry.get("kind", "paper"), "headline": bool(entry.get("headline")),
+               "paper": entry["paper"], "source": entry["source"], "claim": entry["claim"],
+               "paper_numbers": _numbers(entry.get("paper_numbers")), "paper_regime": _numbers(entry.get("regime"))}
         if "not_tested" in entry:
             rows.append({**row, "verdict": "not tested: " + entry["not_tested"]})
         else:
@@ -228,25 +417,25 @@ def _numbers(numbers) -> str:
 
 
 def conclusions(table: pd.DataFrame) -> list[str]:
-    """One sentence per claims-table row, generated from its verdict."""
+    """One sentence per claims-table row, generated from its verdict and numbers (no verdict the table does not
+    print)."""
     out = []
     for row in table.to_dict(orient="records"):
         head = f"{row['claim']} ({row['paper']}; {row['id']})"
-        if row["verdict"].startswith("not tested") or not np.isfinite(row.get("difference", np.nan)):
+        difference = row.get("difference", np.nan)
+        if not isinstance(difference, float) or not np.isfinite(difference):
             out.append(f"{head}: {row['verdict']}.")
             continue
-        ours = (f"{row['comparison']} = {row['difference']:+.3f} [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}] "
-                f"{row['metric']}, {int(row['items'])} items × {int(row['seeds'])} seed(s)")
-        if row["verdict"] == IDENTICAL:
-            out.append(f"{head}: {IDENTICAL} — {ours}; no eval set separates them, so this says nothing about "
-                       "the claim's effect.")
-        elif row["verdict"] == "supported":
-            out.append(f"{head}: supported here — {ours}.")
-        elif row["verdict"] == "contradicted":
-            out.append(f"{head}: contradicted here — {ours}.")
-        else:
+        ours = (f"{row['comparison']} = {difference:+.3f} [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}] "
+                f"{row['metric']}, {int(row['items'])} items × {int(row['seeds'])} seed(s), per seed {row['per_seed']}")
+        label = row["verdict"]
+        if label.startswith("not resolved"):
             out.append(f"{head}: not resolved at this power — {ours}; the smallest difference this comparison "
                        f"detects with 80% power is {row['mde']:.3f}.")
+        elif label.startswith(("not separable", "not tested", "not pooled")):
+            out.append(f"{head}: {label} — {ours}; this says nothing about the claim's effect.")
+        else:
+            out.append(f"{head}: {label} — {ours}, Holm-adjusted p = {row['p_holm']:.3g}.")
     return out
 
 

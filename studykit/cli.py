@@ -4,6 +4,8 @@
     studykit run <study> [overrides ...]  execute notebooks/<study>.ipynb into results/<study>/<profile>/
     studykit run all [overrides ...]      every study (but hub-only ones), in order, stopping at the first failure
     studykit run ... --allow-dirty        run from a git tree with uncommitted changes (recorded in the manifest)
+    studykit analyze <study> [profile]    recompute a result's guarded claims table, guard tables and figure from
+                                          its committed evidence (no training); ``all`` for every study
 
 Overrides are Hydra's: ``profile=smoke``, ``model=qwen2_5_0_5b``, ``train.learning_rate=1e-5``, ``seed=1``.
 Exit status: 0 success, 1 a notebook failed, 2 bad study / override / input, 143 stopped by SIGTERM (cleaned up).
@@ -47,6 +49,22 @@ def _runnable_studies() -> list[str]:
     return [s for s in list_studies() if not compose(study_overrides(s)).study.get("hub_only", False)]
 
 
+def _analyze(study: str, profile: str) -> int:
+    from .analysis import analyze, result_directories, verdict_counts
+    from .provenance import write_results_index
+
+    try:
+        for directory in result_directories(study, profile):
+            table = analyze(directory)["claims"]
+            counts = ", ".join(f"{n} {label}" for label, n in verdict_counts(table).items())
+            print(f"[studykit] analyzed {directory.parent.name}/{directory.name}: {counts}", flush=True)
+    except INPUT_ERRORS as err:
+        print(f"studykit: error: {err}", file=sys.stderr)
+        return 2
+    write_results_index()
+    return 0
+
+
 def _exit_on_sigterm(signum, frame):
     """SIGTERM (``kill``, ``timeout``, batch schedulers) as an exception, so the runner's cleanup still runs and a
     stopped run leaves no half-written ``.tmp-*`` directory in ``results/``."""
@@ -62,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. profile=smoke seed=1")
     run.add_argument("--allow-dirty", action="store_true",
                      help="run from a git tree with uncommitted changes (recorded in the manifest)")
+    analyze = sub.add_parser("analyze", help="recompute a study's analysis from its committed evidence (or 'all')")
+    analyze.add_argument("study")
+    analyze.add_argument("profile", nargs="?", default="embedded")
     args, rest = parser.parse_known_args(argv)
     unknown = [a for a in rest if a.startswith("-")]
     if unknown or (rest and args.command != "run"):
@@ -72,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "list":
         _list()
         return 0
+    if args.command == "analyze":
+        return _analyze(args.study, args.profile)
     from .runner import StudyError, run_study  # papermill import only when running
 
     previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)

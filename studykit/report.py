@@ -1,12 +1,13 @@
 """What every study notebook shows, computed one way: accuracy per condition with its 95% CI beside the answer
-baselines, the figure of it, and the claims table with its generated conclusions."""
+baselines, the figure of it, and the claims table as a reader wants it (the claims themselves:
+:mod:`studykit.analysis`)."""
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from .claims import ACCURACY, claims_table, condition_matrix, conclusions, load_claims
+from .claims import ACCURACY, condition_matrix
 from .evaluate import answer_baselines
 from .stats import paired_difference, wilson_interval
 
@@ -15,11 +16,12 @@ from .stats import paired_difference, wilson_interval
 pd.set_option("display.max_colwidth", None)
 
 
-def condition_accuracy(predictions: pd.DataFrame, metric: str = "lenient", families: list[str] | None = None,
-                       seed: int = 0) -> pd.DataFrame:
-    """Per condition: accuracy (mean over seeds and items), its 95% CI (Wilson for one seed; a bootstrap over items
-    within families and over seeds for several), the items and seeds.  For a per-prompt measurement (``metric``
-    not an accuracy, e.g. ``embedding_diversity``) the column is named after it and the CI is always the bootstrap."""
+def condition_accuracy(predictions: pd.DataFrame, metric: str = "lenient",
+                       families: list[str] | None = None) -> pd.DataFrame:
+    """Per condition: accuracy (mean over seeds and items), its 95% CI (Wilson for one seed; for several, the t
+    interval with seeds and items random of :func:`studykit.stats.paired_difference`), the items and seeds.  For a
+    per-prompt measurement (``metric`` not an accuracy, e.g. ``embedding_diversity``) the column is named after it
+    and the CI is always the t interval."""
     frame = predictions if families is None else predictions[predictions["family"].isin(families)]
     rows = []
     family_of = frame.drop_duplicates("id").set_index("id")["family"]
@@ -30,7 +32,7 @@ def condition_accuracy(predictions: pd.DataFrame, metric: str = "lenient", famil
         if n_seeds == 1 and metric in ACCURACY:
             low, high = wilson_interval(int(matrix.to_numpy().sum()), n_items)
         else:
-            result = paired_difference(matrix.to_numpy(), np.zeros(n_items), family_of[items].to_numpy(), seed=seed)
+            result = paired_difference(matrix.to_numpy(), np.zeros(n_items))
             low, high = result.ci_low, result.ci_high
         value = f"{metric}_accuracy" if metric in ACCURACY else metric
         rows.append({"condition": condition, value: float(matrix.to_numpy().mean()),
@@ -64,27 +66,19 @@ def accuracy_figure(tables: dict[str, pd.DataFrame], records: list[dict], title:
     return fig
 
 
-def claims_section(study: str, predictions: pd.DataFrame, *, family_groups: dict[str, list[str]] | None = None,
-                   aliases: dict[str, str] | None = None,
-                   not_run: dict[str, str] | None = None) -> tuple[pd.DataFrame, list[str]]:
-    """The study's claims table (from ``conf/claims/<study>.yaml``) and its generated conclusions."""
-    table = claims_table(load_claims(study), predictions, family_groups=family_groups, aliases=aliases,
-                         not_run=not_run)
-    return table, conclusions(table)
-
-
 def show_claims(table: pd.DataFrame) -> pd.DataFrame:
     """The claims table as a reader wants it: rounded numbers, the verdict last."""
-    columns = [c for c in ("id", "claim", "paper", "source", "paper_numbers", "comparison", "metric", "families",
-                           "treatment", "control", "difference", "ci_low", "ci_high", "mde", "items", "seeds",
-                           "verdict") if c in table.columns]
+    columns = [c for c in ("id", "kind", "claim", "paper", "source", "paper_numbers", "paper_regime", "our_regime",
+                           "comparison", "metric", "families", "excluded_families", "treatment", "control",
+                           "difference", "ci_low", "ci_high", "per_seed", "mde", "p", "p_holm", "items", "seeds",
+                           "guards", "flags", "verdict") if c in table.columns]
     return table[columns].round(3)
 
 
-def metric_summary(predictions: pd.DataFrame, metrics: list[str], family_groups: dict[str, list[str]],
-                   seed: int = 0) -> pd.DataFrame:
+def metric_summary(predictions: pd.DataFrame, metrics: list[str],
+                   family_groups: dict[str, list[str]]) -> pd.DataFrame:
     """One row per condition × family group: each per-prompt metric's mean with its 95% CI (bootstrap over
-    prompts within families and over seeds, :func:`condition_accuracy`); a metric that is NaN for a group (e.g.
+    prompts and seeds, :func:`condition_accuracy`); a metric that is NaN for a group (e.g.
     quality on open-ended prompts, which have no verifier) is averaged over the prompts that have it."""
     rows = []
     for group, families in family_groups.items():
@@ -93,7 +87,7 @@ def metric_summary(predictions: pd.DataFrame, metrics: list[str], family_groups:
             measured = frame[frame[metric].notna()]
             if measured.empty:
                 continue
-            table = condition_accuracy(measured, metric, seed=seed)
+            table = condition_accuracy(measured, metric)
             rows.extend({"group": group, "metric": metric, "condition": r["condition"], "mean": r[metric],
                          "ci_low": r["ci_low"], "ci_high": r["ci_high"], "prompts": r["items"], "seeds": r["seeds"]}
                         for r in table.to_dict(orient="records"))

@@ -137,7 +137,7 @@ def rule_regret(predictions: pd.DataFrame, choices: pd.DataFrame, rules: list[st
     best = matrix(reference)
     out = []
     for rule in rules:
-        result = paired_difference(best, matrix(rule), family_of[items].to_numpy())
+        result = paired_difference(best, matrix(rule))
         out.append({"rule": rule, "regret": result.estimate, "ci_low": result.ci_low, "ci_high": result.ci_high,
                     "mde": result.mde, "seeds": result.n_seeds, "items": result.n_items})
     return pd.DataFrame(out)
@@ -149,14 +149,13 @@ def implicit_reward_margins(policy: dict[str, np.ndarray], reference: dict[str, 
     return beta * ((policy["chosen"] - reference["chosen"]) - (policy["rejected"] - reference["rejected"]))
 
 
-def dpo_movement(margins: np.ndarray, policy_correct, reference_correct, strata=None) -> dict:
+def dpo_movement(margins: np.ndarray, policy_correct, reference_correct) -> dict:
     """Did DPO move the policy?  The mean implicit-reward margin on held-out pairs (0 before DPO) and the verifier
-    win rate against the run's own reference (0.5 = no change; ties count half), each with its 95% bootstrap CI;
+    win rate against the run's own reference (0.5 = no change; ties count half), each with its 95% t interval;
     ``moved`` when either CI excludes its no-change value."""
     margin = paired_difference(np.asarray(margins, float), np.zeros(len(margins)))
     policy_correct, reference_correct = np.asarray(policy_correct, float), np.asarray(reference_correct, float)
-    wins = paired_difference(0.5 + 0.5 * (policy_correct - reference_correct), np.full(len(policy_correct), 0.5),
-                             strata)
+    wins = paired_difference(0.5 + 0.5 * (policy_correct - reference_correct), np.full(len(policy_correct), 0.5))
     return {"margin": margin.estimate, "margin_ci_low": margin.ci_low, "margin_ci_high": margin.ci_high,
             "win_rate": 0.5 + wins.estimate, "win_rate_ci_low": 0.5 + wins.ci_low,
             "win_rate_ci_high": 0.5 + wins.ci_high,

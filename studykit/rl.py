@@ -13,7 +13,10 @@ to every completion token.  This module adds only what the testbed needs:
   hybrid trainers need (family, verifier entry, demonstration, curriculum arm);
 * **the trainer**: :func:`build_grpo_trainer` builds GRPO or a registered variant (:data:`TRAINERS`: HPT and
   Prefix-RFT in :mod:`studykit.hybrid_rl`, the DUMP curriculum in :mod:`studykit.curriculum`) with ``cfg.grpo``
-  passed to ``GRPOConfig`` as it is, and the device's settings added (:func:`studykit.train.hardware_args`).
+  passed to ``GRPOConfig`` as it is, and the device's settings added (:func:`studykit.train.hardware_args`);
+  ``placebo=True`` builds the same run with its learning signal destroyed (:mod:`studykit.placebo`);
+* **the signal log**: :func:`signal_log`, the per-step share of prompt groups that gave GRPO a gradient (the
+  evidence behind a claim's ``requires: {signal_share: …}``, :mod:`studykit.guards`).
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ from .answers import extract_answer, first_line, judge
 from .config import device
 from .logprobs import format_prompt
 from .models import restore_forward
+from .placebo import permuted_rewards, placebo_sft_records
 from .train import _args, _logged, check_master_weights
 
 REWARDS: dict[str, Callable[..., list[float]]] = {}
@@ -104,16 +108,22 @@ def grpo_dataset(records: list[dict], tokenizer, chat: bool) -> Dataset:
 
 
 def build_grpo_trainer(model, tokenizer, records: list[dict], cfg, output_dir: str | Path, *, method: str = "grpo",
-                       callbacks=None, **args) -> GRPOTrainer:
+                       placebo: bool = False, callbacks=None, **args) -> GRPOTrainer:
     """A TRL GRPO trainer (or the registered variant ``method``) on ``records``' prompts with ``cfg.grpo``
     (+ ``args`` overrides) and the rewards of ``cfg.rl.rewards``, ready to ``train()``.  A variant's own
-    settings come from ``cfg.rl.<method>``."""
+    settings come from ``cfg.rl.<method>``.
+
+    ``placebo``: the placebo arm (:mod:`studykit.placebo`), seeded with the run's seed — every reward permuted
+    across the completions of each batch, and the demonstrations (``solution``, what HPT trains with SFT and
+    Prefix-RFT's prefixes) permuted within each family, so no variant keeps a learning signal."""
     if method not in TRAINERS:
         raise ValueError(f"unknown RL method '{method}'; available: {', '.join(sorted(TRAINERS))}")
     check_master_weights(model)
     funcs, weights = reward_functions(cfg.rl)
     grpo_args = _args(GRPOConfig, cfg.grpo, output_dir, int(cfg.seed), {"reward_weights": weights, **args},
                       device(cfg))
+    if placebo:
+        funcs, records = permuted_rewards(funcs, grpo_args.seed), placebo_sft_records(records, grpo_args.seed)
     own = OmegaConf.to_container(cfg.rl[method], resolve=True) if method in cfg.rl else {}
     trainer = TRAINERS[method](model=model, processing_class=tokenizer, reward_funcs=funcs, args=grpo_args,
                                train_dataset=grpo_dataset(records, tokenizer, bool(cfg.model.chat_template)),
@@ -153,11 +163,26 @@ class EvaluateEvery(TrainerCallback):
 
 
 def train_grpo(model, tokenizer, records: list[dict], cfg, output_dir: str | Path, **kwargs) -> GRPOTrainer:
-    """:func:`build_grpo_trainer`, trained; returns the trainer after training."""
+    """:func:`build_grpo_trainer` (``kwargs``: ``method``, ``placebo``, GRPOConfig overrides), trained; returns the
+    trainer after training."""
     trainer = build_grpo_trainer(model, tokenizer, records, cfg, output_dir, **kwargs)
     trainer.train()
     restore_forward(trainer.model)
     return trainer
+
+
+def signal_log(trainer, condition: str, seed: int) -> list[dict]:
+    """The per-step share of prompt groups with reward variance — i.e. with a GRPO gradient (a group whose G
+    rewards are all equal has zero advantage) — from TRL's log history: ``1 − frac_reward_zero_std`` of every
+    logged step, as rows ``condition, seed, step, signal_share`` (the ``rl_signal`` of
+    :func:`studykit.analysis.claims_section`).  One row per optimizer step with ``grpo.logging_steps: 1``."""
+    rows = [{"condition": condition, "seed": int(seed), "step": int(row["step"]),
+             "signal_share": 1.0 - float(row["frac_reward_zero_std"])}
+            for row in trainer.state.log_history if row.get("frac_reward_zero_std") is not None]
+    if not rows:
+        raise ValueError(f"signal_log({condition!r}, seed {seed}): no 'frac_reward_zero_std' in the trainer's log "
+                         "history (not a GRPO trainer, or it logged no step)")
+    return rows
 
 
 from . import curriculum, hybrid_rl  # noqa: E402,F401  (their trainers register themselves in TRAINERS)

