@@ -147,7 +147,7 @@ def analyze(result_dir: str | Path) -> dict:
                                             for _, frame in scored.groupby("condition", sort=False)], ignore_index=True)
     if evidence.regime:
         claims.insert(claims.columns.get_loc("paper_regime") + 1, "our_regime",
-                      ", ".join(f"{k} {v}" for k, v in evidence.regime.items()))
+                      ", ".join(f"{k} {evidence.regime[k]}" for k in ("model", "data", "steps") if k in evidence.regime))
     sentences = conclusions(claims)
     _write(result_dir, study, claims, tables, sentences)
     return {"claims": claims, **tables, "conclusions": sentences}

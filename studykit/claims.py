@@ -215,24 +215,42 @@ def claims_table(claims: list[dict], predictions: pd.DataFrame, evidence: Eviden
             flags.append(f"headline claim on {max(t.shape[0], c.shape[0])} seeds (< {HEADLINE_SEEDS})")
         row["flags"] = "; ".join(flags)
         strata = family_of[items].to_numpy()
-        effects = guards.family_effects(*np.broadcast_arrays(t, c), strata)
-        opposite = _opposite(effects)
-        if opposite and not same:
-            rows.append({**_numbers_of(row, t, c), "verdict": f"not pooled: opposite effects ({opposite}); "
-                                                             "one row per family below"})
-            for family in effects["family"]:
-                keep = strata == family
-                sub = {**row, "id": f"{entry['id']} [{family}]", "families": family, "excluded_families": ""}
-                tests.append((len(rows), entry, test, t[:, keep], c[:, keep], strata[keep], withheld))
-                rows.append(_numbers_of(sub, t[:, keep], c[:, keep]))
-            continue
         if same:
             rows.append({**_numbers_of(row, t, c), "verdict": same})
             continue
-        tests.append((len(rows), entry, test, t, c, strata, withheld))
-        rows.append(_numbers_of(row, t, c))
+        partition = _partition(evidence.family_groups, kept)
+        _add_test(rows, tests, row, entry, test, *np.broadcast_arrays(t, c), strata, withheld, partition)
     _resolve(rows, tests)
     return _merge_identical(pd.DataFrame(rows), tests)
+
+
+def _partition(family_groups: dict, families: list[str]) -> dict[str, str] | None:
+    """{family: group} when the study's family groups split these families into ≥ 2 disjoint groups (e.g.
+    verifiable / open-ended prompts), else None."""
+    inside = {g: set(fs) & set(families) for g, fs in family_groups.items() if set(fs) & set(families)}
+    members = [f for fs in inside.values() for f in fs]
+    if len(inside) < 2 or len(members) != len(set(members)) or set(members) != set(families):
+        return None
+    return {f: g for g, fs in inside.items() for f in fs}
+
+
+def _add_test(rows: list, tests: list, row: dict, entry: dict, test: dict, t: np.ndarray, c: np.ndarray,
+              strata: np.ndarray, withheld: str | None, partition: dict | None) -> None:
+    """Add the comparison as one test — or, when two families show significant effects of opposite sign, a
+    "not pooled" row and one test per family group (the study's groups where they split the families, else per
+    family; a group whose own families still disagree is split again)."""
+    opposite = _opposite(guards.family_effects(t, c, strata))
+    if not opposite:
+        tests.append((len(rows), entry, test, t, c, strata, withheld))
+        rows.append(_numbers_of(row, t, c))
+        return
+    units = np.array([partition[f] for f in strata]) if partition else strata
+    rows.append({**_numbers_of(row, t, c), "verdict": f"not pooled: opposite effects ({opposite}); one row per "
+                                                      f"{'family group' if partition else 'family'} below"})
+    for unit in dict.fromkeys(units):
+        keep = units == unit
+        sub = {**row, "id": f"{row['id']} [{unit}]", "families": unit}
+        _add_test(rows, tests, sub, entry, test, t[:, keep], c[:, keep], strata[keep], withheld, None)
 
 
 def _arm_checks(entry: dict, arms: tuple[str, str], predictions: pd.DataFrame, evidence: Evidence,

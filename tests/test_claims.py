@@ -1,34 +1,41 @@
-"""The claims YAML → verdict table."""
+"""The claims YAML → guarded verdict table (studykit.claims, studykit.guards), on hand-built cases."""
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from studykit.claims import CLAIMS_DIR, ClaimsError, claims_table, conclusions, load_claims
+from studykit.claims import CLAIMS_DIR, ClaimsError, Evidence, claims_table, conclusions, load_claims
+
+NO_TRAINING = Evidence(trained=[])   # cases about the statistics, not about placebos
 
 
-def predictions(conditions: dict[str, np.ndarray], families: list[str]) -> pd.DataFrame:
-    """Long predictions table from {condition: (seeds, items) 0/1}."""
+def predictions(conditions: dict[str, np.ndarray], families: list[str], answers: dict | None = None,
+                gold: list[str] | None = None) -> pd.DataFrame:
+    """Long predictions table from {condition: (seeds, items) 0/1}; with ``answers`` ({condition: extracted answer
+    per item}) and ``gold`` the degenerate-arm guard can read what each arm answers."""
     rows = []
     for name, matrix in conditions.items():
         for seed, row in enumerate(np.atleast_2d(matrix)):
             for i, value in enumerate(row):
+                extra = {} if gold is None else {"gold": gold[i], "extracted": answers[name][i],
+                                                 "reply": answers[name][i]}
                 rows.append({"condition": name, "seed": seed, "id": f"item{i}", "family": families[i],
-                             "strict": bool(value), "lenient": bool(value)})
+                             "strict": bool(value), "lenient": bool(value), **extra})
     return pd.DataFrame(rows)
 
 
 CLAIMS = [
-    {"id": "a.better", "paper": "studykit", "source": "s", "claim": "A beats B",
+    {"id": "a.better", "paper": "studykit", "kind": "paper", "source": "s", "claim": "A beats B",
      "test": {"treatment": "a", "control": "b", "direction": "greater"}},
-    {"id": "a.worse", "paper": "studykit", "source": "s", "claim": "A is worse than B",
+    {"id": "a.worse", "paper": "studykit", "kind": "paper", "source": "s", "claim": "A is worse than B",
      "test": {"treatment": "a", "control": "b", "direction": "less"}},
-    {"id": "c.better", "paper": "studykit", "source": "s", "claim": "C beats B on family y",
+    {"id": "c.better", "paper": "studykit", "kind": "paper", "source": "s", "claim": "C beats B on family y",
      "test": {"treatment": "c", "control": "b", "direction": "greater", "families": "y_only"}},
-    {"id": "d.same_as_a", "paper": "studykit", "source": "s", "claim": "D beats B",
+    {"id": "d.same_as_a", "paper": "studykit", "kind": "paper", "source": "s", "claim": "D beats B",
      "test": {"treatment": "d", "control": "b", "direction": "greater"}},
-    {"id": "later", "paper": "studykit", "source": "s", "claim": "needs RL", "not_tested": "no RL stage"},
+    {"id": "later", "paper": "studykit", "kind": "paper", "source": "s", "claim": "needs RL",
+     "not_tested": "no RL stage"},
 ]
 
 
@@ -40,7 +47,8 @@ def test_verdicts_from_paired_predictions():
     c = b.copy()
     c[:, 60] = 1 - c[:, 60]                          # C differs from B on one item: not resolved
     frame = predictions({"a": a, "b": b, "c": c}, families)
-    table = claims_table(CLAIMS, frame, family_groups={"y_only": ["y"]}, aliases={"d": "a"}).set_index("id")
+    evidence = Evidence(family_groups={"y_only": ["y"]}, aliases={"d": "a"}, trained=[])
+    table = claims_table(CLAIMS, frame, evidence).set_index("id")
     assert table.loc["a.better = d.same_as_a", "verdict"] == "supported"   # D is A by construction: merged
     assert table.loc["a.worse", "verdict"] == "contradicted"
     assert table.loc["c.better", "verdict"].startswith("not resolved (MDE = ")
@@ -48,13 +56,14 @@ def test_verdicts_from_paired_predictions():
     assert table.loc["later", "verdict"] == "not tested: no RL stage"
     assert table.loc["a.worse", "difference"] == pytest.approx((a - b).mean())
     sentences = conclusions(table.reset_index())
-    assert any("supported here" in s for s in sentences) and any("not resolved at this power" in s for s in sentences)
+    assert any(": supported — " in s for s in sentences) and any("not resolved at this power" in s for s in sentences)
+    assert table.loc["a.worse", "p_holm"] >= table.loc["a.worse", "p"]   # Holm within the study
 
 
 def test_conditions_right_on_the_same_items_are_not_separable_rather_than_given_an_mde():
     families = ["x"] * 40
     b = np.random.default_rng(1).integers(0, 2, (3, 40))
-    row = claims_table(CLAIMS[:1], predictions({"a": b.copy(), "b": b}, families)).iloc[0]
+    row = claims_table(CLAIMS[:1], predictions({"a": b.copy(), "b": b}, families), NO_TRAINING).iloc[0]
     assert row["verdict"].startswith("not separable") and row["difference"] == 0.0
     assert "says nothing about the claim's effect" in conclusions(pd.DataFrame([row]))[0]
 
@@ -63,7 +72,7 @@ def test_a_condition_that_was_not_run_is_reported_not_tested():
     frame = predictions({"a": np.ones(4), "b": np.zeros(4)}, ["x"] * 4)
     claim = {**CLAIMS[0], "test": {"treatment": "e", "control": "b", "direction": "greater"}}
     assert claims_table([claim], frame)["verdict"].iloc[0] == "not tested: e: not run in this study"
-    why = claims_table([claim], frame, not_run={"e": "fewer than 8 items"})["verdict"].iloc[0]
+    why = claims_table([claim], frame, Evidence(not_run={"e": "fewer than 8 items"}))["verdict"].iloc[0]
     assert why == "not tested: e: fewer than 8 items"
 
 
@@ -75,15 +84,20 @@ def test_every_committed_claims_file_is_valid():
 
 
 @pytest.mark.parametrize("text, message", [
-    ("- {id: x, paper: studykit, source: s}\n", r"missing \['claim'\]"),
-    ("- {id: x, paper: nobody2020, source: s, claim: c, not_tested: t}\n", "not a key of references.bib"),
-    ("- {id: x, paper: studykit, source: s, claim: c}\n", "exactly one of 'test' and 'not_tested'"),
-    ("- {id: x, paper: studykit, source: s, claim: c, test: {treatment: a, control: b, direction: up}}\n",
+    ("- {id: x, paper: studykit, source: s, kind: kit}\n", r"missing \['claim'\]"),
+    ("- {id: x, paper: studykit, source: s, claim: c, not_tested: t}\n", r"missing \['kind'\]"),
+    ("- {id: x, paper: studykit, source: s, claim: c, kind: mine, not_tested: t}\n", "kind 'mine'"),
+    ("- {id: x, paper: studykit, source: s, claim: c, kind: paper, not_tested: t}\n", "needs regime"),
+    ("- {id: x, paper: studykit, source: s, claim: c, kind: kit, requires: {steps: 3}, not_tested: t}\n",
+     "requires must map"),
+    ("- {id: x, paper: nobody2020, source: s, claim: c, kind: kit, not_tested: t}\n", "not a key of references.bib"),
+    ("- {id: x, paper: studykit, source: s, claim: c, kind: kit}\n", "exactly one of 'test' and 'not_tested'"),
+    ("- {id: x, paper: studykit, source: s, claim: c, kind: kit, test: {treatment: a, control: b, direction: up}}\n",
      "direction 'up'"),
-    ("- {id: x, paper: studykit, source: s, claim: c, test: {treatment: a, control: b, direction: less, "
+    ("- {id: x, paper: studykit, source: s, claim: c, kind: kit, test: {treatment: a, control: b, direction: less, "
      "metric: exact}}\n", "metric 'exact'"),
-    ("- {id: x, paper: studykit, source: s, claim: c, not_tested: t}\n"
-     "- {id: x, paper: studykit, source: s, claim: c, not_tested: t}\n", "duplicate id"),
+    ("- {id: x, paper: studykit, source: s, claim: c, kind: kit, not_tested: t}\n"
+     "- {id: x, paper: studykit, source: s, claim: c, kind: kit, not_tested: t}\n", "duplicate id"),
     ("{}\n", "non-empty list"),
     ("- [unclosed\n", "not a readable YAML"),
 ])
@@ -95,11 +109,11 @@ def test_bad_claims_files_get_one_clear_error(tmp_path, text, message):
 
 
 def test_an_untrained_condition_is_compared_with_every_seed_and_seeds_are_matched():
-    families = ["x"] * 20
+    families = ["x"] * 10 + ["y"] * 10
     frame = predictions({"a": np.ones((3, 20)), "b": np.zeros((2, 20))}, families)
     base = predictions({"base": np.zeros(20)}, families).assign(seed=-1)
     claim = {**CLAIMS[0], "test": {"treatment": "a", "control": "base", "direction": "greater"}}
-    row = claims_table([claim, CLAIMS[0]], pd.concat([frame, base]))
+    row = claims_table([claim, CLAIMS[0]], pd.concat([frame, base]), NO_TRAINING)
     assert row["seeds"].tolist() == [3, 2]  # a vs base: all 3 seeds; a vs b: the 2 common seeds
     assert row["verdict"].tolist() == ["supported", "supported"]
 
@@ -109,11 +123,11 @@ def test_auroc_claims_compare_two_scores_on_the_same_items():
 
     labels = np.array([True] * 20 + [False] * 20)
     scores = {"good": np.r_[np.arange(20) + 20.0, np.arange(20)], "bad": np.r_[np.arange(20), np.arange(20) + 20.0]}
-    claims = [{"id": "good.above_chance", "paper": "studykit", "source": "s", "claim": "c",
+    claims = [{"id": "good.above_chance", "paper": "studykit", "kind": "paper", "source": "s", "claim": "c",
                "test": {"treatment": "good", "control": "chance", "metric": "auroc", "direction": "greater"}},
-              {"id": "bad.beats_good", "paper": "studykit", "source": "s", "claim": "c",
+              {"id": "bad.beats_good", "paper": "studykit", "kind": "paper", "source": "s", "claim": "c",
                "test": {"treatment": "bad", "control": "good", "metric": "auroc", "direction": "greater"}},
-              {"id": "x", "paper": "studykit", "source": "s", "claim": "c",
+              {"id": "x", "paper": "studykit", "kind": "paper", "source": "s", "claim": "c",
                "test": {"treatment": "missing", "control": "good", "metric": "auroc", "direction": "greater"}}]
     table = auroc_claims_table(claims, scores, labels).set_index("id")
     assert table.loc["good.above_chance", "difference"] == 0.5 and table.loc["good.above_chance", "verdict"] == "supported"
@@ -132,14 +146,14 @@ def test_claims_on_a_per_prompt_measurement_use_its_values_and_name():
                 rows.append({"condition": condition, "seed": seed, "id": f"p{i}", "family": "f" if i < 20 else "g",
                              "embedding_diversity": 0.6 + 0.01 * i + shift + 0.001 * seed})
     frame = pd.DataFrame(rows)
-    entry = [{"id": "sft.collapses", "paper": "studykit", "source": "s", "claim": "SFT lowers diversity",
+    entry = [{"id": "sft.collapses", "paper": "studykit", "kind": "paper", "source": "s", "claim": "SFT lowers diversity",
               "test": {"treatment": "sft", "control": "base", "metric": "embedding_diversity", "direction": "less"}}]
-    row = claims_table(entry, frame).iloc[0]
+    row = claims_table(entry, frame, NO_TRAINING).iloc[0]
     assert row["metric"] == "embedding diversity" and row["difference"] == pytest.approx(-0.3 + 0.0015)   # seeds 0, 1 vs −1
     assert row["verdict"] == "supported" and (row["items"], row["seeds"]) == (40, 2)
 
 
-def test_a_per_prompt_metric_of_one_condition_gets_a_bootstrap_interval_not_a_wilson_one():
+def test_a_per_prompt_metric_of_one_condition_gets_a_t_interval_not_a_wilson_one():
     from studykit.report import condition_accuracy, metric_summary
 
     frame = pd.DataFrame([{"condition": "base", "seed": -1, "id": f"p{i}", "family": "f" if i % 2 else "g",
@@ -150,3 +164,115 @@ def test_a_per_prompt_metric_of_one_condition_gets_a_bootstrap_interval_not_a_wi
     summary = metric_summary(frame, ["vendi", "quality"], {"all": ["f", "g"]})
     quality = summary[summary["metric"] == "quality"].iloc[0]
     assert quality["prompts"] == 10 and quality["mean"] == pytest.approx(0.5)   # the prompts without it left out
+
+
+def _claim(treatment, control, direction="greater", **extra):
+    return {"id": f"{treatment}.vs.{control}", "paper": "studykit", "kind": "paper", "source": "s", "claim": "c",
+            **extra, "test": {"treatment": treatment, "control": control, "direction": direction}}
+
+
+def test_a_family_where_an_arm_answers_a_constant_is_left_out_and_with_none_left_not_tested():
+    # family "lc": gold "1" on half the items; the trained arm answers "1" everywhere (the letter_counting case)
+    families, gold = ["lc"] * 20 + ["w"] * 20, ["1", "2"] * 10 + [f"w{i}" for i in range(20)]
+    rng = np.random.default_rng(0)
+    base_w = rng.random(20) < 0.3
+    sft_w = base_w | (rng.random(20) < 0.5)
+    answers = {"sft": ["1"] * 20 + [g if ok else "x" for g, ok in zip(gold[20:], sft_w)],
+               "base": [g if i % 3 == 0 else "7" for i, g in enumerate(gold[:20])]
+               + [g if ok else f"y{i}" for i, (g, ok) in enumerate(zip(gold[20:], base_w))]}
+    correct = {k: np.array([a == g for a, g in zip(v, gold)], float) for k, v in answers.items()}
+    frame = predictions(correct, families, answers, gold)
+    row = claims_table([_claim("sft", "base")], frame, NO_TRAINING).iloc[0]
+    assert row["excluded_families"].startswith("lc (") and "sft constant answers" in row["excluded_families"]
+    assert row["items"] == 20 and row["difference"] == pytest.approx(correct["sft"][20:].mean() - correct["base"][20:].mean())
+    only_lc = claims_table([_claim("sft", "base")], frame[frame["family"] == "lc"], NO_TRAINING).iloc[0]
+    assert only_lc["verdict"].startswith("not tested: degenerate arms on every family (lc: sft constant answers")
+    from studykit.guards import family_profile
+
+    profile = family_profile(frame).set_index(["condition", "family"])
+    assert profile.loc[("sft", "lc"), "modal_share"] == 1.0 and profile.loc[("sft", "lc"), "best_constant"] == 0.5
+    assert profile.loc[("sft", "lc"), "accuracy_off_majority"] == 0.0    # right only where gold is the constant
+
+
+def test_a_verdict_one_family_carries_is_fragile():
+    families = ["a"] * 40 + ["b"] * 40 + ["c"] * 40
+    control = np.zeros((3, 120))
+    treatment = control.copy()
+    treatment[:, :30] = 1            # every gain is in family a
+    treatment[0, 45] = treatment[1, 90] = 1
+    row = claims_table([_claim("t", "c")], predictions({"t": treatment, "c": control}, families), NO_TRAINING).iloc[0]
+    assert row["verdict"] == "fragile: carried by a"
+
+
+def test_opposite_family_effects_are_not_pooled_but_reported_per_family():
+    families = ["up"] * 40 + ["down"] * 40
+    rng = np.random.default_rng(1)
+    control = (rng.random((3, 80)) < 0.5).astype(float)
+    treatment = control.copy()
+    treatment[:, :40] = np.maximum(control[:, :40], rng.random((3, 40)) < 0.7)
+    treatment[:, 40:] = np.minimum(control[:, 40:], rng.random((3, 40)) < 0.2)
+    table = claims_table([_claim("t", "c")], predictions({"t": treatment, "c": control}, families), NO_TRAINING)
+    assert table["verdict"].iloc[0].startswith("not pooled: opposite effects (up +")
+    per_family = table.set_index("id")["verdict"]
+    assert per_family["t.vs.c [up]"].startswith("fragile: carried by up")     # one family: never a verdict alone
+    assert per_family["t.vs.c [down]"].startswith("fragile: carried by down")
+
+
+def test_an_arm_no_better_than_its_placebo_is_not_tested_and_no_placebo_is_said():
+    families = ["x"] * 40 + ["y"] * 40
+    rng = np.random.default_rng(2)
+    control = (rng.random((3, 80)) < 0.3).astype(float)
+    placebo = np.maximum(control, rng.random((3, 80)) < 0.4)     # drift alone moves it as much as training
+    trained = placebo.copy()
+    frame = predictions({"t": trained, "c": control, "t_placebo": placebo}, families)
+    claim = [_claim("t", "c")]
+    missing = claims_table(claim, frame, Evidence(trained=["t"])).iloc[0]
+    assert missing["verdict"] == "not tested: no placebo yet (t)"
+    same = claims_table(claim, frame, Evidence(trained=["t"], placebos={"t": "t_placebo"})).iloc[0]
+    assert same["verdict"].startswith("not tested: indistinguishable from placebo (t − t_placebo +0.000")
+    learned = np.maximum(placebo, rng.random((3, 80)) < 0.6)
+    frame = predictions({"t": learned, "c": control, "t_placebo": placebo}, families)
+    beats = claims_table(claim, frame, Evidence(trained=["t"], placebos={"t": "t_placebo"})).iloc[0]
+    assert beats["verdict"] == "supported" and beats["guards"].startswith("t − t_placebo +0.")
+
+
+def test_an_unmet_rl_precondition_names_the_measured_value():
+    families = ["x"] * 30 + ["y"] * 30
+    rng = np.random.default_rng(3)
+    control = (rng.random((2, 60)) < 0.3).astype(float)
+    frame = predictions({"grpo": np.maximum(control, rng.random((2, 60)) < 0.5), "base": control}, families)
+    signal = pd.DataFrame({"condition": "grpo", "seed": [0, 0, 1, 1], "step": [1, 2, 1, 2],
+                           "signal_share": [0.0, 0.5, 0.0, 0.0]})
+    claim = [_claim("grpo", "base", requires={"signal_share": 0.5})]
+    row = claims_table(claim, frame, Evidence(trained=["grpo"], placebos={"grpo": "base"}, rl_signal=signal)).iloc[0]
+    assert row["verdict"] == "not tested: signal_share = 0.12 < 0.5 (grpo)"
+
+
+def test_a_one_seed_untrained_control_equal_to_every_treatment_seed_is_not_separable_not_mde_zero():
+    families = ["x"] * 20 + ["y"] * 20
+    base = (np.random.default_rng(4).random(40) < 0.4).astype(float)
+    frame = pd.concat([predictions({"t": np.tile(base, (3, 1))}, families),
+                       predictions({"base": base}, families).assign(seed=-1)])
+    row = claims_table([_claim("t", "base")], frame, NO_TRAINING).iloc[0]
+    assert row["verdict"] == "not separable: the same score on every item and seed"
+    assert "1-seed condition compared with each of 3 seeds" in row["flags"]
+
+
+def test_numerically_identical_tests_are_merged_into_one_row():
+    families = ["x"] * 30 + ["y"] * 30
+    rng = np.random.default_rng(5)
+    dpo = (rng.random((3, 60)) < 0.5).astype(float)
+    ipo = np.maximum(dpo, rng.random((3, 60)) < 0.3)
+    frame = predictions({"dpo": dpo, "ipo": ipo, "dpo_norm": ipo.copy()}, families)
+    table = claims_table([_claim("ipo", "dpo"), _claim("dpo_norm", "dpo")], frame, NO_TRAINING)
+    assert table["id"].tolist() == ["ipo.vs.dpo = dpo_norm.vs.dpo"]
+
+
+def test_a_kit_question_is_never_reported_as_contradicting_a_paper():
+    families = ["x"] * 30 + ["y"] * 30
+    control = np.ones((3, 60))
+    treatment = control.copy()
+    treatment[:, ::2] = 0
+    frame = predictions({"t": treatment, "c": control}, families)
+    row = claims_table([{**_claim("t", "c"), "kind": "kit"}], frame, NO_TRAINING).iloc[0]
+    assert row["verdict"] == "kit: treatment lower"

@@ -138,7 +138,7 @@ def test_only_code_changes_make_the_tree_dirty_not_results(tmp_path, monkeypatch
     """`run all` writes each study's results before the next one starts: that must not count as uncommitted code."""
     import subprocess
 
-    from studykit import runner
+    from studykit import provenance, runner
 
     def git(*args):
         subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", *args], cwd=tmp_path, check=True,
@@ -151,7 +151,7 @@ def test_only_code_changes_make_the_tree_dirty_not_results(tmp_path, monkeypatch
     git("init", "-q")
     git("add", "-A")
     git("commit", "-qm", "init")
-    monkeypatch.setattr(runner, "ROOT", tmp_path)
+    monkeypatch.setattr(provenance, "ROOT", tmp_path)
     assert runner._git_state()["dirty"] is False
     (tmp_path / "results" / "metrics.json").write_text('{"accuracy": 0.5}\n')
     assert runner._git_state()["dirty"] is False

@@ -1,0 +1,86 @@
+"""The analysis step: from a result directory's evidence to its guarded claims table, guard tables, figure and
+manifest, and the results index with evidence and analysis staleness and the ledger's BH q-values."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from studykit.analysis import INPUTS, analyze, claims_section, save_inputs
+from studykit.claims import ClaimsError
+from studykit.provenance import analysis_changed_since, evidence_changed_since, git_state, write_results_index
+from studykit.results import save_predictions
+
+
+def quickstart_evidence(directory, seeds=3):
+    """A quickstart-like run: an untrained base and an SFT arm that learns two families (no constant answers)."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for family in ("add", "reverse"):
+        gold = [f"{family}{i}" for i in range(30)]
+        for condition, seed_list, p in (("base", [-1], 0.2), ("sft", range(seeds), 0.7)):
+            for seed in seed_list:
+                right = rng.random(30) < p
+                for i, ok in enumerate(right):
+                    answer = gold[i] if ok else f"wrong{i}"
+                    rows.append({"condition": condition, "seed": seed, "id": f"{family}/eval/{i}", "family": family,
+                                 "gold": gold[i], "reply": answer, "extracted": answer, "strict": bool(ok),
+                                 "lenient": bool(ok)})
+    frame = pd.DataFrame(rows)
+    save_predictions(directory, frame)
+    (directory / "manifest.json").write_text(json.dumps({
+        "study": "quickstart", "profile": "embedded", "wall_time_s": 600, "started_at": "2026-12-01T00:00:00+00:00",
+        "git": {"commit": git_state()["commit"], "dirty": False}}))
+    (directory / "metrics.json").write_text(json.dumps({"claims": [{"id": "quickstart.sft_raises_accuracy",
+                                                                    "verdict": "supported"}]}))
+    return frame
+
+
+def test_analyze_rebuilds_the_claims_and_guard_tables_from_evidence_like_the_notebook(tmp_path):
+    out = tmp_path / "quickstart" / "embedded"
+    out.mkdir(parents=True)
+    frame = quickstart_evidence(out)
+    shown, _ = claims_section("quickstart", frame, out, "embedded", trained=["sft"], starts={"sft": "base"},
+                              placebos={"sft": "base"}, regime={"model": "m", "data": "d", "steps": "s"})
+    result = analyze(out)
+    claims = result["claims"]
+    pd.testing.assert_frame_equal(claims.drop(columns="our_regime"), shown)   # the notebook's table, recomputed
+    assert (out / "claims.csv").is_file() and (out / "analysis" / "accuracy.png").is_file()
+    families = pd.read_csv(out / "analysis" / "families.csv")
+    assert {"modal_share", "best_constant", "accuracy_off_majority", "degenerate"} <= set(families.columns)
+    manifest = json.loads((out / "analysis" / "manifest.json").read_text())
+    assert manifest["evidence_commit"] == git_state()["commit"] and manifest["verdicts_at_run"] == {"supported": 1}
+    assert sum(manifest["verdicts"].values()) == len(claims)
+    assert "our_regime" in claims.columns and claims["our_regime"].iloc[0] == "model m, data d, steps s"
+    assert not list(out.glob(".analysis-*"))   # no staging folder left behind
+
+
+def test_the_results_index_splits_evidence_and_analysis_staleness_and_adds_bh_q_values(tmp_path):
+    out = tmp_path / "quickstart" / "embedded"
+    out.mkdir(parents=True)
+    frame = quickstart_evidence(out)
+    save_inputs(out, "quickstart", "embedded", trained=[])   # nothing trained here: the placebo guard is moot
+    analyze(out)
+    text = write_results_index(tmp_path).read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| quickstart"))
+    assert "1 supported" in row                        # verdicts at run
+    assert row.count("| no ") == 2                     # evidence and analysis current at HEAD
+    ledger = text.split("## Ledger")[1]
+    assert "quickstart.sft_raises_accuracy" in ledger and "q_bh" in ledger
+    assert evidence_changed_since("0" * 40, "quickstart") == "unknown" == analysis_changed_since("0" * 40)
+    assert frame["seed"].nunique() == 4
+
+
+@pytest.mark.parametrize("text, message", [
+    (None, "no analysis inputs"),
+    ("{not json", "not valid JSON"),
+    ('{"study": "quickstart", "placebo": {}}', r"unknown \['placebo'\]"),
+])
+def test_bad_analysis_inputs_get_one_clear_error_before_any_work(tmp_path, text, message):
+    if text is not None:
+        (tmp_path / INPUTS).write_text(text)
+    with pytest.raises(ClaimsError, match=message):
+        analyze(tmp_path)
+    assert not (tmp_path / "claims.csv").exists() and not (tmp_path / "analysis").exists()
