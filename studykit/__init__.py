@@ -8,14 +8,17 @@ Modules (each readable on its own):
   logprobs  – batched, padding-aware response log-probs (the scoring core)
   answers   – the one answer extractor: strict and lenient correctness
   evaluate  – generation, per-item judged predictions, accuracy with chance / majority baselines
-  stats     – paired bootstrap CIs, McNemar, permutation correlations, AUROC, MDE, the verdict rule
-  claims    – the claims YAML of a study → claims table with verdicts
-  report    – the accuracy / claims sections every study notebook shows
+  stats     – seeds-and-items t intervals, McNemar, permutation correlations, AUROC, MDE, Holm / BH, the verdict rule
+  guards    – degenerate arms, identical runs, placebo, RL-signal and movement preconditions, family effects
+  claims    – the claims YAML of a study → guarded claims table with verdicts
+  analysis  – the analysis step: committed evidence → claims.csv and analysis/ (`studykit analyze`)
+  placebo   – placebo arms: the same budget with the learning signal destroyed
+  report    – the accuracy sections and tables every study notebook shows
   train     – TRL SFT / DPO wrappers for CPU and GPU (accelerate-launchable)
   score     – sharded response scoring over JSONL (accelerate-launchable)
   results   – metrics / tables / figures / predictions written by notebooks, logs to a file
   runner    – papermill execution into results/<study>/<profile>/ with a manifest
-  provenance – the generated results/README.md
+  provenance – the generated results/README.md (evidence / analysis staleness, the BH ledger)
   validate  – config values checked before any work
   device_check – STUDYKIT_DEVICE_CHECK: every model call must run on the configured device
 """

@@ -3,13 +3,14 @@ from its committed evidence without training anything (``studykit analyze <study
 
 Evidence is what a run wrote and only a run can write: per-item predictions (``predictions/``), training logs (the
 RL signal ``rl_signal.csv``), and ``analysis_inputs.json`` — the run's family groups, same-run aliases, conditions
-not run and why, trained conditions with their evaluated starts and placebos, and our regime
-(:func:`save_inputs`; ``extra_predictions`` names per-item tables saved beside ``predictions/``, ``picks`` the
-models a selection rule picked per seed).  Analysis is everything computed from it: ``claims.csv`` and ``analysis/`` (``families.csv``,
-``accuracy.csv``, ``accuracy.png``, ``README.md``, ``manifest.json`` with the analysis commit beside the evidence
-commit).  Notebooks call :func:`analyze` on their own output at the end of a run; ``studykit analyze`` calls it on
-committed results whenever the analysis code changes.  Outputs are written to a temporary folder and swapped in,
-so a failed analysis leaves the previous one whole.
+not run and why, trained conditions with their evaluated starts and placebos, and our regime (:func:`save_inputs`;
+``extra_predictions`` names per-item tables saved beside ``predictions/``, ``picks`` the models a selection rule
+picked per seed).  Analysis is everything computed from it: ``claims.csv`` and ``analysis/`` — ``families.csv``
+(the degenerate-arm guard per condition × family), ``identical.csv`` (conditions with the same reply on every
+item-seed), ``accuracy.csv``, ``accuracy.png``, ``README.md`` and ``manifest.json`` (the analysis commit beside the
+evidence commit).  The notebook shows the same table (:func:`claims_section`); the runner writes the analysis with
+:func:`analyze` after each run, and ``studykit analyze`` recomputes it whenever the analysis code changes.  Outputs
+are written to a temporary folder and swapped in, so a failed analysis leaves the previous one whole.
 """
 from __future__ import annotations
 
@@ -141,6 +142,7 @@ def analyze(result_dir: str | Path) -> dict:
             predictions = picked(predictions, inputs["picks"])
         claims = claims_table(load_claims(study), predictions, evidence)
         tables["families"] = guards.family_profile(predictions)
+        tables["identical"] = guards.identical_conditions(predictions)
         if "lenient" in predictions.columns:
             scored = predictions[predictions["lenient"].notna()]
             tables["accuracy"] = pd.concat([condition_accuracy(frame, "lenient")  # each on the items it was evaluated on

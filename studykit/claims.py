@@ -175,7 +175,7 @@ def claims_table(claims: list[dict], predictions: pd.DataFrame, evidence: Eviden
     family_of = predictions.drop_duplicates("id").set_index("id")["family"]
     trained = evidence.trained_conditions(predictions)
     profile = guards.family_profile(predictions)
-    rows, tests = [], []
+    rows, tests, inseparable = [], [], []
     for entry, row, test in _tested(claims, rows):
         treatment, control = (evidence.aliases.get(test[k], test[k]) for k in ("treatment", "control"))
         metric, families = test.get("metric", "lenient"), test.get("families", "all")
@@ -216,12 +216,13 @@ def claims_table(claims: list[dict], predictions: pd.DataFrame, evidence: Eviden
         row["flags"] = "; ".join(flags)
         strata = family_of[items].to_numpy()
         if same:
+            inseparable.append((len(rows), entry, test, *np.broadcast_arrays(t, c), strata, None))
             rows.append({**_numbers_of(row, t, c), "verdict": same})
             continue
         partition = _partition(evidence.family_groups, kept)
         _add_test(rows, tests, row, entry, test, *np.broadcast_arrays(t, c), strata, withheld, partition)
     _resolve(rows, tests)
-    return _merge_identical(pd.DataFrame(rows), tests)
+    return _merge_identical(pd.DataFrame(rows), tests + inseparable)
 
 
 def _partition(family_groups: dict, families: list[str]) -> dict[str, str] | None:

@@ -7,6 +7,7 @@ comparison may carry a verdict (:mod:`studykit.claims` applies them to every cla
   covers ≥ :data:`CONSTANT_SHARE` of its items, or when it scores no better than the best constant.
 * :func:`identity` – conditions that cannot be told apart: the same on every item and seed, on some seeds, or
   different on ≤ :data:`FEW_CELLS` item-seeds; both all-zero or both constant.
+* :func:`identical_conditions` – pairs of conditions with the same reply on every item and seed (identical runs).
 * :func:`placebo_check` – a trained arm must beat its placebo (same budget, learning signal destroyed) beyond
   noise; otherwise its movement is optimizer drift, not learning.
 * :func:`signal_share` / :func:`changed_replies` – the measured values of a claim's ``requires:`` preconditions.
@@ -107,6 +108,26 @@ def identity(t: np.ndarray, c: np.ndarray, t_replies: np.ndarray | None = None,
     if same_seeds:
         flags.append(f"identical on {len(same_seeds)} of {t.shape[0]} seeds")
     return None, flags
+
+
+def identical_conditions(predictions: pd.DataFrame) -> pd.DataFrame:
+    """Pairs of conditions whose replies agree on every shared item and seed (e.g. two losses that trained the same
+    model): one row per pair with the number of item-seeds compared, so identical runs are seen as one."""
+    if "reply" not in predictions.columns:
+        return pd.DataFrame(columns=["condition", "same_as", "item_seeds"])
+    table = predictions.pivot_table(index="id", columns=["condition", "seed"], values="reply", aggfunc="first")
+    conditions = list(dict.fromkeys(table.columns.get_level_values(0)))
+    rows = []
+    for i, a in enumerate(conditions):
+        for b in conditions[i + 1:]:
+            seeds = [s for s in table[a].columns if s in table[b].columns]
+            if not seeds:
+                continue
+            left, right = table[a][seeds], table[b][seeds]
+            shared = left.notna() & right.notna()
+            if shared.to_numpy().any() and (left[shared] == right[shared]).to_numpy()[shared.to_numpy()].all():
+                rows.append({"condition": a, "same_as": b, "item_seeds": int(shared.to_numpy().sum())})
+    return pd.DataFrame(rows, columns=["condition", "same_as", "item_seeds"])
 
 
 def placebo_check(arm: np.ndarray, placebo: np.ndarray) -> tuple[bool, str]:

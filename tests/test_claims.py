@@ -276,3 +276,24 @@ def test_a_kit_question_is_never_reported_as_contradicting_a_paper():
     frame = predictions({"t": treatment, "c": control}, families)
     row = claims_table([{**_claim("t", "c"), "kind": "kit"}], frame, NO_TRAINING).iloc[0]
     assert row["verdict"] == "kit: treatment lower"
+
+
+def test_inseparable_comparisons_that_are_the_same_test_are_one_row_too():
+    families = ["x"] * 30 + ["y"] * 30
+    dpo = (np.random.default_rng(6).random((3, 60)) < 0.5).astype(float)
+    ipo = dpo.copy()
+    ipo[0, 3] = 1 - ipo[0, 3]          # one item-seed apart: not separable
+    frame = predictions({"dpo": dpo, "ipo": ipo, "dpo_norm": ipo.copy()}, families)
+    table = claims_table([_claim("ipo", "dpo"), _claim("dpo_norm", "dpo")], frame, NO_TRAINING)
+    assert table["id"].tolist() == ["ipo.vs.dpo = dpo_norm.vs.dpo"]
+    assert table["verdict"].iloc[0] == "not separable: they differ on only 1 item-seed(s)"
+
+
+def test_conditions_with_the_same_replies_everywhere_are_listed_as_identical_runs():
+    from studykit.guards import identical_conditions
+
+    families, gold = ["x"] * 4, ["a", "b", "c", "d"]
+    answers = {"ipo": ["a", "b", "z", "d"], "dpo_norm": ["a", "b", "z", "d"], "dpo": ["a", "y", "z", "d"]}
+    correct = {k: np.array([a == g for a, g in zip(v, gold)], float) for k, v in answers.items()}
+    table = identical_conditions(predictions(correct, families, answers, gold))
+    assert table.to_dict(orient="records") == [{"condition": "dpo_norm", "same_as": "ipo", "item_seeds": 4}]
