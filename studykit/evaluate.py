@@ -108,9 +108,19 @@ def strength_above_majority(predictions: pd.DataFrame, records: list[dict], metr
 
 def accuracy_table(predictions: dict[str, pd.DataFrame], records: list[dict]) -> pd.DataFrame:
     """Strict and lenient accuracy per family (+ macro mean) for each named model, beside the chance and majority
-    baselines of the same eval items."""
-    table = answer_baselines(records).set_index("family")[["items", "chance", "majority", "skewed"]]
+    (best constant answer) baselines of the same eval items, and the two columns that tell a skill from a
+    constant: the share of the model's most common extracted answer (``modal share``) and its lenient accuracy on
+    the items whose gold is not the family's majority answer (``lenient off-majority``).  The guard that acts on
+    them is :func:`studykit.guards.family_profile`."""
+    baselines = answer_baselines(records).set_index("family")
+    table = baselines[["items", "chance", "majority", "skewed"]].copy()
+    majority_of = baselines["majority_answer"].dropna()
     for name, frame in predictions.items():
         for metric in METRICS:
             table[f"{name} {metric}"] = accuracy_by_family(frame, metric)
+        answers = frame["extracted"].fillna("").astype(str).str.strip()
+        modal = answers.groupby(frame["family"]).agg(lambda a: a.value_counts(normalize=True).iloc[0])
+        table[f"{name} modal share"] = pd.concat([modal, pd.Series({"mean": modal.mean()})])
+        off = frame[frame["gold"].astype(str) != frame["family"].map(majority_of).astype(str)]
+        table[f"{name} lenient off-majority"] = accuracy_by_family(off, "lenient")
     return table.rename_axis("family").reset_index()

@@ -135,3 +135,15 @@ def test_strength_above_majority_ranks_families_by_accuracy_over_the_common_answ
     assert table.loc["syllogism", "above_majority"] == pytest.approx(0.0)
     with pytest.raises(ValueError, match="no predictions for the families \\['chain_sum'\\]"):
         strength_above_majority(predictions[predictions["family"] == "syllogism"], records)
+
+
+def test_accuracy_table_shows_what_a_constant_answer_scores_beside_each_model():
+    from studykit.evaluate import accuracy_table
+
+    # gold "1" on half the items: a model answering "1" everywhere scores the majority share and nothing else
+    records = [{"family": "lc", "answer": a} for a in ["1", "2", "1", "3"]]
+    constant = pd.DataFrame({"id": range(4), "family": "lc", "gold": ["1", "2", "1", "3"], "extracted": "1",
+                             "strict": [True, False, True, False], "lenient": [True, False, True, False]})
+    table = accuracy_table({"sft": constant}, records).set_index("family")
+    assert table.loc["lc", "majority"] == 0.5 and table.loc["lc", "sft lenient"] == 0.5
+    assert table.loc["lc", "sft modal share"] == 1.0 and table.loc["lc", "sft lenient off-majority"] == 0.0
