@@ -11,7 +11,7 @@ A claim entry (``conf/claims/<study>.yaml``)::
       kind: paper                       # paper: the paper reports it; kit: the kit's own question (never "contradicts")
       regime: {model: Qwen2.5-Math-1.5B, data: NuminaMath 100k, steps: 1 epoch}   # the paper's (paper claims)
       requires: {signal_share: 0.5, changed_replies: 0.1}   # optional preconditions on the trained arms
-      headline: true                    # optional: the study's main question (≥ 5 seeds when re-run)
+      headline: true                    # optional: the study's main question: a verdict needs ≥ 5 training seeds
       test: {treatment: dft, control: sft, metric: lenient, direction: greater, families: in_domain}
 
 ``test.families`` names a family group of the study's evidence (``in_domain``, ``ood``; ``all`` by default).
@@ -45,7 +45,7 @@ TEST_KEYS = {"treatment", "control", "metric", "direction", "families"}
 KINDS = ("paper", "kit")
 REGIME_KEYS = {"model", "data", "steps"}
 PRECONDITIONS = ("signal_share", "changed_replies")
-HEADLINE_SEEDS = 5  # a headline claim runs at least this many training seeds when re-run
+HEADLINE_SEEDS = 5  # a headline claim carries a verdict only from at least this many training seeds
 
 
 class ClaimsError(ValueError):
@@ -166,9 +166,10 @@ def claims_table(claims: list[dict], predictions: pd.DataFrame, evidence: Eviden
     differences, the MDE, the raw and Holm-adjusted p-values, the guards' findings and the verdict.
 
     A comparison carries a verdict only when: each trained arm beats its placebo; the claim's ``requires:``
-    preconditions hold; families where an arm is degenerate are left out (none left: not tested); the arms are
-    separable; no two families show significant effects of opposite sign (then one row per family instead); and no
-    single family carries it (leave-one-family-out, else *fragile*).  Supported / contradicted need Holm-adjusted
+    preconditions hold; a headline claim has ≥ :data:`HEADLINE_SEEDS` training seeds; families where an arm is
+    degenerate are left out (none left: not tested); the arms are separable; no two families show significant
+    effects of opposite sign (then one row per family group instead); and no single family carries it
+    (leave-one-family-out, else *fragile*).  Supported / contradicted need Holm-adjusted
     p < 0.05 within the study; claims whose tests coincide numerically are merged into one row."""
     evidence = evidence or Evidence()
     groups = {"all": sorted(predictions["family"].unique()), **evidence.family_groups}
@@ -211,8 +212,10 @@ def claims_table(claims: list[dict], predictions: pd.DataFrame, evidence: Eviden
             replies = paired_matrices(condition_matrix(predictions, treatment, "reply", items),
                                       condition_matrix(predictions, control, "reply", items))
         same, flags = guards.identity(t, c, *replies)
-        if entry.get("headline") and max(t.shape[0], c.shape[0]) < HEADLINE_SEEDS:
-            flags.append(f"headline claim on {max(t.shape[0], c.shape[0])} seeds (< {HEADLINE_SEEDS})")
+        seeds = max(t.shape[0], c.shape[0])
+        if entry.get("headline") and seeds < HEADLINE_SEEDS:
+            withheld = "; ".join(filter(None, [withheld, f"headline claim on {seeds} seed(s), needs ≥ "
+                                                         f"{HEADLINE_SEEDS}"]))
         row["flags"] = "; ".join(flags)
         strata = family_of[items].to_numpy()
         if same:

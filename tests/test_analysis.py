@@ -14,7 +14,7 @@ from studykit.provenance import analysis_changed_since, evidence_changed_since, 
 from studykit.results import save_predictions
 
 
-def quickstart_evidence(directory, seeds=3):
+def quickstart_evidence(directory, seeds=5):
     """A quickstart-like run: an untrained base and an SFT arm that learns two families (no constant answers)."""
     rng = np.random.default_rng(0)
     rows = []
@@ -70,7 +70,7 @@ def test_the_results_index_splits_evidence_and_analysis_staleness_and_adds_bh_q_
     ledger = text.split("## Ledger")[1]
     assert "quickstart.sft_raises_accuracy" in ledger and "q_bh" in ledger
     assert evidence_changed_since("0" * 40, "quickstart") == "unknown" == analysis_changed_since("0" * 40)
-    assert frame["seed"].nunique() == 4
+    assert frame["seed"].nunique() == 6
 
 
 @pytest.mark.parametrize("text, message", [

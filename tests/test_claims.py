@@ -297,3 +297,15 @@ def test_conditions_with_the_same_replies_everywhere_are_listed_as_identical_run
     correct = {k: np.array([a == g for a, g in zip(v, gold)], float) for k, v in answers.items()}
     table = identical_conditions(predictions(correct, families, answers, gold))
     assert table.to_dict(orient="records") == [{"condition": "dpo_norm", "same_as": "ipo", "item_seeds": 4}]
+
+
+def test_a_headline_claim_carries_a_verdict_only_from_five_seeds():
+    families = ["x"] * 30 + ["y"] * 30
+    rng = np.random.default_rng(7)
+    control = (rng.random((5, 60)) < 0.3).astype(float)
+    treatment = np.maximum(control, rng.random((5, 60)) < 0.6)
+    frame = predictions({"t": treatment, "c": control}, families)
+    claim = [{**_claim("t", "c"), "headline": True}]
+    assert claims_table(claim, frame, NO_TRAINING)["verdict"].iloc[0] == "supported"
+    three = claims_table(claim, frame[frame["seed"] < 3], NO_TRAINING).iloc[0]
+    assert three["verdict"] == "not tested: headline claim on 3 seed(s), needs ≥ 5"
