@@ -36,17 +36,15 @@ INPUT_KEYS = {"study", "profile", "family_groups", "aliases", "not_run", "traine
               "rl_signal", "auroc", "extra_predictions", "picks"}
 
 
-def save_inputs(output_dir: Path, study: str, profile: str, *, family_groups=None, aliases=None, not_run=None,
-                trained=None, starts=None, placebos=None, regime=None, rl_signal: pd.DataFrame | None = None,
-                auroc: dict | None = None, extra_predictions: list[str] | None = None,
-                picks: dict[str, list[str]] | None = None) -> Path:
-    """Write a run's ``analysis_inputs.json`` (and its RL signal log as ``rl_signal.csv``: columns
-    ``condition, seed, step, signal_share``) — the evidence :func:`analyze` needs besides the predictions."""
+def inputs_of(study: str, profile: str, *, family_groups=None, aliases=None, not_run=None, trained=None,
+              starts=None, placebos=None, regime=None, rl_signal: pd.DataFrame | None = None, auroc: dict | None = None,
+              extra_predictions: list[str] | None = None, picks: dict[str, list[str]] | None = None) -> dict:
+    """A run's analysis inputs as the JSON object :func:`save_inputs` writes (``trained=None``: undeclared, every
+    condition with a training seed counts as trained)."""
     inputs = {"study": study, "profile": profile, "family_groups": family_groups or {}, "aliases": aliases or {},
-              "not_run": not_run or {}, "trained": list(trained or []), "starts": starts or {},
-              "placebos": placebos or {}, "regime": regime or {}}
+              "not_run": not_run or {}, "trained": None if trained is None else list(trained),
+              "starts": starts or {}, "placebos": placebos or {}, "regime": regime or {}}
     if rl_signal is not None:
-        rl_signal[["condition", "seed", "step", "signal_share"]].to_csv(Path(output_dir) / SIGNAL, index=False)
         inputs["rl_signal"] = SIGNAL
     if auroc is not None:
         inputs["auroc"] = auroc
@@ -54,27 +52,34 @@ def save_inputs(output_dir: Path, study: str, profile: str, *, family_groups=Non
         inputs["extra_predictions"] = list(extra_predictions)  # per-item tables saved beside predictions/
     if picks:
         inputs["picks"] = picks  # a condition that is, per seed, an evaluated model picked by a rule
+    return _plain(inputs)
+
+
+def save_inputs(output_dir: Path, study: str, profile: str, *, rl_signal: pd.DataFrame | None = None,
+                **inputs) -> Path:
+    """Write a run's ``analysis_inputs.json`` (:func:`inputs_of`) and its RL signal log as ``rl_signal.csv``
+    (columns ``condition, seed, step, signal_share``) — the evidence :func:`analyze` needs besides the predictions."""
+    return _write_inputs(output_dir, inputs_of(study, profile, rl_signal=rl_signal, **inputs), rl_signal)
+
+
+def _write_inputs(output_dir: Path, inputs: dict, rl_signal: pd.DataFrame | None) -> Path:
+    if rl_signal is not None:
+        rl_signal[["condition", "seed", "step", "signal_share"]].to_csv(Path(output_dir) / SIGNAL, index=False)
     path = Path(output_dir) / INPUTS
-    path.write_text(json.dumps(_plain(inputs), indent=2, sort_keys=True) + "\n")
+    path.write_text(json.dumps(inputs, indent=2, sort_keys=True) + "\n")
     return path
 
 
 def claims_section(study: str, predictions: pd.DataFrame, out: Path | None = None, profile: str | None = None, *,
-                   family_groups=None, aliases=None, not_run=None, trained=None, starts=None, placebos=None,
-                   regime=None, rl_signal: pd.DataFrame | None = None,
-                   extra_predictions: list[str] | None = None,
-                   picks: dict[str, list[str]] | None = None) -> tuple[pd.DataFrame, list[str]]:
+                   rl_signal: pd.DataFrame | None = None, **inputs) -> tuple[pd.DataFrame, list[str]]:
     """What a notebook shows at the end of a run: the study's guarded claims table and its conclusions, computed
-    in memory from the same evidence that — with ``out`` — is saved as the run's analysis inputs (the runner then
-    writes the analysis itself with :func:`analyze`, so notebook and ``studykit analyze`` cannot disagree)."""
+    in memory from the same inputs (:func:`inputs_of`: family groups, aliases, not_run, trained, starts, placebos,
+    regime, extra predictions, picks) that — with ``out`` — are saved as the run's analysis inputs; the runner then
+    writes the analysis itself with :func:`analyze`, so notebook and ``studykit analyze`` cannot disagree."""
+    run_inputs = inputs_of(study, profile or "interactive", rl_signal=rl_signal, **inputs)
     if out is not None:
-        save_inputs(out, study, profile or "interactive", family_groups=family_groups, aliases=aliases,
-                    not_run=not_run, trained=trained, starts=starts, placebos=placebos, regime=regime,
-                    rl_signal=rl_signal, extra_predictions=extra_predictions, picks=picks)
-    evidence = Evidence(family_groups=family_groups or {}, aliases=aliases or {}, not_run=not_run or {},
-                        trained=None if trained is None else list(trained), starts=starts or {},
-                        placebos=placebos or {}, regime=regime or {}, rl_signal=rl_signal)
-    table = claims_table(load_claims(study), predictions, evidence)
+        _write_inputs(out, run_inputs, rl_signal)
+    table = claims_table(load_claims(study), predictions, _evidence(run_inputs, rl_signal))
     return table, conclusions(table)
 
 
@@ -109,13 +114,11 @@ def load_inputs(result_dir: Path) -> dict:
     return inputs
 
 
-def evidence_of(result_dir: Path, inputs: dict) -> Evidence:
-    signal = None
-    if inputs.get("rl_signal"):
-        signal = pd.read_csv(Path(result_dir) / inputs["rl_signal"])
+def _evidence(inputs: dict, rl_signal: pd.DataFrame | None) -> Evidence:
+    """The :class:`Evidence` of an analysis-inputs object (:func:`inputs_of`) and its RL signal log."""
     return Evidence(family_groups=inputs.get("family_groups", {}), aliases=inputs.get("aliases", {}),
                     not_run=inputs.get("not_run", {}), trained=inputs.get("trained"), starts=inputs.get("starts", {}),
-                    placebos=inputs.get("placebos", {}), regime=inputs.get("regime", {}), rl_signal=signal)
+                    placebos=inputs.get("placebos", {}), regime=inputs.get("regime", {}), rl_signal=rl_signal)
 
 
 def _auroc_table(result_dir: Path, study: str, spec: dict) -> pd.DataFrame:
@@ -131,7 +134,8 @@ def analyze(result_dir: str | Path) -> dict:
     Returns the tables and the generated conclusions."""
     result_dir = Path(result_dir)
     inputs = load_inputs(result_dir)
-    study, evidence = inputs["study"], evidence_of(result_dir, inputs)
+    signal = pd.read_csv(result_dir / inputs["rl_signal"]) if inputs.get("rl_signal") else None
+    study, evidence = inputs["study"], _evidence(inputs, signal)
     tables: dict[str, pd.DataFrame] = {}
     if "auroc" in inputs:
         claims = _auroc_table(result_dir, study, inputs["auroc"])

@@ -281,9 +281,8 @@ def _arm_checks(entry: dict, arms: tuple[str, str], predictions: pd.DataFrame, e
         for arm in (a for a in arms if a in trained):
             value = (guards.signal_share(evidence.rl_signal, arm) if name == "signal_share" else
                      guards.changed_replies(predictions, arm, evidence.starts.get(arm)))
-            if name == "signal_share" and not np.isfinite(value) and (evidence.rl_signal is None or
-                                                                      arm not in set(evidence.rl_signal["condition"])):
-                continue  # not an RL arm of this comparison: the signal precondition is about the RL arms
+            if name == "signal_share" and not np.isfinite(value):
+                continue  # no RL signal logged for this arm: the signal precondition is about the RL arms
             notes.append(f"{name}({arm}) = {value:.2f}")
             if not np.isfinite(value):
                 withheld.append(f"{name} not measured ({arm})")
@@ -322,19 +321,19 @@ def _resolve(rows: list[dict], tests: list[tuple]) -> None:
         row["p_holm"] = float(adjusted[i])
         label = verdict(row["difference"], row["p_holm"], test["direction"], row["mde"], kind=entry["kind"])
         if not label.startswith("not resolved"):
-            carrier = _carried_by(t, c, strata)
+            carrier = _carried_by(t, c, strata, row["difference"], row["p"])
             if carrier:
                 label = f"fragile: carried by {carrier}"
         row["verdict"] = label
 
 
-def _carried_by(t: np.ndarray, c: np.ndarray, strata: np.ndarray) -> str | None:
-    """The family whose removal changes the raw label (CI excludes 0 on one side / not), or the only family."""
+def _carried_by(t: np.ndarray, c: np.ndarray, strata: np.ndarray, estimate: float, p: float) -> str | None:
+    """The family whose removal changes the raw label of the comparison (``estimate``, ``p``: CI excludes 0 on one
+    side / not), or the only family."""
     families = list(dict.fromkeys(strata))
     if len(families) == 1:
         return f"{families[0]} (the only family left)"
-    full = paired_difference(t, c)
-    sign = np.sign(full.estimate) if full.p_value < ALPHA else 0
+    sign = np.sign(estimate) if p < ALPHA else 0
     for family in families:
         keep = strata != family
         part = paired_difference(t[:, keep], c[:, keep])

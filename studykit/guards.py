@@ -149,7 +149,8 @@ def changed_replies(predictions: pd.DataFrame, condition: str, start: str | None
     """Share of eval item-seeds whose reply differs from the reply of the condition's start (NaN without one)."""
     if start is None or "reply" not in predictions.columns:
         return float("nan")
-    replies = predictions.pivot_table(index="id", columns=["condition", "seed"], values="reply", aggfunc="first")
+    pair = predictions[predictions["condition"].isin([condition, start])]
+    replies = pair.pivot_table(index="id", columns=["condition", "seed"], values="reply", aggfunc="first")
     if condition not in replies.columns.get_level_values(0) or start not in replies.columns.get_level_values(0):
         return float("nan")
     arm, origin = replies[condition], replies[start]

@@ -84,3 +84,14 @@ def test_bad_analysis_inputs_get_one_clear_error_before_any_work(tmp_path, text,
     with pytest.raises(ClaimsError, match=message):
         analyze(tmp_path)
     assert not (tmp_path / "claims.csv").exists() and not (tmp_path / "analysis").exists()
+
+
+def test_undeclared_trained_conditions_mean_the_same_on_disk_as_in_the_notebook(tmp_path):
+    out = tmp_path / "quickstart" / "embedded"
+    out.mkdir(parents=True)
+    frame = quickstart_evidence(out)
+    shown, _ = claims_section("quickstart", frame, out, "embedded")   # no trained=: every seeded condition
+    assert json.loads((out / INPUTS).read_text())["trained"] is None
+    claims = analyze(out)["claims"]
+    pd.testing.assert_frame_equal(claims, shown)
+    assert claims["verdict"].str.contains("no placebo yet").all()
