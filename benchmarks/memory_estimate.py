@@ -8,7 +8,7 @@ plus DPO's frozen fp32 reference (4 B/param), divided over the profile's GPUs un
 from __future__ import annotations
 
 from studykit.config import compose
-from studykit.train import memory_estimate
+from studykit.trainers import memory_estimate
 
 PROFILES = {"embedded": ["profile=embedded"], "embedded_gemma": ["profile=embedded_gemma"], "gpu": ["profile=gpu"],
             "zephyr": ["study=rewardrank_zephyr", "profile=zephyr"]}

@@ -26,7 +26,7 @@ from studykit.config import compose, device
 from studykit.models import copy_model, load_model_and_tokenizer
 from studykit.rl import build_grpo_trainer, grpo_dataset, reward_functions
 from studykit.testbed import build_testbed
-from studykit.train import _args
+from studykit.trainers import training_args
 
 VARIANTS = ("trl GRPOTrainer", "kit grpo", "kit hpt", "kit prefix_rft", "kit dump")
 TARGETED = {"kit hpt", "kit prefix_rft"}
@@ -35,7 +35,7 @@ TARGETED = {"kit hpt", "kit prefix_rft"}
 def build(variant: str, model, tokenizer, records, cfg, output_dir: str, steps: int):
     if variant == "trl GRPOTrainer":  # TRL's trainer, configured by hand with the same values
         funcs, weights = reward_functions(cfg.rl)
-        args = _args(GRPOConfig, cfg.grpo, output_dir, int(cfg.seed), {"reward_weights": weights, "max_steps": steps},
+        args = training_args(GRPOConfig, cfg.grpo, output_dir, int(cfg.seed), {"reward_weights": weights, "max_steps": steps},
                      device(cfg))
         trainer = GRPOTrainer(model=copy_model(model), processing_class=tokenizer, reward_funcs=funcs, args=args,
                               train_dataset=grpo_dataset(records, tokenizer, bool(cfg.model.chat_template)))

@@ -1,26 +1,36 @@
 """studykit: a Jupyter-first, reproducible study kit for LLM post-training research.
 
-Modules (each readable on its own):
+Modules (each readable on its own), in three layers whose imports run one way (tests/test_structure.py):
+
+core
+  errors    – the input errors and the one-line error wrapper of every entry point
+  registry  – the trainer-class registries by name (RL methods, preference losses), so composing loads no TRL
   config    – Hydra composition of conf/ (model × data × study × profile)
+  validate  – config values checked before any work
   models    – the embedded PyPI-shipped model, hub ids, a tiny random model for tests
   data      – Alpaca / chat / preference loaders with clear errors
   testbed   – reasoning-gym instruction pool, held-out eval, preference pairs, controlled noise
   logprobs  – batched, padding-aware response log-probs (the scoring core)
   answers   – the one answer extractor: strict and lenient correctness
-  evaluate  – generation, per-item judged predictions, accuracy with chance / majority baselines
+  objectives – SFT objectives as token weights (registry OBJECTIVES); rewards – RLVR rewards (registry REWARDS)
   stats     – seeds-and-items t intervals, McNemar, permutation correlations, AUROC, MDE, Holm / BH, the verdict rule
+  placebo   – placebo arms: the same budget with the learning signal destroyed
+methods, training and evidence
+  trainers  – the shared TRL plumbing: training arguments per device, fp32 check, logs to a file, TRL rows
+  train / preference / rl (+ hybrid_rl, curriculum) – SFT, the preference losses, GRPO and its variants
+  nuggets, rewardrank, selectors, transforms, diversity, merging – the methods' scoring and data
+  evaluate  – generation, per-item judged predictions, accuracy with chance / majority baselines
   guards    – degenerate arms, identical runs, placebo, RL-signal and movement preconditions, family effects
   claims    – the claims YAML of a study → guarded claims table with verdicts
   analysis  – the analysis step: committed evidence → claims.csv and analysis/ (`studykit analyze`)
-  placebo   – placebo arms: the same budget with the learning signal destroyed
   report    – the accuracy sections and tables every study notebook shows
-  train     – TRL SFT / DPO wrappers for CPU and GPU (accelerate-launchable)
   score     – sharded response scoring over JSONL (accelerate-launchable)
   results   – metrics / tables / figures / predictions written by notebooks, logs to a file
-  runner    – papermill execution into results/<study>/<profile>/ with a manifest
   provenance – the generated results/README.md (evidence / analysis staleness, the BH ledger)
-  validate  – config values checked before any work
-  device_check – STUDYKIT_DEVICE_CHECK: every model call must run on the configured device
+orchestration
+  runner    – papermill execution into results/<study>/<profile>/ with a manifest
+  cli       – the ``studykit`` command
+(device_check – STUDYKIT_DEVICE_CHECK: every model call must run on the configured device)
 """
 import os
 

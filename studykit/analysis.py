@@ -26,7 +26,9 @@ import numpy as np
 import pandas as pd
 
 from . import guards
-from .claims import ClaimsError, Evidence, auroc_claims_table, claims_table, conclusions, load_claims
+from .claims import Evidence, auroc_claims_table, claims_table, conclusions, load_claims
+from .config import results_root
+from .errors import ClaimsError
 from .provenance import git_state
 from .report import condition_accuracy, show_claims
 from .results import load_predictions
@@ -228,8 +230,6 @@ def _figure(accuracy: pd.DataFrame, families: pd.DataFrame | None, study: str):
 
 def result_directories(study: str, profile: str = "embedded", root: Path | None = None) -> list[Path]:
     """The committed result directories ``analyze`` works on: one study's, or every study's (``all``)."""
-    from .config import results_root
-
     root = Path(root or results_root())
     pattern = f"*/{profile}" if study == "all" else f"{study}/{profile}"
     found = sorted(p for p in root.glob(pattern) if (p / INPUTS).is_file())

@@ -31,6 +31,7 @@ import pandas as pd
 import yaml
 
 from .config import CONF_DIR, ROOT
+from .errors import ClaimsError
 from . import guards
 from .guards import UNTRAINED
 from .stats import ALPHA, DIRECTIONS, auroc_difference, holm, paired_difference, verdict
@@ -46,10 +47,6 @@ KINDS = ("paper", "kit")
 REGIME_KEYS = {"model", "data", "steps"}
 PRECONDITIONS = ("signal_share", "changed_replies")
 HEADLINE_SEEDS = 5  # a headline claim carries a verdict only from at least this many training seeds
-
-
-class ClaimsError(ValueError):
-    """A claims file that does not follow the schema."""
 
 
 def bibliography_keys(path: Path = BIBLIOGRAPHY) -> set[str]:

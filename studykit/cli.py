@@ -17,23 +17,11 @@ import signal
 import sys
 from typing import Callable
 
-from .claims import ClaimsError
-from .config import CONF_DIR, ConfigError, list_studies
-from .data import DataError
-from .models import ModelSourceError
-
-INPUT_ERRORS = (ConfigError, DataError, ModelSourceError, ClaimsError)
-
-
-def one_line_errors(entry_point: Callable[[], None], prog: str) -> int:
-    """Run a module entry point (``python -m studykit.score`` / ``.train``) with the same one-line errors and exit
-    status 2 as ``studykit run``."""
-    try:
-        entry_point()
-    except INPUT_ERRORS as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+from .analysis import analyze, result_directories, verdict_counts
+from .config import CONF_DIR, compose, list_studies, study_overrides
+from .errors import INPUT_ERRORS
+from .provenance import write_results_index
+from .runner import StudyError, run_study
 
 
 def _list() -> None:
@@ -44,15 +32,10 @@ def _list() -> None:
 
 def _runnable_studies() -> list[str]:
     """Studies for `run all`: those that need a hub (``study.hub_only``) only run when named."""
-    from .config import compose, study_overrides
-
     return [s for s in list_studies() if not compose(study_overrides(s)).study.get("hub_only", False)]
 
 
 def _analyze(study: str, profile: str) -> int:
-    from .analysis import analyze, result_directories, verdict_counts
-    from .provenance import write_results_index
-
     try:
         for directory in result_directories(study, profile):
             table = analyze(directory)["claims"]
@@ -95,8 +78,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "analyze":
         return _analyze(args.study, args.profile)
-    from .runner import StudyError, run_study  # papermill import only when running
-
     previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         studies = _runnable_studies() if args.study == "all" else [args.study]

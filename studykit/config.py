@@ -18,6 +18,9 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from .errors import ConfigError
+from .validate import validate
+
 ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = ROOT / "conf"
 NOTEBOOK_DIR = ROOT / "notebooks"
@@ -26,10 +29,6 @@ NOTEBOOK_DIR = ROOT / "notebooks"
 def results_root() -> Path:
     """``results/`` of the repository, or ``$STUDYKIT_RESULTS`` (the tests point it at a temporary directory)."""
     return Path(os.environ.get("STUDYKIT_RESULTS", ROOT / "results"))
-
-
-class ConfigError(ValueError):
-    """A study name or override that does not compose."""
 
 
 def _options(group: str) -> list[str]:
@@ -63,8 +62,6 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     except (HydraException, OmegaConfBaseException) as err:
         message = " ".join(line.strip() for line in str(err).strip().splitlines() if line.strip())
         raise ConfigError(f"cannot compose config with overrides {overrides}: {message}") from None
-    from .validate import validate
-
     validate(cfg)
     OmegaConf.set_readonly(cfg, True)
     return cfg

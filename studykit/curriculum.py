@@ -17,7 +17,6 @@ from scipy.special import softmax
 from torch.utils.data import Sampler
 from trl import GRPOTrainer
 
-from .rl import register_trainer
 
 
 class UCBCurriculum:
@@ -75,7 +74,6 @@ class CurriculumSampler(Sampler):
         return (self.n_items // self.batch_size) * self.batch_size * self.mini_repeat_count * self.repeat_count
 
 
-@register_trainer("dump")
 class DUMPTrainer(GRPOTrainer):
     """GRPO whose prompts come from DUMP's UCB curriculum over the ``arm`` column (the testbed family, e.g.
     ``knights_knaves:3``).  ``history`` holds, per generation batch, the step and each arm's probability,

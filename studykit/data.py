@@ -17,9 +17,7 @@ import json
 from pathlib import Path
 from typing import Iterable
 
-
-class DataError(ValueError):
-    """Malformed or empty input data; the message names the source, the row and the field."""
+from .errors import DataError
 
 
 def read_jsonl(path: str | Path) -> list[dict]:

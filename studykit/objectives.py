@@ -6,10 +6,10 @@ Every objective here has the form (METHODS.md, "SFT objectives")
 
 with the weight w_t computed without gradient, an optional per-token term r_t (ASFT's KL, OTR's constant), the
 completion mask m_t and N the number of completion tokens in the (accumulated) batch, normalized exactly like
-TRL's own ``loss_type="nll"`` / ``"dft"``.  An objective is one registered function returning ``(w, r)``; adding
-one is a function + a config entry (``conf/study/sft_objectives.yaml``).
+TRL's own ``loss_type="nll"`` / ``"dft"``.  An objective is one function returning ``(w, r)``, listed in
+:data:`OBJECTIVES`; adding one is a function, its line there and a config entry (``conf/study/sft_objectives.yaml``).
 
-How it plugs into TRL 1.16: :class:`ObjectiveSFTTrainer` subclasses ``SFTTrainer`` and overrides ``compute_loss``,
+How it plugs into TRL 1.16: :class:`studykit.train.ObjectiveSFTTrainer` subclasses ``SFTTrainer`` and overrides ``compute_loss``,
 reading log πθ from TRL's fused LM head (chunked, no ``(batch, seq, vocab)`` logits), so a weight-only objective
 costs what ``loss_type="nll"`` costs.  ``compute_loss_func`` — the hook the issue names — is deprecated in TRL 1.16
 and makes SFTTrainer run a second, no-grad forward for its metrics (about a third more compute); the subclass is
@@ -24,10 +24,6 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from trl import SFTTrainer
-from trl.trainer.utils import add_fused_lm_head
-
-from .models import restore_forward
 
 
 @dataclass
@@ -50,16 +46,6 @@ class Objective:
     trl_loss_type: str | None = None    # run TRL's built-in loss instead of the core (DFT)
 
 
-OBJECTIVES: dict[str, Objective] = {}
-
-
-def register(name: str, *, needs=(), trl_loss_type: str | None = None):
-    def add(fn):
-        OBJECTIVES[name] = Objective(name, fn, frozenset(needs), trl_loss_type)
-        return fn
-    return add
-
-
 def get_objective(name: str) -> Objective:
     if name not in OBJECTIVES:
         raise ValueError(f"unknown SFT objective '{name}'; available: {', '.join(sorted(OBJECTIVES))}")
@@ -78,27 +64,23 @@ def objective_loss(name: str, stats: TokenStats, num_tokens, **params) -> torch.
 
 # --- objectives ---------------------------------------------------------------------------------------------------
 
-@register("sft")
 def sft(stats: TokenStats):
     """Plain SFT: w_t = 1 (token-averaged NLL, as TRL's ``loss_type="nll"``)."""
     return torch.ones_like(stats.log_probs), None
 
 
-@register("low_lr_sft")
 def low_lr_sft(stats: TokenStats):
     """Low-LR SFT ("Implicit Reward as the Bridge", NeurIPS 2025): SFT is implicit-reward learning whose KL term is
     constant, so its fix is a smaller learning rate — same loss as SFT, the rate is scaled in the study config."""
     return torch.ones_like(stats.log_probs), None
 
 
-@register("dft", trl_loss_type="dft")
 def dft(stats: TokenStats):
     """DFT (Wu et al., arXiv 2508.05629, Eq. 9): w_t = sg(πθ(y_t)), each token's NLL rescaled by its probability.
     Trained with TRL's ``SFTConfig(loss_type="dft")``; this weight is the core's version, tested to match TRL."""
     return stats.log_probs.exp(), None
 
 
-@register("asft", needs=("full_logits",))
 def asft(stats: TokenStats, kl_coef: float = 0.1):
     """ASFT (arXiv 2509.23753): DFT + λ·KL(π_ref ‖ πθ) over the full vocabulary at every response token, π_ref the
     frozen pre-SFT model (λ 0.05–0.1 in the paper's code).  The KL anchors DFT, whose weights let the policy drift."""
@@ -115,7 +97,6 @@ def _pear_log_ratio(stats: TokenStats, clip: tuple[float, float]) -> torch.Tenso
     return log_delta.masked_fill(~stats.mask, 0.0)
 
 
-@register("pear", needs=("behavior",))
 def pear(stats: TokenStats, level: str = "suffix", gamma: float = 0.999, block_size: int = 8,
          log_delta_clip=(-0.08, 0.3), log_weight_clip=(-10.0, 5.0)):
     """PEAR (arXiv 2602.01058): importance weights of the policy against the data-generating policy πβ, in log
@@ -145,7 +126,6 @@ def pear(stats: TokenStats, level: str = "suffix", gamma: float = 0.999, block_s
     return log_weight.clamp(*log_weight_clip).exp(), None
 
 
-@register("otr", needs=("entropy",))
 def otr(stats: TokenStats, beta: float = -0.1):
     """OTR (arXiv 2509.26313): per position, tokens sampled from the detached policy π' earn reward 1 if equal to
     the gold token, else β.  Its expectation J_t = π'(y_t)·log π(y_t) + β Σ_{a≠y_t} π'(a)·log π(a) needs no full
@@ -157,7 +137,6 @@ def otr(stats: TokenStats, beta: float = -0.1):
     return (1.0 - beta) * p, beta * stats.entropy.detach()
 
 
-@register("prob_power")
 def prob_power(stats: TokenStats, alpha: float = 1.0):
     """The p^α family of "Beyond Log Likelihood" (arXiv 2510.00526; official ``objective_trans``
     ``GeneralFamily-α``): the loss (1 − p^α)/α has gradient −p^α·∇log p, so it is this weighted NLL with
@@ -175,120 +154,26 @@ def _thresholded_p(stats: TokenStats, threshold: float, keep_above: bool):
     return p * ((p >= threshold) if keep_above else (p <= threshold)).to(p.dtype), None
 
 
-@register("only_top_p")
 def only_top_p(stats: TokenStats, threshold: float = 0.5):
     """"Beyond Log Likelihood" (arXiv 2510.00526) ``OnlyTopP-q``: the loss (1 − p)·1[p ≥ q] trains only the tokens
     the model already gives probability ≥ q, with DFT's gradient there: w_t = sg(p_t)·1[p_t ≥ q]."""
     return _thresholded_p(stats, threshold, keep_above=True)
 
 
-@register("only_bottom_p")
 def only_bottom_p(stats: TokenStats, threshold: float = 0.5):
     """"Beyond Log Likelihood" (arXiv 2510.00526) ``OnlyBottomP-q``: the loss (1 − p)·1[p ≤ q] trains only the
     tokens the model gives probability ≤ q: w_t = sg(p_t)·1[p_t ≤ q]."""
     return _thresholded_p(stats, threshold, keep_above=False)
 
 
-# --- TRL integration ----------------------------------------------------------------------------------------------
-
-class _StoredLogProbsCollator:
-    """Pads the stored per-token ``behavior_log_probs`` next to TRL's (right-padded) batch."""
-
-    def __init__(self, inner):
-        self.inner = inner
-
-    def __call__(self, examples):
-        stored = [example.pop("behavior_log_probs") for example in examples]
-        batch = self.inner(examples)
-        padded = torch.zeros(len(stored), batch["input_ids"].shape[1] - 1)
-        for row, values in enumerate(stored):
-            padded[row, :len(values)] = torch.as_tensor(values)
-        batch["behavior_log_probs"] = padded
-        return batch
-
-
-class ObjectiveSFTTrainer(SFTTrainer):
-    """``SFTTrainer`` whose loss is the registered objective ``objective`` (see module docstring)."""
-
-    def __init__(self, *args, objective: str, objective_params: dict | None = None, ref_model=None, **kwargs):
-        self.objective = get_objective(objective)
-        self.objective_params = dict(objective_params or {})
-        super().__init__(*args, **kwargs)
-        if self.args.packing or self.args.padding_free:
-            raise ValueError("token-weighted objectives need unpacked, padded batches (packing=False, padding_free=False)")
-        if "full_logits" in self.objective.needs and ref_model is None:
-            raise ValueError(f"objective '{self.objective.name}' needs a frozen reference model (ref_model=...)")
-        # ASFT's frozen reference: on the policy's device and prepared like it (mixed-precision autocast included),
-        # as TRL's DPOTrainer prepares its reference; used under no_grad, never trained
-        self.ref_model = (self.accelerator.prepare_model(ref_model.eval(), evaluation_mode=True)
-                          if ref_model is not None else None)
-
-    def _set_signature_columns_if_needed(self):
-        super()._set_signature_columns_if_needed()
-        if "behavior_log_probs" not in self._signature_columns:
-            self._signature_columns = [*self._signature_columns, "behavior_log_probs"]
-
-    @torch.no_grad()
-    def store_behavior_log_probs(self, behavior_model=None, batch_size: int = 16) -> None:
-        """PEAR's πβ: score every training row once with ``behavior_model`` (default: the model before training, the
-        policy that generated self-generated data) on exactly the tokens SFT will see; stored as a dataset column."""
-        model = self.model
-        if behavior_model is not None:
-            model = behavior_model
-            add_fused_lm_head(model, outputs=("log_probs",))
-        was_training = model.training
-        model.eval()
-        model.to(self.args.device)
-        dataset, device = self.train_dataset, self.args.device
-        rows = []
-        for start in range(0, len(dataset), batch_size):
-            examples = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-            batch = self.data_collator([{k: v for k, v in e.items() if k != "behavior_log_probs"} for e in examples])
-            with self.accelerator.autocast():  # the precision training will compute in, so Δ = 1 at step 0
-                out = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                            labels=batch["labels"].to(device), fused_lm_head=True)
-            for row, example in enumerate(examples):
-                rows.append(out.log_probs[row, :len(example["input_ids"]) - 1].float().cpu().tolist())
-        model.train(was_training)
-        if behavior_model is not None:
-            restore_forward(behavior_model)
-        if "behavior_log_probs" in dataset.column_names:
-            dataset = dataset.remove_columns("behavior_log_probs")
-        self.train_dataset = dataset.add_column("behavior_log_probs", rows)
-        if not isinstance(self.data_collator, _StoredLogProbsCollator):
-            self.data_collator = _StoredLogProbsCollator(self.data_collator)
-
-    def token_stats(self, model, inputs) -> tuple[TokenStats, object]:
-        behavior = inputs.pop("behavior_log_probs", None)
-        if "behavior" in self.objective.needs and behavior is None:
-            raise ValueError("PEAR needs stored data-policy log-probs: call store_behavior_log_probs() before train()")
-        if "full_logits" in self.objective.needs:
-            model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
-            outputs = model(**model_inputs)
-            mask = inputs["labels"][:, 1:] != -100
-            vocab_log_probs = F.log_softmax(outputs.logits[:, :-1][mask].float(), -1)
-            targets = inputs["labels"][:, 1:][mask]
-            token_log_probs = vocab_log_probs.gather(-1, targets[:, None]).squeeze(-1)
-            log_probs = torch.zeros(mask.shape, dtype=token_log_probs.dtype,
-                                    device=mask.device).masked_scatter(mask, token_log_probs)
-            with torch.no_grad():
-                ref_vocab_log_probs = F.log_softmax(self.ref_model(**model_inputs).logits[:, :-1][mask].float(), -1)
-            stats = TokenStats(log_probs, mask, vocab_log_probs=vocab_log_probs,
-                               ref_vocab_log_probs=ref_vocab_log_probs)
-        else:
-            outputs = model(**inputs, fused_lm_head=True)
-            stats = TokenStats(outputs.log_probs, outputs.label_mask, entropy=outputs.entropy)
-        if behavior is not None:
-            stats.behavior_log_probs = behavior.to(stats.log_probs.device)
-        return stats, outputs
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if self.objective.trl_loss_type is not None:
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        inputs["use_cache"] = False
-        stats, outputs = self.token_stats(model, inputs)
-        num_tokens = stats.mask.sum() if num_items_in_batch is None else num_items_in_batch
-        loss = objective_loss(self.objective.name, stats, num_tokens, **self.objective_params)
-        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
-            loss = loss * self.accelerator.num_processes
-        return (loss, outputs) if return_outputs else loss
+OBJECTIVES: dict[str, Objective] = {
+    "sft": Objective("sft", sft),
+    "low_lr_sft": Objective("low_lr_sft", low_lr_sft),
+    "dft": Objective("dft", dft, trl_loss_type="dft"),
+    "asft": Objective("asft", asft, needs=frozenset({"full_logits"})),
+    "pear": Objective("pear", pear, needs=frozenset({"behavior"})),
+    "otr": Objective("otr", otr, needs=frozenset({"entropy"})),
+    "prob_power": Objective("prob_power", prob_power),
+    "only_top_p": Objective("only_top_p", only_top_p),
+    "only_bottom_p": Objective("only_bottom_p", only_bottom_p),
+}

@@ -1,6 +1,6 @@
 """Preference training beyond plain DPO.
 
-* :func:`train_preference` — one entry point for every preference loss (registry :data:`LOSSES`): the DPO loss
+* :func:`train_preference` — one entry point for every preference loss (registry :data:`studykit.registry.PREFERENCE_LOSSES`): the DPO loss
   family through TRL's own implementations (``DPOTrainer``'s loss types, SimPO from ``trl.experimental.cpo``) and
   the kit's subclasses below;
 * losses TRL's ``DPOTrainer`` has no loss type for, as its subclasses: SELM's optimistic term (:class:`SELMTrainer`)
@@ -18,14 +18,17 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from omegaconf import OmegaConf
 from trl import DPOConfig, DPOTrainer
-from trl.experimental.cpo import CPOConfig, CPOTrainer
 
+from .config import device
 from .logprobs import batch_response_logprobs, collate_left, encode_pair, pad_token_id
+from .models import restore_forward
+from .registry import PREFERENCE_LOSSES, resolve
+from .trainers import check_master_weights, dpo_dataset, log_to_file, training_args
 
 EXPLORE = "reference_response"
 
@@ -219,8 +222,6 @@ def self_contrast_pairs(records: list[dict], samples: list[list[str]], embed, k:
     """DPO pairs of Self-Contrast: per record, its target (``response``) as chosen against each of its ``k``
     negatives (:func:`self_contrast_negatives`, cosine similarity of ``embed``'s unit embeddings to the
     target's).  ``embed`` is called once, on every target and sample.  Raises when no record gets a negative."""
-    import numpy as np
-
     if len(records) != len(samples):
         raise ValueError(f"Self-Contrast: {len(records)} records but samples for {len(samples)}")
     texts_per_record = [[record["response"], *texts] for record, texts in zip(records, samples)]
@@ -238,64 +239,31 @@ def self_contrast_pairs(records: list[dict], samples: list[list[str]], embed, k:
     return pairs
 
 
-@dataclass(frozen=True)
-class PreferenceLoss:
-    """One entry of :data:`LOSSES`: the TRL trainer (or kit subclass) and config class that implement the loss, the
-    config values it fixes, and the keyword arguments that go to the trainer rather than its config."""
-    trainer: type
-    config: type = DPOConfig
-    settings: dict = field(default_factory=dict)
-    fixed: dict = field(default_factory=dict)       # trainer keyword arguments the loss fixes
-    options: tuple[str, ...] = ()                   # trainer keyword arguments a caller may set
-
-
-LOSSES = {
-    # DPO (Rafailov et al., 2023, eq. 7)
-    "sigmoid": PreferenceLoss(DPOTrainer, settings={"loss_type": ["sigmoid"]}),
-    # length-normalized DPO: each log-ratio divided by its response length (Tülu 3's / delta learning's dpo_norm)
-    "sigmoid_norm": PreferenceLoss(DPOTrainer, settings={"loss_type": ["sigmoid_norm"]}),
-    # IPO (Azar et al., 2023, eq. 17): the squared distance of the log-ratio margin from 1/(2β)
-    "ipo": PreferenceLoss(DPOTrainer, settings={"loss_type": ["ipo"]}),
-    # SimPO (Meng et al., 2024, eq. 6): reference-free, length-averaged log-probs, margin γ (simpo_gamma); TRL's
-    # CPOTrainer without its NLL term.  It appends the tokenizer's EOS after the chat template's end of turn, so each
-    # response is scored with one extra end token.
-    "simpo": PreferenceLoss(CPOTrainer, CPOConfig, settings={"loss_type": "simpo", "cpo_alpha": 0.0}),
-    # SELM's optimistic DPO (SELMTrainer above); pairs need a reference_response column
-    "selm": PreferenceLoss(SELMTrainer, settings={"loss_type": ["sigmoid"]}, options=("alpha",)),
-    # Discriminative FT with a reference (DFT) and reference-free (DFT2), DiscriminativeFTTrainer above
-    "dft": PreferenceLoss(DiscriminativeFTTrainer, options=("tau", "gamma")),
-    "dft2": PreferenceLoss(DiscriminativeFTTrainer, fixed={"reference_free": True}, options=("tau", "gamma")),
-}
-
-
 def train_preference(model, ref_model, tokenizer, pairs: list[dict], cfg, output_dir, *, loss: str = "sigmoid",
                      callbacks=None, **args):
-    """Train ``model`` on preference ``pairs`` with one loss of :data:`LOSSES` and ``cfg.dpo`` (+ ``args``:
+    """Train ``model`` on preference ``pairs`` with one loss of :data:`studykit.registry.PREFERENCE_LOSSES` and ``cfg.dpo`` (+ ``args``:
     config overrides such as ``beta``, ``max_steps``, ``simpo_gamma``, or the loss's trainer options such as SELM's
     ``alpha``); ``ref_model`` is the frozen reference (passed to DPOTrainer and its subclasses, which DFT2 does not
     use; SimPO has none).  Returns the trainer after training."""
-    from .config import device
-    from .models import restore_forward
-    from .train import _args, _logged, check_master_weights, dpo_dataset
-
-    if loss not in LOSSES:
-        raise ValueError(f"train_preference: unknown loss '{loss}'; expected one of {sorted(LOSSES)}")
-    spec = LOSSES[loss]
+    if loss not in PREFERENCE_LOSSES:
+        raise ValueError(f"train_preference: unknown loss '{loss}'; expected one of {sorted(PREFERENCE_LOSSES)}")
+    spec = PREFERENCE_LOSSES[loss]
+    trainer_class, config_class = resolve(spec.trainer), resolve(spec.config)
     options = {k: args.pop(k) for k in spec.options if k in args}
     check_master_weights(model)
-    if spec.config is DPOConfig:   # every cfg.dpo key must be a DPOConfig field, as for any DPO run
+    if config_class is DPOConfig:   # every cfg.dpo key must be a DPOConfig field, as for any DPO run
         section, extra = cfg.dpo, {}
     else:                          # another trainer's config: the cfg.dpo settings it shares
         section, extra = None, {k: v for k, v in OmegaConf.to_container(cfg.dpo, resolve=True).items()
-                                if k in spec.config.__dataclass_fields__}
-    config = _args(spec.config, section, output_dir, int(cfg.seed), {**extra, **spec.settings, **args}, device(cfg))
+                                if k in config_class.__dataclass_fields__}
+    config = training_args(config_class, section, output_dir, int(cfg.seed), {**extra, **spec.settings, **args}, device(cfg))
     common = dict(model=model, args=config, processing_class=tokenizer, callbacks=callbacks,
                   train_dataset=dpo_dataset(pairs, bool(cfg.model.chat_template)))
-    if spec.config is DPOConfig:
+    if config_class is DPOConfig:
         common["ref_model"] = ref_model
-    trainer = spec.trainer(**common, **spec.fixed, **options)
-    _logged(trainer).train()
-    for trained in (trainer.model, ref_model if spec.config is DPOConfig else None):
+    trainer = trainer_class(**common, **spec.fixed, **options)
+    log_to_file(trainer).train()
+    for trained in (trainer.model, ref_model if config_class is DPOConfig else None):
         if trained is not None:
             restore_forward(trained)
     return trainer

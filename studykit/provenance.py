@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from .config import ROOT, results_root
+from .stats import benjamini_hochberg
 
 ANALYSIS_PATHS = ("studykit/analysis.py", "studykit/claims.py", "studykit/guards.py", "studykit/stats.py",
                   "studykit/report.py", "studykit/provenance.py", "conf/claims", "references.bib")
@@ -61,8 +62,6 @@ def _counts(counts: dict) -> str:
 
 def ledger(root: Path) -> pd.DataFrame:
     """Every tested claim of every committed result (rows with a p-value), with its BH q-value across the ledger."""
-    from .stats import benjamini_hochberg
-
     frames = []
     for path in sorted(root.glob("*/*/claims.csv")):
         if path.parent.name.endswith("-interactive") or path.parent.name == "smoke":

@@ -30,8 +30,11 @@ import pandas as pd
 import torch
 
 from .answers import judge
+from .data import load_records
+from .evaluate import generate
 from .logprobs import encode_pair, format_pair, pad_token_id, pair_logprobs, shared_prompt_logprobs
 from .stats import paired_difference, rank_correlation
+from .testbed import interleave_families
 
 METRICS = ("rank_acc", "rank_acc_norm", "reward_acc", "rank_margin", "rank_margin_norm")
 
@@ -169,8 +172,6 @@ def self_sampled_pairs(model, tokenizer, records: list[dict], *, samples: int, c
     the verifier (lenient extractor); a prompt with both a correct and an incorrect reply gives one pair (the first
     of each).  Records keep their testbed fields (``family``, ``entry``) and gain ``chosen``, ``rejected`` and
     ``kind = "self_sampled"``."""
-    from .evaluate import generate
-
     torch.manual_seed(seed)
     replies = generate(model, tokenizer, [r["prompt"] for r in records for _ in range(samples)], chat=chat,
                        max_new_tokens=max_new_tokens, batch_size=batch_size, do_sample=True, temperature=temperature)
@@ -219,9 +220,6 @@ def study_data(cfg, splits: dict[str, list[dict]]) -> dict[str, list[dict]]:
     ``study.sft_data`` / ``study.preference_data`` either name ``testbed`` (the embedded default: the pool, cut
     into train and validation, and the preference split, cut into DPO and metric pairs) or a loader format and a
     local file or hub dataset (the Zephyr recipe: UltraChat ``chat``, UltraFeedback ``preferences``)."""
-    from .data import load_records
-    from .testbed import interleave_families
-
     study = cfg.study
     if study.sft_data.source == "testbed":
         sft = interleave_families(splits["pool"])

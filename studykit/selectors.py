@@ -1,7 +1,7 @@
 """Instruction-data selectors: one registry, one function each.
 
 A selector maps pool statistics to a *keep score* per item (higher = more worth keeping); the notebook then keeps
-items above a threshold or the top-k.  Adding a selector is one decorated function here plus, if it needs a new
+items above a threshold or the top-k.  Adding a selector is one function here and its line in :data:`SELECTORS`, plus, if it needs a new
 statistic, one entry in :func:`pool_statistics`.
 
 Statistics (all under the target model, with its chat template, as SFT will see the data):
@@ -18,16 +18,6 @@ import numpy as np
 
 from .logprobs import sequence_logprobs
 
-SELECTORS: dict[str, Callable[[dict, int], np.ndarray]] = {}
-
-
-def register(name: str):
-    def add(fn):
-        SELECTORS[name] = fn
-        return fn
-    return add
-
-
 def keep_scores(name: str, stats: dict, seed: int = 0) -> np.ndarray:
     if name not in SELECTORS:
         raise ValueError(f"unknown selector '{name}'; available: {', '.join(sorted(SELECTORS))}")
@@ -40,31 +30,26 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     return np.sort(order[:k])
 
 
-@register("random")
 def random_scores(stats: dict, seed: int) -> np.ndarray:
     """Uniform random keep scores: the random-subset baseline."""
     return np.random.default_rng(seed).random(len(stats["nll"]))
 
 
-@register("full")
 def full_data(stats: dict, seed: int) -> np.ndarray:
     """Every item ties: keeping all of them is the full-data baseline."""
     return np.ones(len(stats["nll"]))
 
 
-@register("perplexity_low")
 def perplexity_low(stats: dict, seed: int) -> np.ndarray:
     """Keep the responses the model finds most likely (lowest perplexity exp L(A|Q))."""
     return -stats["nll"]
 
 
-@register("perplexity_high")
 def perplexity_high(stats: dict, seed: int) -> np.ndarray:
     """Keep the responses the model finds least likely (highest perplexity): "hard" examples."""
     return stats["nll"]
 
 
-@register("ifd")
 def instruction_following_difficulty(stats: dict, seed: int) -> np.ndarray:
     """IFD = L(A|Q) / L(A) (Li et al., "From Quantity to Quality", NAACL 2024, Eq. 4; a ratio of losses).
     Cherry LLM keeps the highest IFD and discards IFD ≥ 1 (the instruction does not help): those tie last here
@@ -73,7 +58,6 @@ def instruction_following_difficulty(stats: dict, seed: int) -> np.ndarray:
     return np.where(ifd < 1.0, ifd, -1.0)
 
 
-@register("grape")
 def grape_likelihood(stats: dict, seed: int) -> np.ndarray:
     """GRAPE (Zhang et al., arXiv 2502.04194): length-normalized log-likelihood of the response under the target
     model.  With one response per instruction this ranks items exactly as ``perplexity_low``; GRAPE's own use,
@@ -81,13 +65,11 @@ def grape_likelihood(stats: dict, seed: int) -> np.ndarray:
     return -stats["nll"]
 
 
-@register("length")
 def response_length(stats: dict, seed: int) -> np.ndarray:
     """Keep the longest responses ("Long Is More for Alignment", Zhao et al., ICML 2024)."""
     return stats["n_tokens"].astype(float)
 
 
-@register("nuggets")
 def nuggets_golden(stats: dict, seed: int) -> np.ndarray:
     """Nuggets golden score (Li et al., ACL 2024, Eq. 3): fraction of anchors the item helps as a one-shot
     demonstration."""
@@ -101,3 +83,15 @@ def pool_statistics(model, tokenizer, pool: list[dict], *, chat: bool, batch_siz
                                     batch_size=batch_size)
     alone = sequence_logprobs(model, tokenizer, [""] * len(pool), responses, chat=chat, batch_size=batch_size)
     return {"nll": -conditional["mean"], "nll_alone": -alone["mean"], "n_tokens": conditional["n_tokens"]}
+
+
+SELECTORS: dict[str, Callable[[dict, int], np.ndarray]] = {
+    "random": random_scores,
+    "full": full_data,
+    "perplexity_low": perplexity_low,
+    "perplexity_high": perplexity_high,
+    "ifd": instruction_following_difficulty,
+    "grape": grape_likelihood,
+    "length": response_length,
+    "nuggets": nuggets_golden,
+}

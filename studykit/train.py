@@ -12,104 +12,132 @@ Also a plain module for ``accelerate launch``::
 """
 from __future__ import annotations
 
-import logging
+import argparse
+import math
+import sys
+import tempfile
+import time
 from pathlib import Path
 
+import pandas as pd
 import torch
-from datasets import Dataset
+import torch.nn.functional as F
+from accelerate import PartialState
 from omegaconf import OmegaConf
-from transformers import PrinterCallback, TrainerCallback
 from trl import DPOTrainer, SFTConfig, SFTTrainer
+from trl.trainer.utils import add_fused_lm_head
 
-from .config import device
-from .logprobs import completion_text, format_prompt
-from .models import copy_model, restore_forward
-from .objectives import ObjectiveSFTTrainer, get_objective
-
-LOGGER = logging.getLogger("studykit.train")
-
-
-def hardware_args(device: torch.device) -> dict:
-    """TrainingArguments that depend on the study's device: on a GPU, bf16 autocast (fp32 master weights: the
-    models are loaded in fp32, see :func:`check_master_weights`) where supported."""
-    if device.type == "cuda":
-        return {"bf16": torch.cuda.is_bf16_supported(), "use_cpu": False}
-    return {"bf16": False, "fp16": False, "use_cpu": True, "activation_checkpointing": False,
-            "optim": "adamw_torch", "dataloader_pin_memory": False}
+from .config import compose, device
+from .errors import one_line_errors
+from .evaluate import accuracy_by_family, evaluate_records
+from .models import copy_model, load_model_and_tokenizer, restore_forward
+from .objectives import TokenStats, get_objective, objective_loss
+from .preference import train_preference
+from .testbed import build_testbed, inject_noise
+from .trainers import check_master_weights, log_to_file, sft_dataset, training_args
 
 
-def check_master_weights(model) -> None:
-    """Refuse to train a model whose trainable weights are not fp32: AdamW on bf16 weights rounds away every update
-    below the weights' bf16 resolution (DPO at lr 5e-7 would lose most of them).  Load models in float32; on GPUs
-    the trainer computes in bf16 autocast (:func:`hardware_args`)."""
-    dtypes = sorted({str(p.dtype) for p in model.parameters() if p.requires_grad})
-    if dtypes != ["torch.float32"]:
-        raise ValueError(f"training needs fp32 master weights, got trainable parameters in {', '.join(dtypes)}: "
-                         "set model.dtype=float32 (bf16 autocast is switched on for GPUs)")
+class _StoredLogProbsCollator:
+    """Pads the stored per-token ``behavior_log_probs`` next to TRL's (right-padded) batch."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __call__(self, examples):
+        stored = [example.pop("behavior_log_probs") for example in examples]
+        batch = self.inner(examples)
+        padded = torch.zeros(len(stored), batch["input_ids"].shape[1] - 1)
+        for row, values in enumerate(stored):
+            padded[row, :len(values)] = torch.as_tensor(values)
+        batch["behavior_log_probs"] = padded
+        return batch
 
 
-def memory_estimate(n_params: float, *, dtype_bytes: int = 4, shards: int = 1) -> dict[str, float]:
-    """ESTIMATE (GB per device) of the model state of an SFT and a DPO run, activations excluded: fp32 master
-    weights (4 B/param), their gradients (4) and AdamW's two moments (8) for the policy, plus a frozen reference of
-    ``dtype_bytes`` per parameter for DPO; all of it divided over ``shards`` devices (FSDP full sharding)."""
-    policy = n_params * (4 + 4 + 8)
-    return {"sft_gb": policy / shards / 1e9, "dpo_gb": (policy + n_params * dtype_bytes) / shards / 1e9}
+class ObjectiveSFTTrainer(SFTTrainer):
+    """``SFTTrainer`` whose loss is the registered objective ``objective`` (see module docstring)."""
 
+    def __init__(self, *args, objective: str, objective_params: dict | None = None, ref_model=None, **kwargs):
+        self.objective = get_objective(objective)
+        self.objective_params = dict(objective_params or {})
+        super().__init__(*args, **kwargs)
+        if self.args.packing or self.args.padding_free:
+            raise ValueError("token-weighted objectives need unpacked, padded batches (packing=False, padding_free=False)")
+        if "full_logits" in self.objective.needs and ref_model is None:
+            raise ValueError(f"objective '{self.objective.name}' needs a frozen reference model (ref_model=...)")
+        # ASFT's frozen reference: on the policy's device and prepared like it (mixed-precision autocast included),
+        # as TRL's DPOTrainer prepares its reference; used under no_grad, never trained
+        self.ref_model = (self.accelerator.prepare_model(ref_model.eval(), evaluation_mode=True)
+                          if ref_model is not None else None)
 
-def _args(cls, section, output_dir: str | Path, seed: int, extra: dict, device: torch.device):
-    """``cls`` (SFTConfig / DPOConfig) from a config section, then ``extra`` overrides, then the settings of
-    ``device``."""
-    kwargs = OmegaConf.to_container(section, resolve=True) if section is not None else {}
-    kwargs.update(output_dir=str(output_dir), seed=seed, data_seed=seed, report_to="none",
-                  disable_tqdm=True, save_strategy=kwargs.get("save_strategy", "no"))
-    kwargs.update(extra)
-    kwargs.update(hardware_args(device))
-    return cls(**kwargs)
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        if "behavior_log_probs" not in self._signature_columns:
+            self._signature_columns = [*self._signature_columns, "behavior_log_probs"]
 
+    @torch.no_grad()
+    def store_behavior_log_probs(self, behavior_model=None, batch_size: int = 16) -> None:
+        """PEAR's πβ: score every training row once with ``behavior_model`` (default: the model before training, the
+        policy that generated self-generated data) on exactly the tokens SFT will see; stored as a dataset column."""
+        model = self.model
+        if behavior_model is not None:
+            model = behavior_model
+            add_fused_lm_head(model, outputs=("log_probs",))
+        was_training = model.training
+        model.eval()
+        model.to(self.args.device)
+        dataset, device = self.train_dataset, self.args.device
+        rows = []
+        for start in range(0, len(dataset), batch_size):
+            examples = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+            batch = self.data_collator([{k: v for k, v in e.items() if k != "behavior_log_probs"} for e in examples])
+            with self.accelerator.autocast():  # the precision training will compute in, so Δ = 1 at step 0
+                out = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                            labels=batch["labels"].to(device), fused_lm_head=True)
+            for row, example in enumerate(examples):
+                rows.append(out.log_probs[row, :len(example["input_ids"]) - 1].float().cpu().tolist())
+        model.train(was_training)
+        if behavior_model is not None:
+            restore_forward(behavior_model)
+        if "behavior_log_probs" in dataset.column_names:
+            dataset = dataset.remove_columns("behavior_log_probs")
+        self.train_dataset = dataset.add_column("behavior_log_probs", rows)
+        if not isinstance(self.data_collator, _StoredLogProbsCollator):
+            self.data_collator = _StoredLogProbsCollator(self.data_collator)
 
-class _LogToLogger(TrainerCallback):
-    """Training logs (loss, learning rate, …) to the ``studykit.train`` logger — a file under ``studykit run`` —
-    instead of stdout, where transformers' PrinterCallback puts them when progress bars are off."""
+    def token_stats(self, model, inputs) -> tuple[TokenStats, object]:
+        behavior = inputs.pop("behavior_log_probs", None)
+        if "behavior" in self.objective.needs and behavior is None:
+            raise ValueError("PEAR needs stored data-policy log-probs: call store_behavior_log_probs() before train()")
+        if "full_logits" in self.objective.needs:
+            model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+            outputs = model(**model_inputs)
+            mask = inputs["labels"][:, 1:] != -100
+            vocab_log_probs = F.log_softmax(outputs.logits[:, :-1][mask].float(), -1)
+            targets = inputs["labels"][:, 1:][mask]
+            token_log_probs = vocab_log_probs.gather(-1, targets[:, None]).squeeze(-1)
+            log_probs = torch.zeros(mask.shape, dtype=token_log_probs.dtype,
+                                    device=mask.device).masked_scatter(mask, token_log_probs)
+            with torch.no_grad():
+                ref_vocab_log_probs = F.log_softmax(self.ref_model(**model_inputs).logits[:, :-1][mask].float(), -1)
+            stats = TokenStats(log_probs, mask, vocab_log_probs=vocab_log_probs,
+                               ref_vocab_log_probs=ref_vocab_log_probs)
+        else:
+            outputs = model(**inputs, fused_lm_head=True)
+            stats = TokenStats(outputs.log_probs, outputs.label_mask, entropy=outputs.entropy)
+        if behavior is not None:
+            stats.behavior_log_probs = behavior.to(stats.log_probs.device)
+        return stats, outputs
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if state.is_world_process_zero and logs:
-            LOGGER.info("step %s: %s", state.global_step, logs)
-
-
-def _logged(trainer):
-    trainer.remove_callback(PrinterCallback)
-    trainer.add_callback(_LogToLogger())
-    return trainer
-
-
-def sft_dataset(records: list[dict], chat: bool) -> Dataset:
-    """Prompt–completion rows for SFTTrainer (conversational when the model has a chat template), so the loss
-    covers the response tokens only.  A multi-turn record (``messages``: the turns before its response, e.g.
-    UltraChat) keeps its turns; the loss covers the final assistant turn."""
-    if chat:
-        rows = [{"prompt": r.get("messages") or [{"role": "user", "content": r["prompt"]}],
-                 "completion": [{"role": "assistant", "content": r["response"]}]} for r in records]
-    else:
-        rows = [{"prompt": format_prompt(None, r["prompt"], chat=False), "completion": completion_text(r["response"])}
-                for r in records]
-    if not rows:
-        raise ValueError("SFT needs at least one training record; the selected pool is empty")
-    return Dataset.from_list(rows)
-
-
-def dpo_dataset(pairs: list[dict], chat: bool) -> Dataset:
-    """Prompt / chosen / rejected rows for DPOTrainer (and ``reference_response``, SELM's y₀, where the pairs
-    carry one), every response in the same form."""
-    responses = [k for k in ("chosen", "rejected", "reference_response") if k in (pairs[0] if pairs else {})]
-    if chat:
-        rows = [{"prompt": [{"role": "user", "content": p["prompt"]}],
-                 **{k: [{"role": "assistant", "content": p[k]}] for k in responses}} for p in pairs]
-    else:
-        rows = [{"prompt": format_prompt(None, p["prompt"], chat=False),
-                 **{k: completion_text(p[k]) for k in responses}} for p in pairs]
-    if not rows:
-        raise ValueError("DPO needs at least one preference pair")
-    return Dataset.from_list(rows)
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.objective.trl_loss_type is not None:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        inputs["use_cache"] = False
+        stats, outputs = self.token_stats(model, inputs)
+        num_tokens = stats.mask.sum() if num_items_in_batch is None else num_items_in_batch
+        loss = objective_loss(self.objective.name, stats, num_tokens, **self.objective_params)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * self.accelerator.num_processes
+        return (loss, outputs) if return_outputs else loss
 
 
 def build_sft_trainer(model, tokenizer, records: list[dict], cfg, output_dir: str | Path, *, eval_records=None,
@@ -126,16 +154,16 @@ def build_sft_trainer(model, tokenizer, records: list[dict], cfg, output_dir: st
     common = dict(model=model, processing_class=tokenizer, train_dataset=sft_dataset(records, chat),
                   eval_dataset=sft_dataset(eval_records, chat) if eval_records else None, callbacks=callbacks)
     if objective is None:
-        return _logged(SFTTrainer(args=_args(SFTConfig, cfg.train, output_dir, int(cfg.seed), args, device(cfg)), **common))
+        return log_to_file(SFTTrainer(args=training_args(SFTConfig, cfg.train, output_dir, int(cfg.seed), args, device(cfg)), **common))
     spec = get_objective(objective)
     if spec.trl_loss_type is not None:
         args = {**args, "loss_type": spec.trl_loss_type}
-    trainer = ObjectiveSFTTrainer(args=_args(SFTConfig, cfg.train, output_dir, int(cfg.seed), args, device(cfg)),
+    trainer = ObjectiveSFTTrainer(args=training_args(SFTConfig, cfg.train, output_dir, int(cfg.seed), args, device(cfg)),
                                   objective=objective, objective_params=objective_params, ref_model=ref_model,
                                   **common)
     if "behavior" in spec.needs:
         trainer.store_behavior_log_probs(behavior_model)
-    return _logged(trainer)
+    return log_to_file(trainer)
 
 
 def train_sft(model, tokenizer, records: list[dict], cfg, output_dir: str | Path, **kwargs) -> SFTTrainer:
@@ -152,8 +180,6 @@ def train_dpo(model, ref_model, tokenizer, pairs: list[dict], cfg, output_dir: s
               **args) -> DPOTrainer:
     """Run TRL DPO from ``model`` against the frozen ``ref_model`` with ``cfg.dpo`` (+ ``args`` overrides): the
     sigmoid loss of :func:`studykit.preference.train_preference`."""
-    from .preference import train_preference
-
     return train_preference(model, ref_model, tokenizer, pairs, cfg, output_dir, loss="sigmoid", callbacks=callbacks,
                             **args)
 
@@ -164,11 +190,6 @@ def finetune_and_evaluate(base_model, tokenizer, records: list[dict], eval_recor
     objective, SFTConfig overrides), then evaluate it on ``eval_records``.  Returns ``{"predictions": per-item
     judged replies, "accuracy": per-family lenient accuracy (+ "mean"), "steps", "final_loss", "seconds"}``
     (+ ``"model"`` with ``return_model``)."""
-    import tempfile
-    import time
-
-    from .evaluate import accuracy_by_family, evaluate_records
-
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
         trainer = train_sft(copy_model(base_model), tokenizer, records, cfg, scratch,
@@ -186,8 +207,6 @@ def checkpoint_every(n_records: int, train: dict, n_checkpoints: int, num_proces
     """Optimizer steps between ``n_checkpoints`` evenly spread checkpoints of an SFT run with the SFTConfig values
     ``train``: each of ``num_processes`` processes takes its own per-device batch, so a run has ``num_processes``
     times fewer steps per epoch."""
-    import math
-
     global_batch = train["per_device_train_batch_size"] * train["gradient_accumulation_steps"] * num_processes
     total = train["max_steps"] if train["max_steps"] > 0 else math.ceil(n_records / global_batch) * train["num_train_epochs"]
     return max(1, int(total // n_checkpoints))
@@ -198,9 +217,6 @@ def train_sft_with_checkpoints(model, tokenizer, records: list[dict], val_record
     """SFT saving model-only checkpoints and logging the validation loss at each.  ``n_checkpoints`` spreads that
     many checkpoints evenly over training; None keeps ``train.save_steps`` (e.g. every 100 steps as in Zephyr).
     Returns (trainer, DataFrame[step, val_loss, path])."""
-    import pandas as pd
-    from accelerate import PartialState
-
     train = {**OmegaConf.to_container(cfg.train, resolve=True), **args}  # what SFTConfig will receive
     save_steps = (checkpoint_every(len(records), train, n_checkpoints, PartialState().num_processes) if n_checkpoints
                   else int(train["save_steps"]))
@@ -216,12 +232,6 @@ def train_sft_with_checkpoints(model, tokenizer, records: list[dict], val_record
 def main(argv: list[str] | None = None) -> None:
     """``python -m studykit.train sft [--output-dir DIR] [hydra overrides]`` – SFT on the configured testbed pool
     (with the configured noise), saving the final model; launchable with ``accelerate launch``."""
-    import argparse
-
-    from .config import compose
-    from .models import load_model_and_tokenizer
-    from .testbed import build_testbed, inject_noise
-
     parser = argparse.ArgumentParser(prog="python -m studykit.train")
     parser.add_argument("method", choices=["sft"])
     parser.add_argument("--output-dir", help="default: runs/<study>/<profile>/sft")
@@ -237,8 +247,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    import sys
-
-    from .cli import one_line_errors
-
     sys.exit(one_line_errors(main, "python -m studykit.train"))

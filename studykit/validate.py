@@ -1,4 +1,4 @@
-"""Validation of a composed config, before any work: one :class:`~studykit.config.ConfigError` naming the key, the
+"""Validation of a composed config, before any work: one :class:`~studykit.errors.ConfigError` naming the key, the
 value and what is allowed.
 
 Each rule is one line of :data:`RULES`: a dotted key, a check, and what the check allows.  Keys a study does not
@@ -9,7 +9,14 @@ from __future__ import annotations
 import re
 from typing import Any, Callable
 
+import reasoning_gym
 from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from .errors import ConfigError
+from .objectives import OBJECTIVES
+from .registry import PREFERENCE_LOSSES, RL_METHODS, SUBSET_RULES
+from .rewards import REWARDS
+from .testbed import NOISE_KINDS, task_of
 
 
 def _int(v) -> bool:
@@ -53,17 +60,11 @@ def one_of(*options) -> Callable[[Any], bool]:
 
 
 def _families(v) -> bool:
-    import reasoning_gym
-
-    from .testbed import task_of
-
     return isinstance(v, (dict, DictConfig)) and len(v) > 0 and all(
         task_of(f) in reasoning_gym.factory.DATASETS for f in v)
 
 
 def _rewards(v) -> bool:
-    from .rl import REWARDS
-
     return (isinstance(v, (dict, DictConfig)) and set(v) <= set(REWARDS) and all(_number(w) for w in v.values())
             and any(w != 0 for w in v.values()))
 
@@ -73,15 +74,11 @@ def _share(v) -> bool:
 
 
 def _rl_methods(v) -> bool:
-    from .rl import TRAINERS
-
-    return isinstance(v, (dict, DictConfig)) and len(v) > 0 and all(m in TRAINERS for m in v.values())
+    return isinstance(v, (dict, DictConfig)) and len(v) > 0 and all(m in RL_METHODS for m in v.values())
 
 
 def _loss_names() -> set[str]:
-    from .preference import LOSSES
-
-    return set(LOSSES)
+    return set(PREFERENCE_LOSSES)
 
 
 def _preference_losses(v) -> bool:
@@ -90,21 +87,15 @@ def _preference_losses(v) -> bool:
 
 
 def _noise_kinds(v) -> bool:
-    from .testbed import NOISE_KINDS
-
     return isinstance(v, (list, ListConfig)) and len(v) > 0 and set(v) <= set(NOISE_KINDS)
 
 
 def _objectives(v) -> bool:
-    from .objectives import OBJECTIVES
-
     return isinstance(v, (dict, DictConfig)) and all(
         isinstance(spec, (dict, DictConfig)) and spec.get("objective") in OBJECTIVES for spec in v.values())
 
 
 def _subset_conditions(v) -> bool:
-    from .nuggets import SUBSET_RULES
-
     if not isinstance(v, (dict, DictConfig)) or not v:
         return False
     earlier: set[str] = set()
@@ -159,7 +150,7 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("grpo.max_completion_length", positive_int, "an integer ≥ 1"),
     ("grpo.max_steps", max_steps, "-1 (use epochs) or an integer ≥ 1"),
     ("grpo.temperature", positive, "a number > 0"),
-    ("rl.rewards", _rewards, "a mapping of registered reward names (studykit.rl.REWARDS: verifier, format, …) to numbers, at least one non-zero"),
+    ("rl.rewards", _rewards, "a mapping of registered reward names (studykit.rewards.REWARDS: verifier, format, …) to numbers, at least one non-zero"),
     ("rl.hpt.switch_gate", non_negative_int, "an integer ≥ 0 (at most num_generations − 1)"),
     ("rl.hpt.sft_coef", positive, "a number > 0"),
     ("rl.prefix_rft.high", open_unit_interval, "a ratio in (0, 1)"),
@@ -224,7 +215,7 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("study.warmup_steps", positive_int, "an integer ≥ 1"),
     ("study.preference_steps", positive_int, "an integer ≥ 1"),
     ("study.heldout_pairs_per_family", positive_int, "an integer ≥ 1"),
-    ("study.losses", _preference_losses, "a mapping of run names to {loss: <one of studykit.preference.LOSSES>, ...}"),
+    ("study.losses", _preference_losses, "a mapping of run names to {loss: <one of studykit.registry.PREFERENCE_LOSSES>, ...}"),
     ("study.delta.chosen_steps", positive_int, "an integer ≥ 1"),
     ("study.sample_tokens", positive_int, "an integer ≥ 1"),
     ("study.objective_steps", positive_int, "an integer ≥ 1"),
@@ -234,9 +225,9 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("study.self_contrast.negatives", lambda v: int_list(v) and min(v) >= 1, "a non-empty list of integers ≥ 1"),
     ("study.self_contrast.share", lambda v: _number(v) and 0 < v <= 1, "a share in (0, 1]"),
     ("study.selm.alpha", lambda v: _number(v) and v >= 0, "a number ≥ 0"),
-    ("study.delta.loss", lambda v: v in _loss_names(), "one of studykit.preference.LOSSES"),
+    ("study.delta.loss", lambda v: v in _loss_names(), "one of studykit.registry.PREFERENCE_LOSSES"),
     ("study.delta.beta", positive, "a number > 0"),
-    ("study.methods", _rl_methods, "a mapping of run names to registered RL methods (studykit.rl.TRAINERS)"),
+    ("study.methods", _rl_methods, "a mapping of run names to registered RL methods (studykit.registry.RL_METHODS)"),
 ]
 
 
@@ -244,9 +235,7 @@ _MISSING = object()
 
 
 def validate(cfg: DictConfig) -> None:
-    """Raise :class:`~studykit.config.ConfigError` for the first value no rule allows."""
-    from .config import ConfigError
-
+    """Raise :class:`~studykit.errors.ConfigError` for the first value no rule allows."""
     for key, check, allowed in RULES:
         value = OmegaConf.select(cfg, key, default=_MISSING)
         if value is _MISSING:

@@ -26,7 +26,7 @@ def test_chat_takes_last_assistant_turn_and_keeps_roles_of_longer_prompts():
 def test_multi_turn_conversations_keep_their_turns_into_sft():
     """UltraChat-style: the turns before the final answer stay turns (the chat template renders each with its role),
     not one flattened user message."""
-    from studykit.train import sft_dataset
+    from studykit.trainers import sft_dataset
 
     record = load_chat(FIXTURES / "chat_multiturn.jsonl")[0]
     assert record["response"] == "11." and [m["role"] for m in record["messages"]] == ["user", "assistant", "user"]

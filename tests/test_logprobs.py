@@ -143,7 +143,7 @@ def test_plain_prompts_score_the_tokens_trl_trains_on_and_generation_continues(g
     from trl import SFTConfig, SFTTrainer
 
     from studykit.logprobs import format_prompt
-    from studykit.train import sft_dataset
+    from studykit.trainers import sft_dataset
 
     tok = gemma_tokenizer
     records = [{"prompt": "What is 2+3?", "response": "5"}, {"prompt": "Spell cat backward.", "response": "tac"},

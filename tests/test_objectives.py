@@ -12,9 +12,10 @@ from trl import SFTConfig, SFTTrainer
 
 from studykit.logprobs import format_pair, response_logprobs
 
-from studykit.objectives import OBJECTIVES, ObjectiveSFTTrainer, TokenStats, get_objective, objective_loss
+from studykit.objectives import OBJECTIVES, TokenStats, get_objective, objective_loss
 from studykit.testbed import build_testbed
-from studykit.train import _args, sft_dataset, train_sft
+from studykit.train import ObjectiveSFTTrainer, train_sft
+from studykit.trainers import sft_dataset, training_args as _args
 
 VOCAB = 11
 
@@ -243,7 +244,7 @@ def _bf16_args(smoke_cfg, tmp_path, monkeypatch):
     """SFT arguments with bf16 autocast on the CPU: the mixed precision the GPU profile trains in."""
     import studykit.train
 
-    monkeypatch.setattr(studykit.train, "hardware_args", lambda device: {"use_cpu": True, "bf16": True})
+    monkeypatch.setattr(studykit.trainers, "hardware_args", lambda device: {"use_cpu": True, "bf16": True})
     return _args(SFTConfig, smoke_cfg.train, tmp_path, 0, {}, torch.device("cpu"))
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from studykit import rl
+from studykit.rewards import REWARDS
 from studykit.placebo import permuted_rewards, placebo_preference_pairs, placebo_sft_records
 from studykit.testbed import build_testbed
 
@@ -98,7 +99,7 @@ def test_placebo_grpo_permutes_the_demonstrations_and_the_rewards_hpt_gates_on(t
     def verifier(completions, **_):
         return pattern[:len(completions)]
 
-    monkeypatch.setitem(rl.REWARDS, "verifier", verifier)
+    monkeypatch.setitem(REWARDS, "verifier", verifier)
     model, tokenizer = tiny
     trainer = rl.build_grpo_trainer(copy.deepcopy(model), tokenizer, pool, smoke_cfg, tmp_path, method="hpt",
                                     placebo=True, per_device_train_batch_size=8)

@@ -12,7 +12,7 @@ from studykit.logprobs import sequence_logprobs
 from studykit.models import copy_model
 from studykit.preference import SELMTrainer
 from studykit.testbed import build_testbed
-from studykit.train import _args, dpo_dataset
+from studykit.trainers import dpo_dataset, training_args as _args
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,8 @@ import torch
 from trl import GRPOTrainer
 
 from studykit import rl
+from studykit.registry import RL_METHODS
+from studykit.rewards import REWARDS, answer_format, reward_functions, verifier
 from studykit.curriculum import CurriculumSampler, UCBCurriculum
 from studykit.hybrid_rl import entropy_prefix_mask, hpt_sft_groups, prefix_length, prefix_low
 from studykit.logprobs import encode_pair, format_pair, sequence_logprobs
@@ -33,29 +35,29 @@ def rewards(fn, rec: dict, replies: list) -> list[float]:
 def test_verifier_reward_is_the_lenient_judgement_of_real_replies():
     chain = record("chain_sum", "7", min_terms=2, max_terms=2, min_digits=1, max_digits=1)
     chat = [[{"role": "assistant", "content": text}] for text in ("The answer is 7.", "3 + 4 = 7", "8", "")]
-    assert rewards(rl.verifier_reward, chain, chat) == [1.0, 1.0, 0.0, 0.0]
-    assert rewards(rl.verifier_reward, chain, ["7", "I think 8"]) == [1.0, 0.0]  # plain-text completions too
+    assert rewards(verifier, chain, chat) == [1.0, 1.0, 0.0, 0.0]
+    assert rewards(verifier, chain, ["7", "I think 8"]) == [1.0, 0.0]  # plain-text completions too
     knights = {"family": "knights_knaves:2", "entry": json.dumps(
         _generate("knights_knaves", {"n_people": 2}, 1, seed=1)[0])}
     gold = json.loads(knights["entry"])["answer"]
-    assert rewards(rl.verifier_reward, knights, [gold, "The answer is: " + gold, "I do not know"]) == [1.0, 1.0, 0.0]
+    assert rewards(verifier, knights, [gold, "The answer is: " + gold, "I do not know"]) == [1.0, 1.0, 0.0]
 
 
 def test_format_reward_wants_the_answer_alone_on_one_line_right_or_wrong():
     chain = record("chain_sum", "7", min_terms=2, max_terms=2, min_digits=1, max_digits=1)
-    assert rewards(rl.format_reward, chain, ["7", "8.", "The answer is 7.", "7\nbecause 3 + 4", " "]) == [
+    assert rewards(answer_format, chain, ["7", "8.", "The answer is 7.", "7\nbecause 3 + 4", " "]) == [
         1.0, 1.0, 0.0, 0.0, 0.0]
     syllogism = record("syllogism", "Yes")
-    assert rewards(rl.format_reward, syllogism, ["Yes.", "no", "Yes, because all A are B"]) == [1.0, 1.0, 0.0]
+    assert rewards(answer_format, syllogism, ["Yes.", "no", "Yes, because all A are B"]) == [1.0, 1.0, 0.0]
     knights = {"family": "knights_knaves", "entry": "{}"}
-    assert rewards(rl.format_reward, knights, ["Amelia is a hero, and Elizabeth is a villain."]) == [1.0]
+    assert rewards(answer_format, knights, ["Amelia is a hero, and Elizabeth is a villain."]) == [1.0]
 
 
 def test_reward_weights_come_from_the_config(smoke_cfg):
-    funcs, weights = rl.reward_functions(smoke_cfg.rl)
+    funcs, weights = reward_functions(smoke_cfg.rl)
     assert [f.__name__ for f in funcs] == ["verifier"] and weights == [1.0]
     with pytest.raises(ValueError, match="rl.rewards"):
-        rl.reward_functions({"rewards": {"verifier": 0.0}})
+        reward_functions({"rewards": {"verifier": 0.0}})
 
 
 def test_hpt_switches_to_sft_exactly_for_groups_with_at_most_gamma_solved():
@@ -135,7 +137,7 @@ def test_hpt_trains_the_switched_groups_demonstration_with_sft(tiny, pool, tmp_p
 
     model, tokenizer = tiny
     cfg = compose(["profile=smoke", f"model.chat_template={str(chat).lower()}"])
-    monkeypatch.setitem(rl.REWARDS, "verifier", _pattern_reward([1.0, 0.0, 0.0, 0.0]))  # group 0 solves 1, group 1 none
+    monkeypatch.setitem(REWARDS, "verifier", _pattern_reward([1.0, 0.0, 0.0, 0.0]))  # group 0 solves 1, group 1 none
     trainer = rl.build_grpo_trainer(copy.deepcopy(model), tokenizer, pool, cfg, tmp_path, method="hpt")
     trainer.model.train()
     trainer.current_gradient_accumulation_steps = 1  # set by Trainer.train(); here the loss is called directly
@@ -158,7 +160,7 @@ def test_prefix_rft_hybrid_rollout_starts_with_the_demonstration_and_masks_its_p
 
     model, tokenizer = tiny
     cfg = compose(["profile=smoke", f"model.chat_template={str(chat).lower()}"])
-    monkeypatch.setitem(rl.REWARDS, "verifier", _pattern_reward([1.0, 0.0, 0.0, 1.0]))
+    monkeypatch.setitem(REWARDS, "verifier", _pattern_reward([1.0, 0.0, 0.0, 1.0]))
     trainer = rl.build_grpo_trainer(copy.deepcopy(model), tokenizer, pool, cfg, tmp_path, method="prefix_rft",
                                     max_completion_length=12)
     trainer.model.train()
@@ -182,7 +184,7 @@ def test_prefix_rft_hybrid_rollout_starts_with_the_demonstration_and_masks_its_p
     assert torch.all(output["advantages"][1] == output["advantages"][1, 0])  # ordinary rollouts: one advantage
 
 
-@pytest.mark.parametrize("method", sorted(rl.TRAINERS))
+@pytest.mark.parametrize("method", sorted(RL_METHODS))
 def test_every_rl_trainer_takes_a_grpo_step_on_the_smoke_profile(method, tiny, smoke_cfg, pool, tmp_path):
     model, tokenizer = tiny
     trainer = rl.train_grpo(copy.deepcopy(model), tokenizer, pool, smoke_cfg, tmp_path, method=method, max_steps=1)

@@ -90,7 +90,7 @@ def test_sigterm_mid_run_removes_the_temporary_directory(results):
 def test_a_dirty_tree_is_refused_unless_allowed(results, capsys, monkeypatch):
     from studykit import runner
 
-    monkeypatch.setattr(runner, "_git_state", lambda: {"commit": "abc1234", "dirty": True})
+    monkeypatch.setattr(runner, "git_state", lambda: {"commit": "abc1234", "dirty": True})
     assert main(["run", "quickstart", "profile=smoke"]) == 2
     assert "uncommitted changes" in capsys.readouterr().err and not any(results.iterdir())
 
@@ -152,11 +152,11 @@ def test_only_code_changes_make_the_tree_dirty_not_results(tmp_path, monkeypatch
     git("add", "-A")
     git("commit", "-qm", "init")
     monkeypatch.setattr(provenance, "ROOT", tmp_path)
-    assert runner._git_state()["dirty"] is False
+    assert runner.git_state()["dirty"] is False
     (tmp_path / "results" / "metrics.json").write_text('{"accuracy": 0.5}\n')
-    assert runner._git_state()["dirty"] is False
+    assert runner.git_state()["dirty"] is False
     (tmp_path / "studykit" / "code.py").write_text("x = 2\n")
-    assert runner._git_state()["dirty"] is True
+    assert runner.git_state()["dirty"] is True
 
 
 def test_gpu_check_plumbing_runs_on_the_cpu(tmp_path):

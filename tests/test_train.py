@@ -7,7 +7,8 @@ import torch
 from studykit.logprobs import sequence_logprobs
 from studykit.testbed import build_testbed
 from studykit.models import copy_model
-from studykit.train import (build_sft_trainer, checkpoint_every, dpo_dataset, hardware_args, sft_dataset, train_dpo,
+from studykit.trainers import dpo_dataset, hardware_args, memory_estimate, sft_dataset
+from studykit.train import (build_sft_trainer, checkpoint_every, train_dpo,
                             train_sft)
 
 
@@ -71,9 +72,9 @@ def test_a_dpo_step_at_lr_5e_7_under_bf16_autocast_changes_the_fp32_weights(tiny
                                                                              monkeypatch):
     """bf16 autocast with fp32 master weights (what the GPU profile runs; here on the CPU's bf16 autocast): the
     Zephyr DPO learning rate moves the weights, where pure-bf16 AdamW would round most updates away."""
-    import studykit.train as train
+    import studykit.trainers as trainers
 
-    monkeypatch.setattr(train, "hardware_args", lambda device: {"use_cpu": True, "bf16": True})
+    monkeypatch.setattr(trainers, "hardware_args", lambda device: {"use_cpu": True, "bf16": True})
     model, tokenizer = tiny
     policy = copy.deepcopy(model)
     before = {k: v.clone() for k, v in policy.named_parameters()}
@@ -166,8 +167,6 @@ def test_checkpoint_spacing_counts_every_process_batch():
 
 
 def test_memory_estimate_counts_master_weights_gradients_adam_and_the_reference():
-    from studykit.train import memory_estimate
-
     assert memory_estimate(1e9) == {"sft_gb": pytest.approx(16.0), "dpo_gb": pytest.approx(20.0)}
     assert memory_estimate(7e9, shards=8)["dpo_gb"] == pytest.approx(7 * 20 / 8)
 

@@ -1,0 +1,101 @@
+"""The shared TRL plumbing of every trainer of the kit (SFT, its token-weighted objectives, the preference losses,
+GRPO and its variants): the training arguments a config section and the device give, the fp32 master-weights check,
+the training logs to a file, and the prompt–completion / preference rows TRL's trainers read.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from omegaconf import OmegaConf
+from transformers import PrinterCallback, TrainerCallback
+
+from .logprobs import completion_text, format_prompt
+
+LOGGER = logging.getLogger("studykit.train")
+
+
+def hardware_args(device: torch.device) -> dict:
+    """TrainingArguments that depend on the study's device: on a GPU, bf16 autocast (fp32 master weights: the
+    models are loaded in fp32, see :func:`check_master_weights`) where supported."""
+    if device.type == "cuda":
+        return {"bf16": torch.cuda.is_bf16_supported(), "use_cpu": False}
+    return {"bf16": False, "fp16": False, "use_cpu": True, "activation_checkpointing": False,
+            "optim": "adamw_torch", "dataloader_pin_memory": False}
+
+
+def check_master_weights(model) -> None:
+    """Refuse to train a model whose trainable weights are not fp32: AdamW on bf16 weights rounds away every update
+    below the weights' bf16 resolution (DPO at lr 5e-7 would lose most of them).  Load models in float32; on GPUs
+    the trainer computes in bf16 autocast (:func:`hardware_args`)."""
+    dtypes = sorted({str(p.dtype) for p in model.parameters() if p.requires_grad})
+    if dtypes != ["torch.float32"]:
+        raise ValueError(f"training needs fp32 master weights, got trainable parameters in {', '.join(dtypes)}: "
+                         "set model.dtype=float32 (bf16 autocast is switched on for GPUs)")
+
+
+def memory_estimate(n_params: float, *, dtype_bytes: int = 4, shards: int = 1) -> dict[str, float]:
+    """ESTIMATE (GB per device) of the model state of an SFT and a DPO run, activations excluded: fp32 master
+    weights (4 B/param), their gradients (4) and AdamW's two moments (8) for the policy, plus a frozen reference of
+    ``dtype_bytes`` per parameter for DPO; all of it divided over ``shards`` devices (FSDP full sharding)."""
+    policy = n_params * (4 + 4 + 8)
+    return {"sft_gb": policy / shards / 1e9, "dpo_gb": (policy + n_params * dtype_bytes) / shards / 1e9}
+
+
+def training_args(cls, section, output_dir: str | Path, seed: int, extra: dict, device: torch.device):
+    """``cls`` (SFTConfig / DPOConfig) from a config section, then ``extra`` overrides, then the settings of
+    ``device``."""
+    kwargs = OmegaConf.to_container(section, resolve=True) if section is not None else {}
+    kwargs.update(output_dir=str(output_dir), seed=seed, data_seed=seed, report_to="none",
+                  disable_tqdm=True, save_strategy=kwargs.get("save_strategy", "no"))
+    kwargs.update(extra)
+    kwargs.update(hardware_args(device))
+    return cls(**kwargs)
+
+
+class LogToLogger(TrainerCallback):
+    """Training logs (loss, learning rate, …) to the ``studykit.train`` logger — a file under ``studykit run`` —
+    instead of stdout, where transformers' PrinterCallback puts them when progress bars are off."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            LOGGER.info("step %s: %s", state.global_step, logs)
+
+
+def log_to_file(trainer):
+    """``trainer`` with its training logs going to the ``studykit.train`` logger instead of stdout."""
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(LogToLogger())
+    return trainer
+
+
+def sft_dataset(records: list[dict], chat: bool) -> Dataset:
+    """Prompt–completion rows for SFTTrainer (conversational when the model has a chat template), so the loss
+    covers the response tokens only.  A multi-turn record (``messages``: the turns before its response, e.g.
+    UltraChat) keeps its turns; the loss covers the final assistant turn."""
+    if chat:
+        rows = [{"prompt": r.get("messages") or [{"role": "user", "content": r["prompt"]}],
+                 "completion": [{"role": "assistant", "content": r["response"]}]} for r in records]
+    else:
+        rows = [{"prompt": format_prompt(None, r["prompt"], chat=False), "completion": completion_text(r["response"])}
+                for r in records]
+    if not rows:
+        raise ValueError("SFT needs at least one training record; the selected pool is empty")
+    return Dataset.from_list(rows)
+
+
+def dpo_dataset(pairs: list[dict], chat: bool) -> Dataset:
+    """Prompt / chosen / rejected rows for DPOTrainer (and ``reference_response``, SELM's y₀, where the pairs
+    carry one), every response in the same form."""
+    responses = [k for k in ("chosen", "rejected", "reference_response") if k in (pairs[0] if pairs else {})]
+    if chat:
+        rows = [{"prompt": [{"role": "user", "content": p["prompt"]}],
+                 **{k: [{"role": "assistant", "content": p[k]}] for k in responses}} for p in pairs]
+    else:
+        rows = [{"prompt": format_prompt(None, p["prompt"], chat=False),
+                 **{k: completion_text(p[k]) for k in responses}} for p in pairs]
+    if not rows:
+        raise ValueError("DPO needs at least one preference pair")
+    return Dataset.from_list(rows)
