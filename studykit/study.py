@@ -1,6 +1,247 @@
-"""The Study session a notebook opens (work in progress: the session API is being written)."""
+"""The Study session: what every study notebook needs, in one object, from the config the runner composed.
+
+    session = Study.open("quickstart", config, output_dir, overrides)   # the notebook's parameters
+    model, tokenizer = session.base_model()
+    base = session.evaluation(model, "base")                           # evaluated, recorded (untrained)
+    with session.run("sft", seed, recipe=session.sft_recipe(pool)) as run:
+        if not run.done:                                               # not in the run cache: train it
+            run.trainer = train_sft(copy_model(model), tokenizer, pool, session.cfg, run.scratch, seed=seed)
+    run.predictions                                                    # evaluated on the eval items, recorded
+
+Under ``studykit run`` the runner passes the composed, validated config (``config``) and the output directory:
+nothing is composed twice.  Run interactively (``config=None``) the session composes ``study=<name>`` with
+``overrides`` and writes to ``results/<name>/<profile>-interactive/``.
+
+A *run* is one trained model: :meth:`Study.run` looks it up in the run cache (:mod:`studykit.cache`) under the key
+of what determines it, so a stopped study resumes at its first unfinished run and studies share identical runs; a
+fresh run is timed, evaluated on the eval items and stored.  Every run and evaluation is recorded: the session's
+``predictions`` (the long table the claims read) and ``runs`` (name, seed, steps, seconds, cached) tables.  Each
+run is a stage of the study's progress (:data:`PROGRESS_FILE`, printed by the runner as it happens).
+
+Seeds: ``data.seed`` draws the testbed's items (pool, dev, eval: the same for every run); ``study.seeds`` (from
+``profile.seeds``) are the training seeds of a multi-seed study, one run per seed; ``seed`` is the training seed of
+a single-seed study and the seed of the session's own draws.  :attr:`Study.seeds` is the list a study trains.
+"""
 from __future__ import annotations
+
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+from transformers import AutoModelForCausalLM
+
+from . import cache
+from .claims import predictions_frame
+from .config import compose, device, seed_everything
+from .errors import ConfigError
+from .evaluate import evaluate_records
+from .guards import UNTRAINED
+from .models import load_model_and_tokenizer
+from .results import log_to_file, output_directory, save_metrics, save_predictions, save_table
+from .testbed import build_testbed
 
 # Each line a notebook's session appends here (in the run's output directory) is a stage of the study: the runner
 # prints it as it happens ("run 3 of 12: sft seed 1 — 4.2 min elapsed, about 13 min to go").
 PROGRESS_FILE = "progress.log"
+
+
+@dataclass
+class Run:
+    """One trained run inside :meth:`Study.run`.  ``done``: found in the run cache (its predictions, log and extra
+    are loaded, its weights load on first use of ``model`` when it kept them).  A fresh run's body sets ``trainer``
+    (or ``model`` and ``log``) and may add to ``extra``; the session evaluates ``model`` when the body ends."""
+    name: str
+    seed: int
+    key: str
+    scratch: Path
+    done: bool = False
+    predictions: pd.DataFrame | None = None
+    log: list = field(default_factory=list)
+    extra: dict = field(default_factory=dict)
+    seconds: float = 0.0
+    _model: object = None
+    _entry: Path | None = None
+    _device: object = None
+
+    @property
+    def model(self):
+        if self._model is None and self._entry is not None and (self._entry / "model").is_dir():
+            self._model = AutoModelForCausalLM.from_pretrained(self._entry / "model", dtype="float32").to(self._device)
+        return self._model
+
+    @model.setter
+    def model(self, model) -> None:
+        self._model = model
+
+    @property
+    def trainer(self):
+        raise AttributeError("Run.trainer is write-only: read run.model, run.log and run.steps")
+
+    @trainer.setter
+    def trainer(self, trainer) -> None:
+        self._model, self.log = trainer.model, list(trainer.state.log_history)
+        self.extra.setdefault("steps", trainer.state.global_step)
+
+    @property
+    def steps(self) -> int | None:
+        return self.extra.get("steps")
+
+
+class Study:
+    """A study notebook's session (see the module docstring)."""
+
+    def __init__(self, cfg: DictConfig, out: Path):
+        self.cfg, self.out = cfg, out
+        self.name = cfg.study.name
+        self.log_path = log_to_file(out)
+        self.device = device(cfg)
+        self.chat = bool(cfg.model.chat_template)
+        seed_everything(int(cfg.seed))
+        self.timings: dict[str, float] = {}
+        self._predictions: list[pd.DataFrame] = []
+        self._runs: list[dict] = []
+        self._planned: int | None = None
+        self._started = time.perf_counter()
+        self._tokenizer = None
+        (out / PROGRESS_FILE).touch()
+
+    @classmethod
+    def open(cls, name: str, config: dict | None = None, output_dir: str | None = None,
+             overrides: list[str] | tuple[str, ...] = ()) -> "Study":
+        """The session of study ``name``: from the runner's composed ``config``, or composed here when run
+        interactively."""
+        if config is None:
+            cfg = compose([f"study={name}", *overrides])
+        else:
+            cfg = OmegaConf.create(config)
+            OmegaConf.set_readonly(cfg, True)
+            if cfg.study.name != name:
+                raise ConfigError(f"notebook of study '{name}' was given the config of study '{cfg.study.name}'")
+        return cls(cfg, output_directory(output_dir, cfg))
+
+    # --- what every notebook reads ------------------------------------------------------------------------------
+    @property
+    def seeds(self) -> list[int]:
+        """The training seeds: ``study.seeds`` of a multi-seed study, else ``[seed]``."""
+        seeds = OmegaConf.select(self.cfg, "study.seeds", default=None)
+        return [int(s) for s in seeds] if seeds is not None else [int(self.cfg.seed)]
+
+    def testbed(self) -> dict[str, list[dict]]:
+        """The testbed's splits (pool, dev, eval, preference, …), drawn once by ``data.seed``."""
+        if not hasattr(self, "_splits"):
+            self._splits = build_testbed(self.cfg.data)
+        return self._splits
+
+    @property
+    def eval_records(self) -> list[dict]:
+        return self.testbed()["eval"]
+
+    def base_model(self):
+        """The study's model and tokenizer, loaded on the study's device."""
+        model, self._tokenizer = load_model_and_tokenizer(self.cfg.model, self.device)
+        return model, self._tokenizer
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            raise RuntimeError("load the model first: session.base_model()")
+        return self._tokenizer
+
+    def evaluate(self, model, records: list[dict] | None = None) -> pd.DataFrame:
+        """Greedy replies of ``model`` to ``records`` (default: the eval items), judged per item."""
+        return evaluate_records(model, self.tokenizer, self.eval_records if records is None else records,
+                                chat=self.chat, max_new_tokens=int(self.cfg.eval.max_new_tokens),
+                                batch_size=int(self.cfg.eval.batch_size))
+
+    def evaluation(self, model, condition: str, seed: int = UNTRAINED) -> pd.DataFrame:
+        """Evaluate a model that is not trained by a run of this session (the base model, a merge) on the eval
+        items and record its predictions as ``condition`` (``seed``: :data:`UNTRAINED` for an untrained model)."""
+        start = time.perf_counter()
+        predictions = self.evaluate(model)
+        self.timings[f"eval {condition} seed {seed}"] = time.perf_counter() - start
+        self._predictions.append(predictions_frame(predictions, condition, seed))
+        return predictions
+
+    # --- runs -----------------------------------------------------------------------------------------------------
+    def sft_recipe(self, records: list[dict], start: str = "base", **train) -> dict:
+        """What determines an SFT run: its records, its start (``base`` or another run's key) and the ``train``
+        section with ``train`` overrides (those the notebook passes to :func:`studykit.train.train_sft`)."""
+        return {"method": "sft", "start": start, "records": records,
+                "train": {**OmegaConf.to_container(self.cfg.train, resolve=True), **train}}
+
+    def plan(self, n_runs: int) -> None:
+        """Say how many runs the study will train (progress lines then read "run k of n" with an estimate)."""
+        self._planned = int(n_runs)
+
+    @contextmanager
+    def run(self, name: str, seed: int, *, recipe: dict, keep_model: bool = False):
+        """One trained run (see :class:`Run`): looked up in the run cache by ``recipe`` (what determines the run:
+        the method, its settings, its data and start), the model, ``seed`` and the eval items; trained by the body
+        when not found, then evaluated on the eval items, stored (with the weights when ``keep_model``) and
+        recorded as condition ``name``, training seed ``seed``."""
+        spec = {"model": self.cfg.model, "device": self.device.type, "seed": int(seed), "eval": self.cfg.eval,
+                "eval_items": [r["id"] for r in self.eval_records], "recipe": recipe}
+        key = cache.run_key(spec)
+        entry = cache.lookup(key)
+        self._progress(f"{name} seed {seed}" + (" (cached)" if entry else ""))
+        start = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix=f"{name}-") as scratch:
+            run = Run(name, int(seed), key, Path(scratch), _device=self.device)
+            if entry is not None:
+                stored = cache.load(entry)
+                run.done, run._entry = True, entry
+                run.predictions, run.log, run.extra = stored["predictions"], stored["log"], stored["extra"]
+                run.seconds = stored["meta"]["seconds"]
+            yield run
+            if not run.done:
+                if run.model is None:
+                    raise ValueError(f"run {name!r} seed {seed}: the body trained nothing (set run.trainer or "
+                                     "run.model)")
+                run.model.eval()
+                run.predictions = self.evaluate(run.model)
+                run.seconds = time.perf_counter() - start
+                cache.store(key, {"study": self.name, "name": name, "seed": int(seed), "seconds": run.seconds},
+                            run.predictions, run.log, run.extra, run.model if keep_model else None)
+        self._predictions.append(predictions_frame(run.predictions, name, seed))
+        self._runs.append({"run": name, "seed": int(seed), "steps": run.steps, "seconds": round(run.seconds, 1),
+                           "cached": run.done, "key": key[:12]})
+
+    def _progress(self, what: str) -> None:
+        k = len(self._runs) + 1
+        elapsed = time.perf_counter() - self._started
+        line = f"run {k}" + (f" of {self._planned}" if self._planned else "") + f": {what}"
+        if self._planned and self._runs:
+            remaining = elapsed / len(self._runs) * (self._planned - len(self._runs))
+            line += f" (about {remaining / 60:.0f} min to go)"
+        with open(self.out / PROGRESS_FILE, "a", encoding="utf-8") as progress:
+            progress.write(line + "\n")
+
+    # --- what the study found -------------------------------------------------------------------------------------
+    @property
+    def predictions(self) -> pd.DataFrame:
+        """Every recorded evaluation, one row per (condition, seed, item)."""
+        return pd.concat(self._predictions, ignore_index=True)
+
+    @property
+    def runs(self) -> pd.DataFrame:
+        return pd.DataFrame(self._runs, columns=["run", "seed", "steps", "seconds", "cached", "key"])
+
+    def deviations(self) -> pd.DataFrame:
+        """The study's deviations from the paper, rendered from the ``deviations:`` block of its YAML (each entry:
+        ``what``, ``paper``, ``here``, ``why``), so no number is retyped in the notebook."""
+        rows = OmegaConf.to_container(OmegaConf.select(self.cfg, "study.deviations", default=[]) or [], resolve=True)
+        return pd.DataFrame(rows, columns=["what", "paper", "here", "why"])
+
+    def save(self, metrics: dict | None = None) -> None:
+        """Write the recorded predictions, the runs table, ``metrics`` and the timings to the output directory."""
+        if self._predictions:
+            save_predictions(self.out, self.predictions)
+        if self._runs:
+            save_table(self.out, "runs", self.runs)
+        if metrics:
+            save_metrics(self.out, metrics)
+        save_metrics(self.out, {**self.timings, "total_seconds": time.perf_counter() - self._started}, name="timings")

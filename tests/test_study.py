@@ -1,0 +1,103 @@
+"""The Study session and the run cache: a run trained once is found again (same predictions, no training),
+whatever study asks for it; what determines a run changes its key; progress lines and records are written."""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from omegaconf import OmegaConf
+
+from studykit import cache
+from studykit.config import compose
+from studykit.errors import ConfigError
+from studykit.models import copy_model
+from studykit.study import PROGRESS_FILE, Study
+from studykit.train import train_sft
+
+
+@pytest.fixture
+def session(tmp_path, monkeypatch):
+    monkeypatch.setenv("STUDYKIT_CACHE", str(tmp_path / "cache"))
+    config = OmegaConf.to_container(compose(["study=quickstart", "profile=smoke"]), resolve=True)
+    return Study.open("quickstart", config, str(tmp_path / "out"))
+
+
+def _sft(session, model, records, seed, trained: list):
+    with session.run("sft", seed, recipe=session.sft_recipe(records)) as run:
+        if not run.done:
+            trained.append(seed)
+            run.trainer = train_sft(copy_model(model), session.tokenizer, records, session.cfg, run.scratch,
+                                    seed=seed, data_seed=seed)
+    return run
+
+
+def test_a_finished_run_is_found_in_the_cache_with_the_same_predictions(session, tmp_path):
+    model, _ = session.base_model()
+    pool, trained = session.testbed()["pool"], []
+    first = _sft(session, model, pool, 0, trained)
+    again = _sft(session, model, pool, 0, trained)
+    assert trained == [0] and not first.done and again.done
+    assert again.steps == first.steps == session.cfg.train.max_steps
+    pd.testing.assert_frame_equal(first.predictions.reset_index(drop=True), again.predictions.reset_index(drop=True))
+    assert list(session.runs["cached"]) == [False, True]
+    assert len(session.predictions) == 2 * len(session.eval_records)
+    lines = (session.out / PROGRESS_FILE).read_text().splitlines()
+    assert lines == ["run 1: sft seed 0", "run 2: sft seed 0 (cached)"]
+
+    # another study asking for the same run (same model, data, settings, seed, eval items) shares the entry
+    other_config = OmegaConf.to_container(compose(["study=quickstart", "profile=smoke"]), resolve=True)
+    other = Study.open("quickstart", other_config, str(tmp_path / "other"))
+    other.base_model()
+    assert _sft(other, model, pool, 0, trained).done and trained == [0]
+    assert len(cache.list_entries()) == 1
+
+
+def test_what_determines_a_run_changes_its_key(session):
+    pool = session.testbed()["pool"]
+    recipe = session.sft_recipe(pool)
+    base = cache.run_key({"seed": 0, "recipe": recipe})
+    assert cache.run_key({"seed": 0, "recipe": session.sft_recipe(pool)}) == base
+    assert cache.run_key({"seed": 1, "recipe": recipe}) != base
+    assert cache.run_key({"seed": 0, "recipe": session.sft_recipe(pool[1:])}) != base
+    assert cache.run_key({"seed": 0, "recipe": session.sft_recipe(pool, learning_rate=1e-5)}) != base
+
+
+def test_a_run_that_trains_nothing_is_an_error(session):
+    session.base_model()
+    with pytest.raises(ValueError, match="trained nothing"):
+        with session.run("sft", 0, recipe={"method": "nothing"}):
+            pass
+
+
+def test_kept_weights_come_back_from_the_cache(session):
+    model, _ = session.base_model()
+    pool = session.testbed()["pool"]
+    for expected_done in (False, True):
+        with session.run("sft", 0, recipe=session.sft_recipe(pool), keep_model=True) as run:
+            if not run.done:
+                run.trainer = train_sft(copy_model(model), session.tokenizer, pool, session.cfg, run.scratch, seed=0)
+        assert run.done is expected_done
+    trained_weight = next(run.model.parameters())
+    assert not (trained_weight == next(model.parameters())).all()
+
+
+def test_prune_removes_stale_and_all_entries(session, monkeypatch):
+    model, _ = session.base_model()
+    _sft(session, model, session.testbed()["pool"], 0, [])
+    assert cache.prune(stale=True) == []
+    monkeypatch.setattr(cache, "code_fingerprint", lambda: "other code")
+    assert bool(cache.list_entries()["stale"].all())
+    assert len(cache.prune(stale=True)) == 1 and cache.list_entries().empty
+
+
+def test_the_session_refuses_another_studys_config(tmp_path):
+    config = OmegaConf.to_container(compose(["study=nuggets", "profile=smoke"]), resolve=True)
+    with pytest.raises(ConfigError, match="study 'quickstart' was given the config of study 'nuggets'"):
+        Study.open("quickstart", config, str(tmp_path))
+
+
+def test_seeds_are_the_studys_training_seeds(tmp_path):
+    single = Study.open("quickstart", OmegaConf.to_container(compose(["study=quickstart", "profile=smoke", "seed=3"]),
+                                                              resolve=True), str(tmp_path / "a"))
+    multi = Study.open("nuggets", OmegaConf.to_container(compose(["study=nuggets", "study.seeds=[4,5]"]),
+                                                          resolve=True), str(tmp_path / "b"))
+    assert single.seeds == [3] and multi.seeds == [4, 5]
