@@ -63,8 +63,22 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
         message = " ".join(line.strip() for line in str(err).strip().splitlines() if line.strip())
         raise ConfigError(f"cannot compose config with overrides {overrides}: {message}") from None
     validate(cfg)
+    _check_seed_override(cfg, overrides)
     OmegaConf.set_readonly(cfg, True)
     return cfg
+
+
+def _check_seed_override(cfg: DictConfig, overrides: list[str]) -> None:
+    """One meaning per seed (conf/config.yaml): ``seed`` trains a single-seed study and seeds a study's own draws
+    outside training where its YAML says so (``study.seed_use``), ``study.seeds`` are a multi-seed study's training
+    seeds, ``data.seed`` draws the testbed.  A ``seed=`` override on a multi-seed study that declares no
+    ``seed_use`` would change nothing, so it is refused rather than recorded as if it had."""
+    seeds = OmegaConf.select(cfg, "study.seeds", default=None)
+    given = [item for item in overrides if item.split("=", 1)[0].lstrip("+~") == "seed"]
+    if seeds is not None and given and OmegaConf.select(cfg, "study.seed_use", default=None) is None:
+        raise ConfigError(f"override '{given[0]}' changes nothing in study {cfg.study.name}: it trains the seeds "
+                          f"study.seeds={list(seeds)} (override those, e.g. study.seeds=[0,1,2,3,4]); "
+                          "data.seed draws the testbed's items")
 
 
 def device(cfg) -> torch.device:

@@ -110,14 +110,14 @@ def train_grpo(model, tokenizer, records: list[dict], cfg, output_dir: str | Pat
     return trainer
 
 
-def signal_log(trainer, condition: str, seed: int) -> list[dict]:
+def signal_log(log_history: list[dict], condition: str, seed: int) -> list[dict]:
     """The per-step share of prompt groups with reward variance — i.e. with a GRPO gradient (a group whose G
     rewards are all equal has zero advantage) — from TRL's log history: ``1 − frac_reward_zero_std`` of every
     logged step, as rows ``condition, seed, step, signal_share`` (the ``rl_signal`` of
     :func:`studykit.analysis.claims_section`).  One row per optimizer step with ``grpo.logging_steps: 1``."""
     rows = [{"condition": condition, "seed": int(seed), "step": int(row["step"]),
              "signal_share": 1.0 - float(row["frac_reward_zero_std"])}
-            for row in trainer.state.log_history if row.get("frac_reward_zero_std") is not None]
+            for row in log_history if row.get("frac_reward_zero_std") is not None]
     if not rows:
         raise ValueError(f"signal_log({condition!r}, seed {seed}): no 'frac_reward_zero_std' in the trainer's log "
                          "history (not a GRPO trainer, or it logged no step)")

@@ -167,11 +167,18 @@ class Study:
         return predictions
 
     # --- runs -----------------------------------------------------------------------------------------------------
+    def recipe(self, method: str, data, *, start: str = "base", section: str = "train", **overrides) -> dict:
+        """What determines a run, for its cache key: ``method`` (a name that says what trains: ``sft``,
+        ``dpo:sigmoid``, ``grpo:hpt``, …), its training ``data`` (records, pairs or prompts), its ``start``
+        (``"base"`` or the key of the run it starts from: ``run.key``) and the config ``section`` it trains with
+        (``train``, ``dpo``, ``grpo``) updated by ``overrides`` (exactly what the notebook passes to the trainer).
+        Add anything else that changes the run (``rl``, an objective's parameters) to the returned dict."""
+        settings = OmegaConf.to_container(self.cfg[section], resolve=True)
+        return {"method": method, "start": start, "data": data, section: {**settings, **overrides}}
+
     def sft_recipe(self, records: list[dict], start: str = "base", **train) -> dict:
-        """What determines an SFT run: its records, its start (``base`` or another run's key) and the ``train``
-        section with ``train`` overrides (those the notebook passes to :func:`studykit.train.train_sft`)."""
-        return {"method": "sft", "start": start, "records": records,
-                "train": {**OmegaConf.to_container(self.cfg.train, resolve=True), **train}}
+        """:meth:`recipe` of an SFT run on ``records`` with the ``train`` section and ``train`` overrides."""
+        return self.recipe("sft", records, start=start, section="train", **train)
 
     def plan(self, n_runs: int) -> None:
         """Say how many runs the study will train (progress lines then read "run k of n" with an estimate)."""

@@ -193,7 +193,7 @@ def test_every_rl_trainer_takes_a_grpo_step_on_the_smoke_profile(method, tiny, s
     assert {"loss", "reward", "rewards/verifier/mean"} <= logged
     own = {"hpt": "hpt/sft_group_fraction", "prefix_rft": "prefix_rft/mean_prefix_tokens"}.get(method)
     assert own is None or own in logged
-    assert [(r["step"], 0 <= r["signal_share"] <= 1) for r in rl.signal_log(trainer, method, 0)] == [(1, True)]
+    assert [(r["step"], 0 <= r["signal_share"] <= 1) for r in rl.signal_log(trainer.state.log_history, method, 0)] == [(1, True)]
     if method == "dump":
         assert trainer.history and set(trainer.history[0]) >= {"step", "p[chain_sum]", "mu[chain_sum]"}
 
@@ -218,11 +218,11 @@ def test_signal_log_is_one_minus_the_share_of_groups_with_one_reward_per_logged_
 
     history = [{"loss": 0.1, "frac_reward_zero_std": 0.25, "step": 1},
                {"loss": 0.2, "frac_reward_zero_std": 1.0, "step": 2}, {"train_runtime": 3.0, "step": 2}]
-    assert rl.signal_log(SimpleNamespace(state=SimpleNamespace(log_history=history)), "grpo", 3) == [
+    assert rl.signal_log(history, "grpo", 3) == [
         {"condition": "grpo", "seed": 3, "step": 1, "signal_share": 0.75},
         {"condition": "grpo", "seed": 3, "step": 2, "signal_share": 0.0}]
     with pytest.raises(ValueError, match="no 'frac_reward_zero_std'"):
-        rl.signal_log(SimpleNamespace(state=SimpleNamespace(log_history=history[2:])), "sft", 0)
+        rl.signal_log(history[2:], "sft", 0)
 
 
 def test_evaluate_every_evaluates_in_eval_mode_at_every_nth_step_before_the_last():

@@ -11,7 +11,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "studykit"
 CORE = {"__init__", "errors", "registry", "config", "validate", "stats", "answers", "testbed", "data", "models",
         "logprobs", "device_check", "objectives", "rewards", "placebo"}
-ORCHESTRATION = {"study", "runner", "cli"}
+ORCHESTRATION = {"study", "runner", "cli", "reproduce"}
 
 
 def layer(module: str) -> int:
