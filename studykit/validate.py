@@ -1,9 +1,18 @@
 """Validation of a composed config, before any work: one :class:`~studykit.errors.ConfigError` naming the key, the
 value and what is allowed.
 
-Each rule is one line of :data:`RULES`: a dotted key, a check, and what the check allows.  Keys a study does not
-have are skipped, so study-specific rules live here beside the general ones.
+:data:`CHECKS` is the vocabulary of checks: a name → (a check, what the check allows).  The general keys (``seed``,
+``data.*``, ``train.*``, ``dpo.*``, ``grpo.*``, ``rl.*``, ``eval.*``, ``profile.*``, ``device``,
+``model.chat_template``) are the lines of :data:`RULES`: a dotted key, a check, and what it allows; keys a config
+does not have are skipped.  A study's own keys are declared by the study, in ``study.schema`` of
+``conf/study/<study>.yaml``: its dotted key (relative to ``study.``) → a name of :data:`CHECKS` (``any`` where
+nothing is constrained).  :func:`validate` walks the composed ``study`` node: a key of the schema is checked (and
+not descended into), a mapping the schema does not name is descended into, and any other key is unknown and
+refused, naming the file and the keys its schema allows.  The framework keys of :data:`FRAMEWORK_KEYS` (``name``,
+``notebook``, ``schema``, ``smoke``, ``outputs``, …) need no schema entry.  Checks across keys (``study.sft_steps``
+against ``study.steps``, the families of ``study.first_task`` or ``study.in_domain``, …) come last.
 """
+
 from __future__ import annotations
 
 import re
@@ -27,6 +36,22 @@ def _number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def _list(v) -> bool:
+    return isinstance(v, (list, ListConfig))
+
+
+def _mapping(v) -> bool:
+    return isinstance(v, (dict, DictConfig))
+
+
+def anything(v) -> bool:
+    return True
+
+
+def boolean(v) -> bool:
+    return isinstance(v, bool)
+
+
 def positive_int(v) -> bool:
     return _int(v) and v >= 1
 
@@ -35,8 +60,16 @@ def non_negative_int(v) -> bool:
     return _int(v) and v >= 0
 
 
+def at_least_two(v) -> bool:
+    return _int(v) and v >= 2
+
+
 def positive(v) -> bool:
     return _number(v) and v > 0
+
+
+def non_negative(v) -> bool:
+    return _number(v) and v >= 0
 
 
 def unit_interval(v) -> bool:
@@ -47,12 +80,16 @@ def open_unit_interval(v) -> bool:
     return _number(v) and 0.0 < v < 1.0
 
 
+def share(v) -> bool:
+    return _number(v) and 0 < v <= 1
+
+
 def max_steps(v) -> bool:
     return _int(v) and (v == -1 or v >= 1)
 
 
 def int_list(v) -> bool:
-    return isinstance(v, (list, ListConfig)) and len(v) > 0 and all(_int(x) for x in v)
+    return _list(v) and len(v) > 0 and all(_int(x) for x in v)
 
 
 def one_of(*options) -> Callable[[Any], bool]:
@@ -60,54 +97,109 @@ def one_of(*options) -> Callable[[Any], bool]:
 
 
 def _families(v) -> bool:
-    return isinstance(v, (dict, DictConfig)) and len(v) > 0 and all(
-        task_of(f) in reasoning_gym.factory.DATASETS for f in v)
+    return _mapping(v) and len(v) > 0 and all(task_of(f) in reasoning_gym.factory.DATASETS for f in v)
 
 
 def _rewards(v) -> bool:
-    return (isinstance(v, (dict, DictConfig)) and set(v) <= set(REWARDS) and all(_number(w) for w in v.values())
+    return (_mapping(v) and set(v) <= set(REWARDS) and all(_number(w) for w in v.values())
             and any(w != 0 for w in v.values()))
 
 
-def _share(v) -> bool:
-    return _number(v) and 0 < v <= 1
+def _noise_kinds(v) -> bool:
+    return _list(v) and len(v) > 0 and set(v) <= set(NOISE_KINDS)
+
+
+def _max_answer_share(v) -> bool:
+    return v is None or open_unit_interval(v) or v == 1
+
+
+def _chat_template(v) -> bool:
+    return isinstance(v, bool) or (isinstance(v, str) and "{%" in v)
+
+
+def _device(v) -> bool:
+    return isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) is not None
+
+
+def _null_or_at_least_two(v) -> bool:
+    return v is None or at_least_two(v)
+
+
+def _zero_or_at_least_two(v) -> bool:
+    return _int(v) and (v == 0 or v >= 2)
+
+
+def _alphabet_size(v) -> bool:
+    return _int(v) and 2 <= v <= 26
+
+
+def _mt_bench_questions(v) -> bool:
+    return _int(v) and 1 <= v <= 40
+
+
+def _thresholds(v) -> bool:
+    return _list(v) and all(unit_interval(x) for x in v)
+
+
+def _positive_int_list(v) -> bool:
+    return int_list(v) and min(v) >= 1
+
+
+def _positive_list(v) -> bool:
+    return _list(v) and len(v) > 0 and all(positive(x) for x in v)
+
+
+def _learning_rates(v) -> bool:
+    return _list(v) and len(v) >= 2 and all(positive(x) for x in v) and len(set(v)) == len(v)
+
+
+def _shares(v) -> bool:
+    return (_list(v) and len(v) > 0 and all(unit_interval(x) for x in v)
+            and len({round(100 * x) for x in v}) == len(v))
+
+
+def _stage_steps(v) -> bool:
+    return _mapping(v) and set(v) == {"sft", "dpo", "grpo"} and all(positive_int(x) for x in v.values())
+
+
+def _transforms(v) -> bool:
+    return _list(v) and set(v) <= {"grape", "ssr", "s3ft"}
+
+
+def _aliases(v) -> bool:
+    return _mapping(v) and all(isinstance(x, str) for x in v.values())
 
 
 def _rl_methods(v) -> bool:
-    return isinstance(v, (dict, DictConfig)) and len(v) > 0 and all(m in RL_METHODS for m in v.values())
+    return _mapping(v) and len(v) > 0 and all(m in RL_METHODS for m in v.values())
 
 
-def _loss_names() -> set[str]:
-    return set(PREFERENCE_LOSSES)
+def _preference_loss(v) -> bool:
+    return v in PREFERENCE_LOSSES
 
 
 def _preference_losses(v) -> bool:
-    return isinstance(v, (dict, DictConfig)) and len(v) > 0 and all(
-        isinstance(spec, (dict, DictConfig)) and spec.get("loss") in _loss_names() for spec in v.values())
-
-
-def _noise_kinds(v) -> bool:
-    return isinstance(v, (list, ListConfig)) and len(v) > 0 and set(v) <= set(NOISE_KINDS)
+    return _mapping(v) and len(v) > 0 and all(_mapping(spec) and _preference_loss(spec.get("loss"))
+                                               for spec in v.values())
 
 
 def _objectives(v) -> bool:
-    return isinstance(v, (dict, DictConfig)) and all(
-        isinstance(spec, (dict, DictConfig)) and spec.get("objective") in OBJECTIVES for spec in v.values())
+    return _mapping(v) and all(_mapping(spec) and spec.get("objective") in OBJECTIVES for spec in v.values())
 
 
 def _subset_conditions(v) -> bool:
-    if not isinstance(v, (dict, DictConfig)) or not v:
+    if not _mapping(v) or not v:
         return False
     earlier: set[str] = set()
     for name, spec in v.items():
-        if not isinstance(spec, (dict, DictConfig)) or spec.get("rule") not in SUBSET_RULES:
+        if not _mapping(spec) or spec.get("rule") not in SUBSET_RULES:
             return False
         rule, value = spec["rule"], spec.get("value")
         if spec.get("score", "golden") not in ("golden", "random") or not isinstance(spec.get("stratified", False), bool):
             return False
         if rule in ("above", "at_most") and not unit_interval(value):
             return False
-        if rule == "top_share" and not _share(value):
+        if rule == "top_share" and not share(value):
             return False
         if rule == "size_of" and value not in earlier:
             return False
@@ -115,134 +207,159 @@ def _subset_conditions(v) -> bool:
     return True
 
 
+# The vocabulary of checks: name → (check, what it allows).  A study's ``schema`` names its keys' checks from here.
+CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "any": (anything, "anything"),
+    "bool": (boolean, "true or false"),
+    "positive_int": (positive_int, "an integer ≥ 1"),
+    "non_negative_int": (non_negative_int, "an integer ≥ 0"),
+    "at_least_two": (at_least_two, "an integer ≥ 2"),
+    "null_or_at_least_two": (_null_or_at_least_two, "null or an integer ≥ 2"),
+    "zero_or_at_least_two": (_zero_or_at_least_two, "0 (none) or an integer ≥ 2"),
+    "alphabet_size": (_alphabet_size, "an integer from 2 to 26"),
+    "mt_bench_questions": (_mt_bench_questions, "an integer from 1 to 40 (MT-Bench's open-ended questions)"),
+    "max_steps": (max_steps, "-1 (use epochs) or an integer ≥ 1"),
+    "positive": (positive, "a number > 0"),
+    "non_negative": (non_negative, "a number ≥ 0"),
+    "unit_interval": (unit_interval, "a fraction in [0, 1]"),
+    "open_unit_interval": (open_unit_interval, "a fraction in (0, 1)"),
+    "share": (share, "a share in (0, 1]"),
+    "threshold": (unit_interval, "a golden-score threshold in [0, 1]"),
+    "thresholds": (_thresholds, "a list of golden-score thresholds in [0, 1]"),
+    "int_list": (int_list, "a non-empty list of integers"),
+    "positive_int_list": (_positive_int_list, "a non-empty list of integers ≥ 1"),
+    "anchor_multipliers": (_positive_list,
+                           "a non-empty list of numbers > 0 (anchor counts relative to study.nuggets.anchors.n)"),
+    "learning_rates": (_learning_rates, "a list of at least two distinct learning rates > 0"),
+    "shares": (_shares, "a non-empty list of distinct shares in [0, 1]"),
+    "stage_steps": (_stage_steps, "a mapping {sft, dpo, grpo} of integers ≥ 1"),
+    "nuggets_mode": (one_of("faithful", "clean"), "faithful or clean"),
+    "anchor_method": (one_of("kmeans", "random"), "kmeans or random"),
+    "anchor_embedding": (one_of("model", "minilm"), "model or minilm"),
+    "subset_conditions": (_subset_conditions,
+                          "a mapping of condition names to {rule: all|above|at_most|top_share|size_of, value, "
+                          "score: golden|random, stratified: bool}: above/at_most take a threshold in [0, 1], "
+                          "top_share a share in (0, 1], size_of the name of an earlier condition"),
+    "rewardrank_metric": (one_of("rank_acc", "rank_acc_norm", "reward_acc", "rank_margin", "rank_margin_norm"),
+                          "one of rank_acc, rank_acc_norm, reward_acc, rank_margin, rank_margin_norm"),
+    "objectives": (_objectives, "a mapping of run names to {objective: <a registered objective>, ...}"),
+    "transforms": (_transforms, "a subset of grape, ssr, s3ft"),
+    "aliases": (_aliases, "a mapping of condition names to the run they are identical to"),
+    "preference_loss": (_preference_loss, "one of studykit.registry.PREFERENCE_LOSSES"),
+    "preference_losses": (_preference_losses,
+                          "a mapping of run names to {loss: <one of studykit.registry.PREFERENCE_LOSSES>, ...}"),
+    "rl_methods": (_rl_methods, "a mapping of run names to registered RL methods (studykit.registry.RL_METHODS)"),
+}
+
+
 RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("seed", _int, "an integer"),
+    ("data.seed", _int, "an integer"),
     ("data.families", _families, "a non-empty mapping of reasoning-gym task names (or <task>:<arm>) to their parameters"),
-    ("data.pool_per_family", positive_int, "an integer ≥ 1"),
-    ("data.eval_per_family", positive_int, "an integer ≥ 1"),
-    ("data.preference_per_family", non_negative_int, "an integer ≥ 0"),
-    ("data.noise.fraction", unit_interval, "a fraction in [0, 1]"),
+    ("data.pool_per_family", *CHECKS["positive_int"]),
+    ("data.eval_per_family", *CHECKS["positive_int"]),
+    ("data.preference_per_family", *CHECKS["non_negative_int"]),
+    ("data.noise.fraction", *CHECKS["unit_interval"]),
     ("data.noise.kinds", _noise_kinds, "a non-empty subset of wrong_answer, truncated, mismatched, junk"),
-    ("data.dev_per_family", non_negative_int, "an integer ≥ 0"),
-    ("data.max_answer_share", lambda v: v is None or open_unit_interval(v) or v == 1, "null or a share in (0, 1]"),
-    ("model.chat_template", lambda v: isinstance(v, bool) or (isinstance(v, str) and "{%" in v),
+    ("data.dev_per_family", *CHECKS["non_negative_int"]),
+    ("data.max_answer_share", _max_answer_share, "null or a share in (0, 1]"),
+    ("model.chat_template", _chat_template,
      "true (the tokenizer's template), false (plain Question/Answer prompts) or a Jinja chat template string"),
-    ("device", lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) is not None,
-     "auto, cpu, cuda or cuda:<index>"),
-    ("eval.batch_size", positive_int, "an integer ≥ 1"),
-    ("eval.max_new_tokens", positive_int, "an integer ≥ 1"),
-    ("profile.seeds", int_list, "a non-empty list of integers"),
-    ("profile.anchors", positive_int, "an integer ≥ 1"),
-    ("train.learning_rate", positive, "a number > 0"),
-    ("train.num_train_epochs", positive, "a number > 0"),
-    ("train.max_steps", max_steps, "-1 (use epochs) or an integer ≥ 1"),
-    ("train.per_device_train_batch_size", positive_int, "an integer ≥ 1"),
-    ("train.gradient_accumulation_steps", positive_int, "an integer ≥ 1"),
-    ("train.max_length", positive_int, "an integer ≥ 1"),
-    ("dpo.learning_rate", positive, "a number > 0"),
-    ("dpo.beta", positive, "a number > 0"),
-    ("dpo.num_train_epochs", positive, "a number > 0"),
-    ("dpo.max_steps", max_steps, "-1 (use epochs) or an integer ≥ 1"),
-    ("dpo.per_device_train_batch_size", positive_int, "an integer ≥ 1"),
-    ("grpo.learning_rate", positive, "a number > 0"),
-    ("grpo.num_generations", lambda v: _int(v) and v >= 2, "an integer ≥ 2 (GRPO's group baseline)"),
-    ("grpo.per_device_train_batch_size", positive_int, "an integer ≥ 1"),
-    ("grpo.max_completion_length", positive_int, "an integer ≥ 1"),
-    ("grpo.max_steps", max_steps, "-1 (use epochs) or an integer ≥ 1"),
-    ("grpo.temperature", positive, "a number > 0"),
+    ("device", _device, "auto, cpu, cuda or cuda:<index>"),
+    ("eval.batch_size", *CHECKS["positive_int"]),
+    ("eval.max_new_tokens", *CHECKS["positive_int"]),
+    ("profile.seeds", *CHECKS["int_list"]),
+    ("profile.anchors", *CHECKS["positive_int"]),
+    ("train.learning_rate", *CHECKS["positive"]),
+    ("train.num_train_epochs", *CHECKS["positive"]),
+    ("train.max_steps", *CHECKS["max_steps"]),
+    ("train.per_device_train_batch_size", *CHECKS["positive_int"]),
+    ("train.gradient_accumulation_steps", *CHECKS["positive_int"]),
+    ("train.max_length", *CHECKS["positive_int"]),
+    ("dpo.learning_rate", *CHECKS["positive"]),
+    ("dpo.beta", *CHECKS["positive"]),
+    ("dpo.num_train_epochs", *CHECKS["positive"]),
+    ("dpo.max_steps", *CHECKS["max_steps"]),
+    ("dpo.per_device_train_batch_size", *CHECKS["positive_int"]),
+    ("grpo.learning_rate", *CHECKS["positive"]),
+    ("grpo.num_generations", at_least_two, "an integer ≥ 2 (GRPO's group baseline)"),
+    ("grpo.per_device_train_batch_size", *CHECKS["positive_int"]),
+    ("grpo.max_completion_length", *CHECKS["positive_int"]),
+    ("grpo.max_steps", *CHECKS["max_steps"]),
+    ("grpo.temperature", *CHECKS["positive"]),
     ("rl.rewards", _rewards, "a mapping of registered reward names (studykit.rewards.REWARDS: verifier, format, …) to numbers, at least one non-zero"),
     ("rl.hpt.switch_gate", non_negative_int, "an integer ≥ 0 (at most num_generations − 1)"),
-    ("rl.hpt.sft_coef", positive, "a number > 0"),
+    ("rl.hpt.sft_coef", *CHECKS["positive"]),
     ("rl.prefix_rft.high", open_unit_interval, "a ratio in (0, 1)"),
-    ("rl.prefix_rft.entropy_top_share", _share, "a share in (0, 1]"),
-    ("rl.dump.window", positive_int, "an integer ≥ 1"),
-    ("rl.dump.temperature", positive, "a number > 0"),
-    ("study.seeds", int_list, "a non-empty list of integers"),
-    ("study.headline_threshold", unit_interval, "a golden-score threshold in [0, 1]"),
-    ("study.low_threshold", unit_interval, "a golden-score threshold in [0, 1]"),
-    ("study.nuggets.anchors.n", positive_int, "an integer ≥ 1"),
-    ("study.min_subset", positive_int, "an integer ≥ 1"),
-    ("study.nuggets.mode", one_of("faithful", "clean"), "faithful or clean"),
-    ("study.nuggets.anchors.method", one_of("kmeans", "random"), "kmeans or random"),
-    ("study.nuggets.anchors.embedding", one_of("model", "minilm"), "model or minilm"),
-    ("study.nuggets.pairs_per_batch", positive_int, "an integer ≥ 1"),
-    ("study.conditions", _subset_conditions,
-     "a mapping of condition names to {rule: all|above|at_most|top_share|size_of, value, score: golden|random, "
-     "stratified: bool}: above/at_most take a threshold in [0, 1], top_share a share in (0, 1], size_of the name of "
-     "an earlier condition"),
-    ("study.anchor_multipliers", lambda v: isinstance(v, (list, ListConfig)) and len(v) > 0 and all(positive(x) for x in v),
-     "a non-empty list of numbers > 0 (anchor counts relative to study.nuggets.anchors.n)"),
-    ("study.top_share", _share, "a share in (0, 1]"),
-    ("study.thresholds", lambda v: isinstance(v, (list, ListConfig)) and all(unit_interval(x) for x in v),
-     "a list of golden-score thresholds in [0, 1]"),
-    ("study.checkpoints", lambda v: v is None or (_int(v) and v >= 2), "null or an integer ≥ 2"),
-    ("study.sft_data.validation", open_unit_interval, "a fraction in (0, 1)"),
-    ("study.rewardrank_metric", one_of("rank_acc", "rank_acc_norm", "reward_acc", "rank_margin", "rank_margin_norm"),
-     "one of rank_acc, rank_acc_norm, reward_acc, rank_margin, rank_margin_norm"),
-    ("study.preference_data.metric_pairs", open_unit_interval, "a fraction in (0, 1)"),
-    ("study.self_sampled.samples", lambda v: _int(v) and (v == 0 or v >= 2), "0 (none) or an integer ≥ 2"),
-    ("study.self_sampled.temperature", positive, "a number > 0"),
-    ("study.objectives", _objectives, "a mapping of run names to {objective: <a registered objective>, ...}"),
-    ("study.transforms", lambda v: set(v) <= {"grape", "ssr", "s3ft"}, "a subset of grape, ssr, s3ft"),
-    ("study.response_tokens", positive_int, "an integer ≥ 1"),
-    ("study.teacher_share", open_unit_interval, "a fraction in (0, 1)"),
-    ("study.teacher_samples", positive_int, "an integer ≥ 1"),
-    ("study.gold_when_unsolved", lambda v: isinstance(v, bool), "true or false"),
-    ("study.aliases", lambda v: isinstance(v, (dict, DictConfig)) and all(isinstance(x, str) for x in v.values()),
-     "a mapping of condition names to the run they are identical to"),
-    ("study.first_steps", positive_int, "an integer ≥ 1"),
-    ("study.second_steps", positive_int, "an integer ≥ 1"),
-    ("study.filter_rollouts", positive_int, "an integer ≥ 1"),
-    ("study.steps", lambda v: _int(v) and v >= 2, "an integer ≥ 2 (optimizer steps of every run)"),
-    ("study.curve_every", positive_int, "an integer ≥ 1"),
-    ("study.samples", lambda v: _int(v) and v >= 2, "an integer ≥ 2 (samples per prompt)"),
-    ("study.temperature", positive, "a number > 0"),
-    ("study.verifiable_tokens", positive_int, "an integer ≥ 1"),
-    ("study.open_ended", lambda v: _int(v) and 1 <= v <= 40, "an integer from 1 to 40 (MT-Bench's open-ended questions)"),
-    ("study.open_ended_tokens", positive_int, "an integer ≥ 1"),
-    ("study.stage_steps", lambda v: isinstance(v, (dict, DictConfig)) and set(v) == {"sft", "dpo", "grpo"}
-     and all(positive_int(x) for x in v.values()), "a mapping {sft, dpo, grpo} of integers ≥ 1"),
-    ("study.ingredient_lrs", lambda v: isinstance(v, (list, ListConfig)) and len(v) >= 2 and all(positive(x) for x in v)
-     and len(set(v)) == len(v), "a list of at least two distinct learning rates > 0"),
-    ("study.dtm_portions", lambda v: _int(v) and v >= 2, "an integer ≥ 2"),
-    ("study.slr.block", positive_int, "an integer ≥ 1 (layers per block)"),
-    ("study.slr.samples", lambda v: _int(v) and v >= 2, "an integer ≥ 2 (samples per prompt)"),
-    ("study.slr.crc_dev", positive_int, "an integer ≥ 1"),
-    ("study.slr.crc_eval", positive_int, "an integer ≥ 1"),
-    ("study.slr.alphabet_size", lambda v: _int(v) and 2 <= v <= 26, "an integer from 2 to 26"),
-    ("study.slr.length", positive_int, "an integer ≥ 1"),
-    ("study.slr.max_new_tokens", positive_int, "an integer ≥ 1"),
-    ("study.warmup_steps", positive_int, "an integer ≥ 1"),
-    ("study.preference_steps", positive_int, "an integer ≥ 1"),
-    ("study.heldout_pairs_per_family", positive_int, "an integer ≥ 1"),
-    ("study.losses", _preference_losses, "a mapping of run names to {loss: <one of studykit.registry.PREFERENCE_LOSSES>, ...}"),
-    ("study.delta.chosen_steps", positive_int, "an integer ≥ 1"),
-    ("study.sample_tokens", positive_int, "an integer ≥ 1"),
-    ("study.objective_steps", positive_int, "an integer ≥ 1"),
-    ("study.budget", lambda v: _int(v) and v >= 2, "an integer ≥ 2 (examples in all)"),
-    ("study.sft_shares", lambda v: isinstance(v, (list, ListConfig)) and len(v) > 0 and all(unit_interval(x) for x in v)
-     and len({round(100 * x) for x in v}) == len(v), "a non-empty list of distinct shares in [0, 1]"),
-    ("study.self_contrast.negatives", lambda v: int_list(v) and min(v) >= 1, "a non-empty list of integers ≥ 1"),
-    ("study.self_contrast.share", lambda v: _number(v) and 0 < v <= 1, "a share in (0, 1]"),
-    ("study.selm.alpha", lambda v: _number(v) and v >= 0, "a number ≥ 0"),
-    ("study.delta.loss", lambda v: v in _loss_names(), "one of studykit.registry.PREFERENCE_LOSSES"),
-    ("study.delta.beta", positive, "a number > 0"),
-    ("study.methods", _rl_methods, "a mapping of run names to registered RL methods (studykit.registry.RL_METHODS)"),
+    ("rl.prefix_rft.entropy_top_share", *CHECKS["share"]),
+    ("rl.dump.window", *CHECKS["positive_int"]),
+    ("rl.dump.temperature", *CHECKS["positive"]),
 ]
+
+# Keys of a study that the framework reads (the runner, the CLI, compose, the session, the tests): no schema entry.
+FRAMEWORK_KEYS = ("name", "notebook", "schema", "smoke", "outputs", "deviations", "requires_profile", "hub_only",
+                  "seed_use")
 
 
 _MISSING = object()
 
 
+def _shown(value):
+    return OmegaConf.to_container(value) if isinstance(value, (DictConfig, ListConfig)) else value
+
+
+def _check(key: str, value, check: Callable[[Any], bool], allowed: str) -> None:
+    if not check(value):
+        raise ConfigError(f"{key}={_shown(value)!r} is not allowed: expected {allowed}")
+
+
+def validate_study(study: DictConfig) -> None:
+    """Check the composed ``study`` node against its own ``study.schema`` (see the module docstring): every key the
+    schema names is checked with its :data:`CHECKS` entry; a key it names nothing of is refused."""
+    name = study.get("name", "?")
+    source = f"conf/study/{name}.yaml"
+    schema = study.get("schema", None)
+    if schema is None:
+        schema = {}
+    if not _mapping(schema):
+        raise ConfigError(f"study.schema={_shown(schema)!r} is not allowed: expected a mapping of the study's keys "
+                          f"(dotted, relative to study.) to names of studykit.validate.CHECKS ({source})")
+    schema = _shown(schema)
+    for key, check in schema.items():
+        if not isinstance(check, str) or check not in CHECKS:
+            raise ConfigError(f"study.schema.{key}={check!r} in {source} is not allowed: expected a check of "
+                              f"studykit.validate.CHECKS ({', '.join(CHECKS)})")
+    for key in ("smoke", "outputs"):
+        value = study.get(key, None)
+        if value is not None and not (_list(value) and all(isinstance(x, str) for x in value)):
+            raise ConfigError(f"study.{key}={_shown(value)!r} is not allowed: expected a list of strings ({source})")
+
+    def walk(node: DictConfig, prefix: str) -> None:
+        for key, value in node.items():
+            path = f"{prefix}{key}"
+            if not prefix and key in FRAMEWORK_KEYS:
+                continue
+            if path in schema:
+                _check(f"study.{path}", value, *CHECKS[schema[path]])
+            elif isinstance(value, DictConfig) and any(k.startswith(f"{path}.") for k in schema):
+                walk(value, f"{path}.")
+            else:
+                raise ConfigError(f"study.{path}={_shown(value)!r} is not a key of study {name} ({source} schema: "
+                                  f"{', '.join(schema) or 'none'})")
+
+    walk(study, "")
+
+
 def validate(cfg: DictConfig) -> None:
-    """Raise :class:`~studykit.errors.ConfigError` for the first value no rule allows."""
+    """Raise :class:`~studykit.errors.ConfigError` for the first value no rule allows: the general keys by
+    :data:`RULES`, the study's keys by its own schema (:func:`validate_study`), then the checks across keys."""
     for key, check, allowed in RULES:
         value = OmegaConf.select(cfg, key, default=_MISSING)
-        if value is _MISSING:
-            continue
-        if not check(value):
-            shown = OmegaConf.to_container(value) if isinstance(value, (DictConfig, ListConfig)) else value
-            raise ConfigError(f"{key}={shown!r} is not allowed: expected {allowed}")
+        if value is not _MISSING:
+            _check(key, value, check, allowed)
+    study = OmegaConf.select(cfg, "study", default=None)
+    if isinstance(study, DictConfig):
+        validate_study(study)
     grpo = OmegaConf.select(cfg, "grpo", default=None)
     if grpo is not None and grpo.per_device_train_batch_size % grpo.num_generations:
         raise ConfigError(f"grpo.per_device_train_batch_size={grpo.per_device_train_batch_size} is not allowed: "

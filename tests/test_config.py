@@ -126,3 +126,44 @@ def test_every_study_draws_its_testbed_at_the_sizes_it_runs_with(study):
     splits = build_testbed(cfg.data)
     for split in ("pool", "eval"):
         assert len(splits[split]) == len(cfg.data.families) * cfg.data[f"{split}_per_family"]
+
+
+def test_an_unknown_study_key_is_refused_naming_the_file_and_the_key():
+    with pytest.raises(ConfigError, match=r"^study\.foo=1 is not a key of study quickstart \(conf/study/quickstart\.yaml"):
+        compose(["+study.foo=1"])
+    with pytest.raises(ConfigError, match=r"^study\.nuggets\.anchors\.k=3 is not a key of study nuggets "
+                                          r"\(conf/study/nuggets\.yaml schema: .*nuggets\.anchors\.n"):
+        compose(["study=nuggets", "+study.nuggets.anchors.k=3"])
+
+
+def test_a_schema_naming_no_check_is_refused():
+    with pytest.raises(ConfigError, match=r"^study\.schema\.seeds='bogus' in conf/study/nuggets\.yaml .*CHECKS"):
+        compose(["study=nuggets", "study.schema.seeds=bogus"])
+
+
+@pytest.mark.parametrize("study", list_studies())
+def test_every_study_declares_its_schema_smoke_and_outputs(study):
+    from studykit.validate import CHECKS
+
+    own = compose(study_overrides(study)).study
+    assert set(own.schema.values()) <= set(CHECKS), f"conf/study/{study}.yaml schema names checks not in CHECKS"
+    assert all(isinstance(x, str) for x in [*own.smoke, *own.outputs])
+    assert own.get("hub_only", False) or len(own.outputs) > 0
+
+
+@pytest.mark.parametrize("study", list_studies())
+def test_every_study_composes_with_its_smoke_overrides(study):
+    own = compose(study_overrides(study)).study   # composing validates every key against the schema
+    if not own.get("hub_only", False):
+        assert compose([f"study={study}", "profile=smoke", *own.smoke]).study.name == study
+
+
+@pytest.mark.parametrize("overrides, key, allowed", [
+    (["study=self_contrast", "study.samples=1"], "study.samples", "an integer ≥ 2"),
+    (["study=rewardrank", "study.self_sampled.samples=1"], "study.self_sampled.samples", "0 .none. or an integer ≥ 2"),
+    (["study=rl_post_training", "study.gold_when_unsolved=maybe"], "study.gold_when_unsolved", "true or false"),
+    (["study=rl_post_training", "study.teacher_share=1"], "study.teacher_share", r"a fraction in \(0, 1\)"),
+])
+def test_a_schema_check_catches_a_bad_value(overrides, key, allowed):
+    with pytest.raises(ConfigError, match=rf"^{key}=.* is not allowed: expected {allowed}"):
+        compose(overrides)
