@@ -22,13 +22,21 @@ DIVERSITY_COLUMNS = {"condition", "seed", "id", "family", "ead", "embedding_dive
 SMOKE_STUDIES = [s for s in list_studies() if not compose(study_overrides(s)).study.get("hub_only", False)]
 
 
+@pytest.fixture(scope="module")
+def run_cache(tmp_path_factory):
+    """One run cache for this module's notebooks: cold at the start of every test session (so every notebook's
+    training code runs), shared between notebooks (identical runs, e.g. SFT starts, are trained once)."""
+    return tmp_path_factory.mktemp("run-cache")
+
+
 @pytest.mark.parametrize("study", SMOKE_STUDIES)
-def test_study_notebook_meets_the_evidence_contract(study, tmp_path, monkeypatch):
+def test_study_notebook_meets_the_evidence_contract(study, tmp_path, monkeypatch, run_cache):
     # the study's own YAML says how to shrink it for this test (study.smoke) and which files it writes besides the
     # standard ones (study.outputs)
     own = compose([f"study={study}", "profile=smoke"]).study
     smoke, outputs = list(own.smoke), set(own.outputs)
     monkeypatch.setenv("STUDYKIT_RESULTS", str(tmp_path))
+    monkeypatch.setenv("STUDYKIT_CACHE", str(run_cache))
     monkeypatch.setenv("STUDYKIT_DEVICE_CHECK", "cpu")  # the kernel fails on any model call off the configured device
     assert main(["run", study, "profile=smoke", *smoke, "--allow-dirty"]) == 0
     out = tmp_path / study / "smoke"
