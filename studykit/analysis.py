@@ -5,12 +5,14 @@ Evidence is what a run wrote and only a run can write: per-item predictions (``p
 RL signal ``rl_signal.csv``), and ``analysis_inputs.json`` — the run's family groups, same-run aliases, conditions
 not run and why, trained conditions with their evaluated starts and placebos, and our regime (:func:`save_inputs`;
 ``extra_predictions`` names per-item tables saved beside ``predictions/``, ``picks`` the models a selection rule
-picked per seed).  Analysis is everything computed from it: ``claims.csv`` and ``analysis/`` — ``families.csv``
-(the degenerate-arm guard per condition × family), ``identical.csv`` (conditions with the same reply on every
-item-seed), ``accuracy.csv``, ``accuracy.png``, ``README.md`` and ``manifest.json`` (the analysis commit beside the
-evidence commit).  The notebook shows the same table (:func:`claims_section`); the runner writes the analysis with
-:func:`analyze` after each run, and ``studykit analyze`` recomputes it whenever the analysis code changes.  Outputs
-are written to a temporary folder and swapped in, so a failed analysis leaves the previous one whole.
+picked per seed).  Analysis is everything computed from it: ``claims.csv``, the result's page ``README.md`` (the
+guarded claims table, verdict counts, figures, commits and the study's hand-written interpretation from its claims
+file) and ``analysis/`` — ``families.csv`` (the degenerate-arm guard per condition × family), ``identical.csv``
+(conditions with the same reply on every item-seed), ``accuracy.csv``, ``accuracy.png`` and ``manifest.json`` (the
+analysis commit beside the evidence commit).  The notebook shows the same table (:func:`claims_section`); the runner
+writes the analysis with :func:`analyze` after each run, and ``studykit analyze`` recomputes it whenever the analysis
+code changes.  Outputs are written to a temporary folder and swapped in, so a failed analysis leaves the previous
+one whole.
 """
 from __future__ import annotations
 
@@ -26,14 +28,14 @@ import numpy as np
 import pandas as pd
 
 from . import guards
-from .claims import Evidence, auroc_claims_table, claims_table, conclusions, load_claims
+from .claims import Evidence, auroc_claims_table, claims_table, conclusions, load_claims, load_interpretation
 from .config import results_root
 from .errors import ClaimsError
 from .provenance import git_state
-from .report import condition_accuracy, show_claims
+from .report import condition_accuracy
 from .results import load_predictions
 
-INPUTS, SIGNAL, FOLDER = "analysis_inputs.json", "rl_signal.csv", "analysis"
+INPUTS, SIGNAL, FOLDER, PAGE = "analysis_inputs.json", "rl_signal.csv", "analysis", "README.md"
 INPUT_KEYS = {"study", "profile", "family_groups", "aliases", "not_run", "trained", "starts", "placebos", "regime",
               "rl_signal", "auroc", "extra_predictions", "picks"}
 
@@ -132,8 +134,8 @@ def _auroc_table(result_dir: Path, study: str, spec: dict) -> pd.DataFrame:
 
 
 def analyze(result_dir: str | Path) -> dict:
-    """Recompute a result directory's analysis from its evidence and write it (``claims.csv``, ``analysis/``).
-    Returns the tables and the generated conclusions."""
+    """Recompute a result directory's analysis from its evidence and write it (``claims.csv``, ``README.md``,
+    ``analysis/``).  Returns the tables and the generated conclusions."""
     result_dir = Path(result_dir)
     inputs = load_inputs(result_dir)
     signal = pd.read_csv(result_dir / inputs["rl_signal"]) if inputs.get("rl_signal") else None
@@ -176,12 +178,16 @@ def _write(result_dir: Path, study: str, claims: pd.DataFrame, tables: dict, sen
             _figure(tables["accuracy"], tables.get("families"), study).savefig(staging / "accuracy.png", dpi=110,
                                                                                 bbox_inches="tight")
         claims.to_csv(staging / "claims.csv", index=False, float_format="%.6g")
-        (staging / "README.md").write_text(_readme(study, claims, sentences))
-        (staging / "manifest.json").write_text(json.dumps(_manifest(result_dir, claims), indent=2) + "\n")
+        manifest = _manifest(result_dir, claims)
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        figures = sorted(p.name for p in result_dir.glob("*.png")) + sorted(
+            f"{FOLDER}/{p.name}" for p in staging.glob("*.png"))
+        (staging / PAGE).write_text(_page(study, result_dir.name, claims, sentences, manifest, figures))
         final = result_dir / FOLDER
         if final.exists():
             shutil.rmtree(final)
         os.replace(staging / "claims.csv", result_dir / "claims.csv")
+        os.replace(staging / PAGE, result_dir / PAGE)
         staging.rename(final)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -198,13 +204,45 @@ def _manifest(result_dir: Path, claims: pd.DataFrame) -> dict:
             "verdicts_at_run": verdict_counts(at_run) if "verdict" in at_run.columns else {}}
 
 
-def _readme(study: str, claims: pd.DataFrame, sentences: list[str]) -> str:
-    columns = [c for c in ("id", "kind", "comparison", "difference", "ci_low", "ci_high", "per_seed", "mde", "p",
-                           "p_holm", "items", "seeds", "excluded_families", "verdict") if c in claims.columns]
-    table = show_claims(claims)[columns].fillna("").to_markdown(index=False)
+def _signed(value) -> str:
+    return f"{value:+.3f}" if pd.notna(value) else ""
+
+
+def _claims_markdown(claims: pd.DataFrame) -> str:
+    """The guarded claims table as the page shows it: the comparison, its difference with the 95% interval, the
+    evidence behind it, the guards' findings (e.g. each arm against its placebo) and the verdict."""
+    table = pd.DataFrame({"id": claims["id"], "comparison": claims.get("comparison")})
+    if "difference" in claims.columns:
+        table["difference [95% CI]"] = [f"{_signed(d)} [{_signed(lo)}, {_signed(hi)}]" if pd.notna(d) else ""
+                                        for d, lo, hi in zip(claims["difference"], claims["ci_low"], claims["ci_high"])]
+    for column in ("seeds", "items", "mde", "p_holm", "guards"):
+        if column in claims.columns:
+            table[column] = claims[column].round(3) if claims[column].dtype.kind == "f" else claims[column]
+    table["verdict"] = claims["verdict"]
+    return table.fillna("").to_markdown(index=False)
+
+
+def _page(study: str, profile: str, claims: pd.DataFrame, sentences: list[str], manifest: dict,
+          figures: list[str]) -> str:
+    """The result's page: verdict counts, commits, the hand-written interpretation, figures, the guarded claims
+    table and the generated conclusions."""
+    def commit(key: str) -> str:
+        return f"`{(manifest[key] or 'unknown')[:7]}`"
+
+    counts = ", ".join(f"{n} {label}" for label, n in manifest["verdicts"].items())
+    interpretation = load_interpretation(study) or f"None yet: add `interpretation:` to `conf/claims/{study}.yaml`."
+    images = "\n\n".join(f"![{Path(name).stem}]({name})" for name in figures) or "No figure."
     bullets = "\n".join(f"- {s}" for s in sentences)
-    return (f"# {study}: guarded claims (generated by `studykit analyze`; do not edit)\n\n{table}\n\n"
-            f"## Conclusions\n\n{bullets}\n")
+    return (f"# {study} — {profile}\n\n"
+            f"Generated by `studykit analyze` from the committed evidence; do not edit.  Evidence commit "
+            f"{commit('evidence_commit')}, analysis commit {commit('analysis_commit')}"
+            f"{' (uncommitted analysis code)' if manifest['analysis_dirty'] else ''}; full hashes in `manifest.json` "
+            f"and `{FOLDER}/manifest.json`.\n\n**Verdicts:** {counts}.\n\n"
+            f"## Interpretation\n\n*Hand-written in `conf/claims/{study}.yaml` about the committed embedded result; "
+            f"check it against the table below after a re-run.*\n\n{interpretation.strip()}\n\n"
+            f"## Figures\n\n{images}\n\n"
+            f"## Claims (guarded; full table in `claims.csv`, guard tables in `{FOLDER}/`)\n\n"
+            f"{_claims_markdown(claims)}\n\n## Conclusions\n\n{bullets}\n")
 
 
 def _figure(accuracy: pd.DataFrame, families: pd.DataFrame | None, study: str):

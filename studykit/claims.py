@@ -1,7 +1,10 @@
 """Paper claims → guarded verdicts: one function turns the claims YAML of a study and its per-item predictions into
 the claims table every notebook shows and ``studykit analyze`` recomputes from committed evidence.
 
-A claim entry (``conf/claims/<study>.yaml``)::
+A claims file (``conf/claims/<study>.yaml``) is a mapping: ``claims:``, the list of entries, and an optional
+``interpretation:``, a short hand-written paragraph on what the committed result does and does not show (the
+result's page, :mod:`studykit.analysis`, prints it).  A bare list of entries is a claims file without one.  An
+entry::
 
     - id: dft.beats_sft_in_domain
       paper: wu2025dft                  # a key of references.bib
@@ -41,6 +44,7 @@ BIBLIOGRAPHY = ROOT / "references.bib"
 ACCURACY = ("strict", "lenient")
 PER_PROMPT = ("ead", "embedding_diversity", "vendi", "quality", "crc_valid", "crc_distinct")
 METRICS = (*ACCURACY, *PER_PROMPT, "auroc")
+TOP_KEYS = ("claims", "interpretation")
 REQUIRED = ("id", "paper", "source", "claim", "kind")
 TEST_KEYS = {"treatment", "control", "metric", "direction", "families"}
 KINDS = ("paper", "kit")
@@ -53,17 +57,38 @@ def bibliography_keys(path: Path = BIBLIOGRAPHY) -> set[str]:
     return set(re.findall(r"@\w+\s*\{\s*([^,\s]+)\s*,", Path(path).read_text(encoding="utf-8")))
 
 
-def load_claims(study: str | Path) -> list[dict]:
-    """The validated claim entries of a study (a name under ``conf/claims/`` or a path)."""
+def _read(study: str | Path) -> tuple[Path, list, str | None]:
+    """A claims file's path, entries and interpretation (a name under ``conf/claims/`` or a path), checked at the
+    top level: a list of entries, or a mapping of :data:`TOP_KEYS` with the list under ``claims``."""
     path = Path(study) if str(study).endswith((".yaml", ".yml")) else CLAIMS_DIR / f"{study}.yaml"
     if not path.is_file():
         raise ClaimsError(f"{path}: no claims file")
     try:
-        entries = yaml.safe_load(path.read_text(encoding="utf-8"))
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise ClaimsError(f"{path}: not a readable YAML file ({type(err).__name__})") from None
-    if not isinstance(entries, list) or not entries:
-        raise ClaimsError(f"{path}: expected a non-empty list of claim entries")
+    interpretation = None
+    if isinstance(document, dict):
+        unknown = sorted(set(document) - set(TOP_KEYS))
+        if unknown:
+            raise ClaimsError(f"{path}: unknown top-level keys {unknown}; allowed {list(TOP_KEYS)}")
+        interpretation = document.get("interpretation")
+        if "interpretation" in document and (not isinstance(interpretation, str) or not interpretation.strip()):
+            raise ClaimsError(f"{path}: interpretation must be a non-empty paragraph of text")
+        document = document.get("claims")
+    if not isinstance(document, list) or not document:
+        raise ClaimsError(f"{path}: expected a non-empty list of claim entries (alone, or under 'claims:')")
+    return path, document, interpretation
+
+
+def load_interpretation(study: str | Path) -> str | None:
+    """The hand-written interpretation of a study's committed result (``interpretation:``), if its file has one."""
+    return _read(study)[2]
+
+
+def load_claims(study: str | Path) -> list[dict]:
+    """The validated claim entries of a study (a name under ``conf/claims/`` or a path)."""
+    path, entries, _ = _read(study)
     keys, seen = bibliography_keys(), set()
     for n, entry in enumerate(entries):
         where = f"{path.name}[{n}]"

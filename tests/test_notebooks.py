@@ -73,4 +73,4 @@ def test_study_notebook_meets_the_evidence_contract(study, tmp_path, monkeypatch
     for log_line in ("{'loss'", "train_runtime", "Tokenizing", "it/s]", "Loading weights"):
         assert log_line not in streams + displayed, f"training / progress log in the executed notebook: {log_line}"
     assert "PosixPath" not in displayed, "a file path returned by a save call is shown in the executed notebook"
-    assert (out / "README.md").exists() is False and (tmp_path / "README.md").is_file()  # the generated index
+    assert (out / "README.md").is_file() and (tmp_path / "README.md").is_file()  # the result page, the index
