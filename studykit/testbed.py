@@ -32,6 +32,8 @@ from functools import lru_cache
 
 import reasoning_gym
 
+from .errors import DataError
+
 NOISE_KINDS = ("wrong_answer", "truncated", "mismatched", "junk")
 
 
@@ -56,6 +58,15 @@ def is_correct(family: str, answer: str, entry: dict | str) -> bool:
     return verify(family, answer, entry) >= 1.0
 
 
+class _Shortfall(DataError):
+    """A generator gave fewer items than a split needs (``found`` of ``needed``); :func:`build_testbed` names the
+    config key to change."""
+
+    def __init__(self, message: str, found: int, needed: int, draws: int | None = None):
+        super().__init__(message)
+        self.found, self.needed, self.draws = found, needed, draws
+
+
 def _generate(family: str, params: dict, n: int, seed: int) -> list[dict]:
     """``n`` de-duplicated items of one family (draws up to 4n candidates from one seeded generator)."""
     dataset = reasoning_gym.create_dataset(task_of(family), size=4 * n, seed=seed, **params)
@@ -68,9 +79,9 @@ def _generate(family: str, params: dict, n: int, seed: int) -> list[dict]:
         items.append(json.loads(json.dumps(entry, default=str)))
         if len(items) == n:
             return items
-    raise ValueError(
+    raise _Shortfall(
         f"data.families.{family}: only {len(items)} distinct questions for {n} requested; "
-        f"widen the family's parameters or lower the split sizes"
+        f"widen the family's parameters or lower the split sizes", len(items), n, len(dataset)
     )
 
 
@@ -96,8 +107,8 @@ def _balanced(items: list[dict], size: int, max_share: float | None, where: str)
         else:
             rest.append(entry)
     if len(chosen) < size:
-        raise ValueError(f"{where}: only {len(chosen)} items with no answer over data.max_answer_share={max_share} "
-                         f"of {size}; the family's answers are too skewed for this split size")
+        raise _Shortfall(f"{where}: only {len(chosen)} items with no answer over data.max_answer_share={max_share} "
+                         f"of {size}; the family's answers are too skewed for this split size", len(chosen), size)
     return chosen, rest
 
 
@@ -112,15 +123,25 @@ def build_testbed(data_cfg) -> dict[str, list[dict]]:
     for offset, (family, params) in enumerate(data_cfg.families.items()):
         if task_of(family) not in reasoning_gym.factory.DATASETS:
             raise ValueError(f"data.families: unknown reasoning-gym task '{task_of(family)}' (family '{family}')")
-        held_out = sizes["eval"] + sizes["dev"]
-        spare = held_out if max_share is None else 3 * held_out  # room to balance the answers
-        items = _generate(family, dict(params or {}), sizes["pool"] + sizes["preference"] + spare,
-                          int(data_cfg.seed) + offset)
+        factor = 1 if max_share is None else 3  # the held-out splits draw 3x their size: room to balance answers
+        try:
+            items = _generate(family, dict(params or {}), sizes["pool"] + sizes["preference"] + factor *
+                              (sizes["eval"] + sizes["dev"]), int(data_cfg.seed) + offset)
+        except _Shortfall as short:
+            raise DataError(_too_few_questions(family, short, sizes, factor)) from None
         parts = {"pool": items[:sizes["pool"]],
                  "preference": items[sizes["pool"]:sizes["pool"] + sizes["preference"]]}
         rest = items[sizes["pool"] + sizes["preference"]:]
         for split in ("eval", "dev"):
-            parts[split], rest = _balanced(rest, sizes[split], max_share, f"data.families.{family} ({split})")
+            held_out = len(rest)
+            try:
+                parts[split], rest = _balanced(rest, sizes[split], max_share, f"data.families.{family} ({split})")
+            except _Shortfall as short:
+                raise DataError(f"data.{split}_per_family={sizes[split]} is more than family '{family}' can supply: "
+                                f"only {short.found} answer-balanced {split} items (no answer over "
+                                f"data.max_answer_share={max_share} of them) among its {held_out} held-out "
+                                f"questions; lower data.{split}_per_family, raise data.max_answer_share or widen "
+                                f"data.families.{family}") from None
         for split, entries in parts.items():
             for index, entry in enumerate(entries):
                 splits[split].append(_record(family, split, index, entry, data_cfg.instruction_suffix))
@@ -128,6 +149,21 @@ def build_testbed(data_cfg) -> dict[str, list[dict]]:
     by_family = _answers_by_family(splits["pool"] + splits["preference"])
     splits["preference"] = [_preference_pair(r, by_family, rng) for r in splits["preference"]]
     return splits
+
+
+def _too_few_questions(family: str, short: _Shortfall, sizes: dict[str, int], factor: int) -> str:
+    """The split size to blame (the largest share of what was asked), its value, what the generator supplied and the
+    largest value that would fit."""
+    terms = [("pool", 1), ("preference", 1), ("eval", factor), ("dev", factor)]
+    split, coef = max(terms, key=lambda term: sizes[term[0]] * term[1])
+    fits = sizes[split] - -(-(short.needed - short.found) // coef)
+    asked = " + ".join(f"{f'{c} x ' if c > 1 else ''}data.{s}_per_family={sizes[s]}" for s, c in terms if sizes[s])
+    drawn = f" in {short.draws} draws" if short.draws else ""
+    return (f"data.{split}_per_family={sizes[split]} is more than family '{family}' can supply: its generator gave "
+            f"{short.found} distinct questions{drawn}, {short.needed} are needed ({asked}"
+            f"{'; the held-out splits draw 3x their size to balance answers' if factor > 1 else ''}); "
+            + (f"lower data.{split}_per_family to at most {fits} or " if fits > 0 else "lower the split sizes or ")
+            + f"widen data.families.{family}")
 
 
 def _answers_by_family(records: list[dict]) -> dict[str, list[str]]:

@@ -48,7 +48,7 @@ def training_args(cls, section, output_dir: str | Path, seed: int, extra: dict, 
     """``cls`` (SFTConfig / DPOConfig) from a config section, then ``extra`` overrides, then the settings of
     ``device``."""
     kwargs = OmegaConf.to_container(section, resolve=True) if section is not None else {}
-    kwargs.update(output_dir=str(output_dir), seed=seed, data_seed=seed, report_to="none",
+    kwargs.update(output_dir=str(output_dir), seed=seed, data_seed=seed, report_to=kwargs.get("report_to", "none"),
                   disable_tqdm=True, save_strategy=kwargs.get("save_strategy", "no"))
     kwargs.update(extra)
     kwargs.update(hardware_args(device))

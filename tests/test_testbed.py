@@ -89,3 +89,25 @@ def test_one_task_gives_difficulty_arms(smoke_cfg):
     assert all(r["answer"].count(" is a") == 4 for r in by_arm["knights_knaves:4"])
     for r in pool:
         assert judge(r, r["response"]).strict and not judge(r, "No idea").lenient
+
+
+@pytest.mark.parametrize("overrides, message", [
+    # 2-term 1-digit chain sums: 200 distinct questions, far fewer than 1000 eval items need
+    (["data.families={chain_sum: {min_terms: 2, max_terms: 2, min_digits: 1, max_digits: 1}}",
+      "data.eval_per_family=1000"],
+     r"data\.eval_per_family=1000 is more than family 'chain_sum' can supply: its generator gave 200 distinct "
+     r"questions in \d+ draws, 3015 are needed .*lower data\.eval_per_family to at most 61"),
+    # the same family with a pool that alone exceeds it: the pool is named
+    (["data.families={chain_sum: {min_terms: 2, max_terms: 2, min_digits: 1, max_digits: 1}}",
+      "data.pool_per_family=300"], r"data\.pool_per_family=300 is more than family 'chain_sum' can supply"),
+    # Yes/No answers cannot fill 4 eval items with no answer above 10% of them
+    (["data.max_answer_share=0.1"],
+     r"data\.eval_per_family=4 is more than family 'syllogism' can supply: only 2 answer-balanced eval items"),
+])
+def test_a_split_the_generator_cannot_supply_names_the_key_value_and_supply(overrides, message):
+    from studykit.config import compose
+    from studykit.errors import DataError
+
+    cfg = compose(["profile=smoke", *overrides])
+    with pytest.raises(DataError, match=message):
+        build_testbed(cfg.data)
