@@ -1,5 +1,6 @@
 # The two commands of the README.  Both install what they need into .venv first.
-#   make study   – run the embedded studies with papermill, write results/<study>/embedded/
+#   make study   – the reproduction check: re-run every committed result into runs/reproduce/ (resumable) and
+#                  write runs/reproduce/report.md against results/ (studykit reproduce)
 #   make test    – run the test suite
 PYTHON ?= python3
 VENV   := .venv
@@ -25,7 +26,7 @@ $(VENV)/.installed: requirements.lock pyproject.toml Makefile
 	touch $@
 
 study: install
-	$(BIN)/studykit run all profile=embedded
+	$(BIN)/studykit reproduce
 
 test: install
 	$(BIN)/pytest -q

@@ -13,6 +13,10 @@
     studykit run ... --allow-dirty        run from a git tree with uncommitted changes (recorded in the manifest)
     studykit analyze <study> [profile]    recompute a result's guarded claims table, guard tables and figure from
                                           its committed evidence (no training); ``all`` for every study
+    studykit reproduce [study ...]        the reproduction check (``make study``): re-run every committed result (or
+                                          those of the named studies) with its manifest's overrides into
+                                          runs/reproduce/ (resumable: finished results and cached runs are reused)
+                                          and write runs/reproduce/report.md against results/
     studykit cache list                   the run cache: one row per cached run (key, study, run, seed, size, stale)
     studykit cache prune [--stale] [--older-than DAYS] [--all]
                                           remove cached runs made by other code / library versions, older than DAYS
@@ -32,6 +36,7 @@ from . import cache
 from .analysis import analyze, result_directories, verdict_counts
 from .config import CONF_DIR, compose, list_studies, study_overrides
 from .errors import INPUT_ERRORS
+from .reproduce import reproduce
 from .runner import RunLocked, StudyError, display_path, exclusive_lock, lock_path, run_study, write_index
 
 
@@ -110,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
                        help="entries made by other training/evaluation code or library versions than the installed")
     prune.add_argument("--older-than", type=float, metavar="DAYS", help="entries created more than DAYS days ago")
     prune.add_argument("--all", dest="everything", action="store_true", help="every entry")
+    again = sub.add_parser("reproduce", help="re-run the committed results into runs/reproduce/ and compare")
+    again.add_argument("studies", nargs="*", help="default: every committed result")
+    again.add_argument("--allow-dirty", action="store_true",
+                       help="re-run from a git tree with uncommitted changes (recorded in the manifests)")
     args, rest = parser.parse_known_args(argv)
     unknown = [a for a in rest if a.startswith("-")]
     if unknown or (rest and args.command != "run"):
@@ -126,6 +135,11 @@ def main(argv: list[str] | None = None) -> int:
         return _cache(args)
     previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
+        if args.command == "reproduce":
+            report = reproduce(args.studies or None, allow_dirty=args.allow_dirty)
+            print(report.read_text(), flush=True)
+            print(f"[studykit] reproduction report: {display_path(report)}", flush=True)
+            return 0
         studies = _runnable_studies() if args.study == "all" else [args.study]
         for study in studies:
             print(f"[studykit] running {study} {' '.join(args.overrides)}", flush=True)

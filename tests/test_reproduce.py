@@ -49,3 +49,25 @@ def test_a_changed_reply_verdict_and_package_are_reported(pair):
     assert reproduce.environment_difference(a, b)["packages changed"]["torch"][1] == "0.0"
     text = reproduce.report([(a, b)])
     assert "verdicts agree on 1 of 2 claim rows" in text and "torch" in text
+
+
+def test_reproduce_reruns_each_committed_result_once_and_writes_the_report(tmp_path, monkeypatch):
+    committed = tmp_path / "results" / "quickstart" / "embedded"
+    shutil.copytree(COMMITTED, committed, ignore=shutil.ignore_patterns("*.ipynb", "*.png"))
+    monkeypatch.setenv("STUDYKIT_RESULTS", str(tmp_path / "results"))
+    calls = []
+
+    def fake_run(study, overrides, allow_dirty=False):
+        import os
+        calls.append((study, overrides, os.environ["STUDYKIT_RESULTS"]))
+        target = Path(os.environ["STUDYKIT_RESULTS"]) / study / "embedded"
+        shutil.copytree(committed, target)
+        return target
+
+    monkeypatch.setattr(reproduce, "run_study", fake_run)
+    scratch = tmp_path / "scratch"
+    for _ in range(2):  # the second call finds the re-run and only rewrites the report
+        path = reproduce.reproduce(scratch=scratch, say=lambda line: None)
+    manifest = json.loads((committed / "manifest.json").read_text())
+    assert calls == [("quickstart", manifest["overrides"], str(scratch))]
+    assert "verdicts agree on 2 of 2 claim rows" in path.read_text()
