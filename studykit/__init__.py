@@ -26,9 +26,12 @@ methods, training and evidence
   report    – the accuracy sections and tables every study notebook shows
   score     – sharded response scoring over JSONL (accelerate-launchable)
   results   – metrics / tables / figures / predictions written by notebooks, logs to a file
-  provenance – the generated results/README.md (evidence / analysis staleness, the BH ledger)
+  provenance – the generated results/README.md (evidence / analysis staleness, the BH ledger) and README's table
+  cache     – the run cache: trained runs stored under the key of their code, model, seed, eval items and recipe
 orchestration
-  runner    – papermill execution into results/<study>/<profile>/ with a manifest
+  study     – the Study session a notebook opens: config, device, logging, evaluation, cached runs, progress
+  runner    – papermill execution into results/<study>/<profile>/ (or a sweep's runs/…/<tag>/), locks, manifest
+  reproduce – ``make study``: re-run the committed ledger into runs/reproduce/ and report agreement
   cli       – the ``studykit`` command
 (device_check – STUDYKIT_DEVICE_CHECK: every model call must run on the configured device)
 """
