@@ -33,11 +33,13 @@ DIRECTIONS = ("greater", "less")
 
 
 def wilson_interval(successes: int, n: int, alpha: float = ALPHA) -> tuple[float, float]:
-    """Wilson score interval of an accuracy ``successes / n``."""
+    """Wilson score interval of an accuracy ``successes / n`` (statsmodels), made to contain the accuracy itself:
+    at 0 or n successes statsmodels' floating-point bound can land a hair inside (1e-17 above 0)."""
     if n <= 0:
         raise ValueError(f"wilson_interval needs n > 0 items, got {n}")
     low, high = proportion_confint(int(successes), int(n), alpha=alpha, method="wilson")
-    return float(low), float(high)
+    share = successes / n
+    return min(float(low), share), max(float(high), share)
 
 
 def minimum_detectable_effect(standard_error: float, alpha: float = ALPHA, power: float = POWER,

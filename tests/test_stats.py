@@ -221,3 +221,8 @@ def test_auroc_difference_is_paired():
     alone = auroc(labels, a)
     assert paired.ci_high - paired.ci_low < (alone["ci_high"] - alone["ci_low"]) / 2
     assert paired.ci_low < 0 < paired.ci_high
+
+
+@pytest.mark.parametrize("n", [7, 28, 281])
+def test_wilson_interval_contains_an_accuracy_of_zero_or_one(n):
+    assert wilson_interval(0, n)[0] == 0.0 and wilson_interval(n, n)[1] == 1.0
