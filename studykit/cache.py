@@ -9,8 +9,9 @@ run again finds its finished runs here and resumes at the first unfinished one.
 
 An entry is a directory ``$STUDYKIT_CACHE/runs/<key>/`` holding ``predictions.parquet`` (the per-item judged
 replies on the eval items), ``log.json`` (the trainer's log history), ``extra.json`` (what the notebook attached:
-steps, curves, …), ``model/`` when a later step needs the weights, and ``meta.json``, written last: an entry
-without it is unfinished and ignored.  ``studykit cache list`` / ``prune`` show and remove entries.
+steps, curves, …), ``model/`` when a later step needs the weights, ``checkpoints/checkpoint-<step>/`` when a
+later step starts from the run's checkpoints, and ``meta.json``, written last: an entry without it is unfinished
+and ignored.  ``studykit cache list`` / ``prune`` show and remove entries.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ UNCACHED_MODULES = {"analysis", "cache", "claims", "cli", "guards", "provenance"
                     "stats", "study"}
 LIBRARIES = ("torch", "transformers", "trl", "datasets", "accelerate", "peft", "reasoning-gym", "numpy")
 META = "meta.json"
+CHECKPOINTS = "checkpoints"
 
 
 def runs_root() -> Path:
@@ -80,9 +82,11 @@ def lookup(key: str) -> Path | None:
     return entry if (entry / META).is_file() else None
 
 
-def store(key: str, meta: dict, predictions: pd.DataFrame, log: list[dict], extra: dict, model=None) -> Path:
+def store(key: str, meta: dict, predictions: pd.DataFrame, log: list[dict], extra: dict, model=None,
+          checkpoints: dict | None = None) -> Path:
     """Write an entry atomically (a temporary sibling, renamed into place); a concurrent writer of the same key wins
-    and this copy is discarded (both hold the same run)."""
+    and this copy is discarded (both hold the same run).  ``checkpoints``: {step: a model or a saved checkpoint's
+    directory}, stored as ``checkpoints/checkpoint-<step>/``."""
     root = runs_root()
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".tmp-{key}-{os.getpid()}"
@@ -94,6 +98,11 @@ def store(key: str, meta: dict, predictions: pd.DataFrame, log: list[dict], extr
         (tmp / "extra.json").write_text(json.dumps(extra, default=_plain))
         if model is not None:
             model.save_pretrained(tmp / "model")
+        for step, saved in sorted((checkpoints or {}).items()):
+            if isinstance(saved, (str, Path)):
+                shutil.copytree(saved, checkpoint_dir(tmp, step))
+            else:
+                saved.save_pretrained(checkpoint_dir(tmp, step))
         meta = {**meta, "key": key, "code": code_fingerprint(), "created": time.time(), "has_model": model is not None}
         (tmp / META).write_text(json.dumps(meta, indent=2, default=_plain) + "\n")
         try:
@@ -103,6 +112,15 @@ def store(key: str, meta: dict, predictions: pd.DataFrame, log: list[dict], extr
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return root / key
+
+
+def checkpoint_dir(entry: Path, step: int) -> Path:
+    return Path(entry) / CHECKPOINTS / f"checkpoint-{int(step)}"
+
+
+def checkpoint_steps(entry: Path) -> list[int]:
+    """The steps of the checkpoints stored in ``entry``."""
+    return sorted(int(p.name.removeprefix("checkpoint-")) for p in (Path(entry) / CHECKPOINTS).glob("checkpoint-*"))
 
 
 def load(entry: Path) -> dict:

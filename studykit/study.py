@@ -66,6 +66,7 @@ class Run:
     _model: object = None
     _entry: Path | None = None
     _device: object = None
+    _checkpoints: dict = field(default_factory=dict)  # step -> model or directory, stored with a fresh run
 
     @property
     def model(self):
@@ -89,6 +90,25 @@ class Run:
     @property
     def steps(self) -> int | None:
         return self.extra.get("steps")
+
+    def save_checkpoint(self, step: int, model) -> None:
+        """Store ``model`` (a model, or a saved checkpoint's directory: a trainer's ``checkpoint-<step>``) with this
+        fresh run as its checkpoint ``step``: a later step reads it with :meth:`checkpoint`, cached or not."""
+        if self.done:
+            raise RuntimeError(f"run {self.name!r} seed {self.seed} came from the cache with its checkpoints")
+        self._checkpoints[int(step)] = model
+
+    @property
+    def checkpoints(self) -> list[int]:
+        """The steps of the checkpoints stored with this run (once its body has ended)."""
+        return cache.checkpoint_steps(self._entry) if self._entry is not None else []
+
+    def checkpoint(self, step: int) -> Path:
+        """The stored checkpoint ``step``'s directory (load it with :func:`studykit.models.load_checkpoint`)."""
+        if int(step) not in self.checkpoints:
+            raise KeyError(f"run {self.name!r} seed {self.seed} has no stored checkpoint {step} "
+                           f"(stored: {self.checkpoints})")
+        return cache.checkpoint_dir(self._entry, step)
 
 
 class Study:
@@ -119,7 +139,7 @@ class Study:
         else:
             cfg = OmegaConf.create(config)
             OmegaConf.set_readonly(cfg, True)
-            if cfg.study.name != name:
+            if name not in (cfg.study.name, Path(cfg.study.notebook).stem):  # a recipe may share a notebook
                 raise ConfigError(f"notebook of study '{name}' was given the config of study '{cfg.study.name}'")
         return cls(cfg, output_directory(output_dir, cfg))
 
@@ -157,11 +177,13 @@ class Study:
                                 chat=self.chat, max_new_tokens=int(self.cfg.eval.max_new_tokens),
                                 batch_size=int(self.cfg.eval.batch_size))
 
-    def evaluation(self, model, condition: str, seed: int = UNTRAINED) -> pd.DataFrame:
+    def evaluation(self, model, condition: str, seed: int = UNTRAINED, records: list[dict] | None = None
+                   ) -> pd.DataFrame:
         """Evaluate a model that is not trained by a run of this session (the base model, a merge) on the eval
-        items and record its predictions as ``condition`` (``seed``: :data:`UNTRAINED` for an untrained model)."""
+        items (or ``records``) and record its predictions as ``condition`` (``seed``: :data:`UNTRAINED` for an
+        untrained model)."""
         start = time.perf_counter()
-        predictions = self.evaluate(model)
+        predictions = self.evaluate(model, records)
         self.timings[f"eval {condition} seed {seed}"] = time.perf_counter() - start
         self._predictions.append(predictions_frame(predictions, condition, seed))
         return predictions
@@ -185,13 +207,19 @@ class Study:
         self._planned = int(n_runs)
 
     @contextmanager
-    def run(self, name: str, seed: int, *, recipe: dict, keep_model: bool = False):
+    def run(self, name: str, seed: int, *, recipe: dict, keep_model: bool = False, evaluate: bool = True,
+            eval_records: list[dict] | None = None):
         """One trained run (see :class:`Run`): looked up in the run cache by ``recipe`` (what determines the run:
         the method, its settings, its data and start), the model, ``seed`` and the eval items; trained by the body
         when not found, then evaluated on the eval items, stored (with the weights when ``keep_model``) and
-        recorded as condition ``name``, training seed ``seed``."""
+        recorded as condition ``name``, training seed ``seed``.  ``evaluate=False``: not evaluated and no
+        predictions recorded (a merge ingredient, or a study that measures its runs itself, into ``run.extra``).
+        ``eval_records``: evaluate on these items instead of all eval items (a run whose claims read only some
+        families: the in-domain ones, its trained family)."""
+        records = self.eval_records if eval_records is None else eval_records
         spec = {"model": self.cfg.model, "device": self.device.type, "seed": int(seed), "eval": self.cfg.eval,
-                "eval_items": [r["id"] for r in self.eval_records], "recipe": recipe}
+                "eval_items": [(r["id"], r["prompt"], r["response"]) for r in records], "recipe": recipe,
+                **({} if evaluate else {"evaluate": False})}
         key = cache.run_key(spec)
         entry = cache.lookup(key)
         self._progress(f"{name} seed {seed}" + (" (cached)" if entry else ""))
@@ -209,11 +237,13 @@ class Study:
                     raise ValueError(f"run {name!r} seed {seed}: the body trained nothing (set run.trainer or "
                                      "run.model)")
                 run.model.eval()
-                run.predictions = self.evaluate(run.model)
+                run.predictions = self.evaluate(run.model, records) if evaluate else pd.DataFrame()
                 run.seconds = time.perf_counter() - start
-                cache.store(key, {"study": self.name, "name": name, "seed": int(seed), "seconds": run.seconds},
-                            run.predictions, run.log, run.extra, run.model if keep_model else None)
-        self._predictions.append(predictions_frame(run.predictions, name, seed))
+                run._entry = cache.store(key, {"study": self.name, "name": name, "seed": int(seed),
+                                               "seconds": run.seconds}, run.predictions, run.log, run.extra,
+                                         run.model if keep_model else None, checkpoints=run._checkpoints)
+        if evaluate:
+            self._predictions.append(predictions_frame(run.predictions, name, seed))
         self._runs.append({"run": name, "seed": int(seed), "steps": run.steps, "seconds": round(run.seconds, 1),
                            "cached": run.done, "key": key[:12]})
 

@@ -80,6 +80,22 @@ def test_kept_weights_come_back_from_the_cache(session):
     assert not (trained_weight == next(model.parameters())).all()
 
 
+def test_a_run_without_evaluation_is_stored_and_listed_but_records_no_predictions(session):
+    model, _ = session.base_model()
+    pool = session.testbed()["pool"]
+    session.evaluation(model, "base")
+    for expected_done in (False, True):
+        with session.run("part", 0, recipe=session.sft_recipe(pool), keep_model=True, evaluate=False) as run:
+            if not run.done:
+                run.trainer = train_sft(copy_model(model), session.tokenizer, pool, session.cfg, run.scratch, seed=0)
+                run.extra["measured"] = 1.5
+        assert run.done is expected_done and run.extra["measured"] == 1.5 and run.model is not None
+    assert list(session.runs["cached"]) == [False, True]
+    assert set(session.predictions["condition"]) == {"base"}  # only the evaluation: the run recorded nothing
+    # the same recipe asked for with evaluation is another entry (the stored run has no predictions to give)
+    assert not _sft(session, model, pool, 0, []).done and len(cache.list_entries()) == 2
+
+
 def test_prune_removes_stale_and_all_entries(session, monkeypatch):
     model, _ = session.base_model()
     _sft(session, model, session.testbed()["pool"], 0, [])
@@ -101,3 +117,47 @@ def test_seeds_are_the_studys_training_seeds(tmp_path):
     multi = Study.open("nuggets", OmegaConf.to_container(compose(["study=nuggets", "study.seeds=[4,5]"]),
                                                           resolve=True), str(tmp_path / "b"))
     assert single.seeds == [3] and multi.seeds == [4, 5]
+
+
+def test_checkpoints_are_stored_with_the_run_and_come_back_from_the_cache(session):
+    from studykit.models import load_checkpoint
+    from studykit.train import train_sft_with_checkpoints
+
+    model, _ = session.base_model()
+    pool = session.testbed()["pool"]
+    for expected_done in (False, True):
+        with session.run("sft", 0, recipe=session.sft_recipe(pool[2:])) as run:
+            assert run.checkpoints == ([0, 1, 2] if run.done else [])  # a fresh run's: when its body ends
+            if not run.done:
+                trainer, table = train_sft_with_checkpoints(copy_model(model), session.tokenizer, pool[2:], pool[:2],
+                                                            session.cfg, run.scratch, n_checkpoints=2, seed=0)
+                run.trainer = trainer
+                for step, path in zip(table["step"], table["path"]):
+                    run.save_checkpoint(step, path)  # a trainer's checkpoint directory, copied
+                run.save_checkpoint(0, model)  # or a model, saved
+            else:
+                with pytest.raises(RuntimeError, match="came from the cache"):
+                    run.save_checkpoint(3, model)
+        assert run.done is expected_done and run.checkpoints == [0, 1, 2]
+        weights = {step: next(load_checkpoint(run.checkpoint(step), model).parameters()) for step in run.checkpoints}
+        assert (weights[0] == next(model.parameters())).all()
+        assert not (weights[2] == weights[1]).all()  # (step 1 trained at lr 0: the warm-up's first step)
+        if not run.done:
+            assert (weights[2] == next(run.model.parameters()).cpu()).all()  # the last checkpoint: the final model
+    with pytest.raises(KeyError, match="no stored checkpoint 5"):
+        run.checkpoint(5)
+
+
+def test_a_run_evaluated_on_some_items_is_keyed_and_recorded_on_those(session):
+    model, _ = session.base_model()
+    pool = session.testbed()["pool"]
+    family = session.eval_records[0]["family"]
+    some = [r for r in session.eval_records if r["family"] == family]
+    keys = []
+    for records in (some, None):
+        with session.run("sft", 0, recipe=session.sft_recipe(pool), eval_records=records) as run:
+            if not run.done:
+                run.trainer = train_sft(copy_model(model), session.tokenizer, pool, session.cfg, run.scratch, seed=0)
+        keys.append(run.key)
+        assert set(run.predictions["id"]) == {r["id"] for r in (records or session.eval_records)}
+    assert keys[0] != keys[1]
