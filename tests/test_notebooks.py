@@ -69,6 +69,9 @@ def test_study_notebook_meets_the_evidence_contract(study, tmp_path, monkeypatch
     assert {"cpu_model", "cpu_flags", "torch_cpu_capability", "blas"} <= set(manifest["hardware"])
 
     executed = nbformat.read(out / f"{study}.ipynb", as_version=4)
+    widgets = [o for c in executed.cells if c.cell_type == "code" for o in c.get("outputs", [])
+               if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert widgets == [] and "widgets" not in executed.metadata  # no widget state in an executed notebook
     streams = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.get("outputs", [])
                       if o.get("output_type") == "stream")
     displayed = "".join(str(o.get("data", {}).get("text/plain", "")) for c in executed.cells if c.cell_type == "code"

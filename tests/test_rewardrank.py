@@ -102,11 +102,11 @@ def test_dpo_movement_win_rate_counts_ties_as_half():
 
 
 def test_self_sampled_pairs_keep_a_correct_and_a_wrong_sample(monkeypatch, smoke_cfg):
-    import studykit.evaluate as evaluate
+    import studykit.rewardrank as rewardrank
 
     record = next(r for r in build_testbed(smoke_cfg.data)["preference"] if r["family"] == "chain_sum")
     gold, wrong = record["answer"], str(int(record["answer"]) + 1)
-    monkeypatch.setattr(evaluate, "generate", lambda *a, **k: [wrong, f"The answer is {gold}.", gold, wrong,  # mixed
+    monkeypatch.setattr(rewardrank, "generate", lambda *a, **k: [wrong, f"The answer is {gold}.", gold, wrong,  # mixed
                                                                wrong, wrong, "", wrong])                     # all wrong
     pairs = self_sampled_pairs(None, None, [record, {**record, "id": "y"}], samples=4, chat=True, max_new_tokens=8)
     assert len(pairs) == 1 and pairs[0]["chosen"] == f"The answer is {gold}." and pairs[0]["rejected"] == wrong
