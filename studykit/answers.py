@@ -10,8 +10,8 @@ Two accuracies, reported side by side:
 * **lenient** – the final answer stated anywhere in the reply, extracted by the family's answer format
   (:data:`FAMILY_FORMATS`), then verified: ``"The answer is 42."``, ``"Yes."``, ``"1."`` and ``**"nus"**`` count.
 
-Adding a task family is one entry in :data:`FAMILY_FORMATS`; adding an answer format is one function registered
-with :func:`register_format`.  Families without an entry use ``"phrase"``.
+Adding a task family is one entry in :data:`FAMILY_FORMATS`; adding an answer format is one function and its line
+in :data:`FORMATS`.  Families without an entry use ``"phrase"``.
 """
 from __future__ import annotations
 
@@ -27,8 +27,6 @@ _MARKER = re.compile(r"(?:final answer|answer)\s*(?:is|:|=)\s*", re.IGNORECASE)
 _QUOTED = re.compile(r"[\"“”'`]([^\"“”'`\n]+)[\"“”'`]")
 _STRIP = " \t\"'“”‘’`*_.,;:!?()[]{}"
 
-FORMATS: dict[str, Callable[[str], str]] = {}
-
 FAMILY_FORMATS = {
     "chain_sum": "number",
     "basic_arithmetic": "number",
@@ -40,14 +38,6 @@ FAMILY_FORMATS = {
     "word_sequence_reversal": "word_list",
     "knights_knaves": "sentence",
 }
-
-
-def register_format(name: str):
-    """Decorator: register ``fn(reply) -> extracted answer`` as answer format ``name``."""
-    def wrap(fn):
-        FORMATS[name] = fn
-        return fn
-    return wrap
 
 
 def first_line(reply: str) -> str:
@@ -71,7 +61,6 @@ def _clean(span: str) -> str:
     return span.strip().strip(_STRIP).strip()
 
 
-@register_format("number")
 def _number(reply: str) -> str:
     """The number after the last "answer is", else the last number in the reply ("3 + 4 = 7" → 7)."""
     marked = _NUMBER.findall(_after_marker(reply) or "")
@@ -79,7 +68,6 @@ def _number(reply: str) -> str:
     return numbers[0].replace(",", "") if numbers else ""
 
 
-@register_format("yes_no")
 def _yes_no(reply: str) -> str:
     """Yes or No, capitalized: after the last "answer is" if present, else the first yes/no word of the reply."""
     for span in (_after_marker(reply), reply):
@@ -90,7 +78,6 @@ def _yes_no(reply: str) -> str:
     return ""
 
 
-@register_format("word")
 def _word(reply: str) -> str:
     """A one-word answer: after the last "answer is", else a quoted string, else the first line; a multi-word
     span keeps its last word ("The word backward is nus" → nus)."""
@@ -103,7 +90,6 @@ def _word(reply: str) -> str:
     return words[-1] if words else ""
 
 
-@register_format("word_list")
 def _word_list(reply: str) -> str:
     """A comma-separated list: after the last "answer is", else the first line that contains a comma (after its
     last colon: "The reversed list is: a, b, c")."""
@@ -114,16 +100,24 @@ def _word_list(reply: str) -> str:
     return ", ".join(_clean(w) for w in _clean(span).split(",") if _clean(w))
 
 
-@register_format("sentence")
 def _sentence(reply: str) -> str:
     """A sentence answer (e.g. knights and knaves): after the last "answer is", else the whole first line."""
     return (_after_marker(reply) or first_line(reply)).strip()
 
 
-@register_format("phrase")
 def _phrase(reply: str) -> str:
     """Default: after the last "answer is", else the first line, surrounding quotes and punctuation removed."""
     return _clean(_after_marker(reply) or first_line(reply))
+
+
+FORMATS: dict[str, Callable[[str], str]] = {
+    "number": _number,
+    "yes_no": _yes_no,
+    "word": _word,
+    "word_list": _word_list,
+    "sentence": _sentence,
+    "phrase": _phrase,
+}
 
 
 def extract_answer(family: str, reply: str) -> str:
