@@ -37,6 +37,17 @@ FAMILY_FORMATS = {
     "figlet_font": "word",
     "word_sequence_reversal": "word_list",
     "knights_knaves": "sentence",
+    "products": "number",
+    "leg_counting": "number",
+    "count_bits": "number",
+    "gcd": "number",
+    "lcm": "number",
+    "simple_equations": "number",
+    "base_conversion": "word",
+    "letter_jumble": "word",
+    "word_sorting": "word_list",
+    "caesar_cipher": "sentence",
+    "sentence_reordering": "sentence",
 }
 
 

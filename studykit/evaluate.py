@@ -20,14 +20,18 @@ SKEWED = 0.5  # a family whose majority answer alone scores at least this is fla
 
 
 @torch.no_grad()
-def generate(model, tokenizer, prompts: list[str], *, chat: bool, max_new_tokens: int, batch_size: int = 16,
-             progress: bool = False, do_sample: bool = False, temperature: float = 1.0) -> list[str]:
-    """Continuations of raw prompts (formatted with :func:`format_prompt`), special tokens stripped; greedy unless
-    ``do_sample``.  Batches are length-sorted and left-padded on the model's device."""
+def generate_ids(model, tokenizer, prompts: list[str], *, chat: bool, max_new_tokens: int, batch_size: int = 16,
+                 samples: int = 1, progress: bool = False, do_sample: bool = False, temperature: float = 1.0
+                 ) -> list[list[list[int]]]:
+    """The generated token ids of ``samples`` continuations per raw prompt (formatted with :func:`format_prompt`),
+    each cut before its first end-of-sequence token; greedy unless ``do_sample``.  Batches (of ``batch_size``
+    prompts) are length-sorted and left-padded on the model's device.  A greedy or sampled continuation's first
+    ``b`` tokens are the continuation at a budget of ``b`` tokens, so one pass serves every smaller budget."""
     device = next(model.parameters()).device
     texts = [format_prompt(tokenizer, p, chat) for p in prompts]
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
-    outputs: list[str] = [""] * len(texts)
+    outputs: list[list[list[int]]] = [[] for _ in texts]
+    stops = set(_as_list(model.generation_config.eos_token_id)) | {tokenizer.eos_token_id}
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     sampling = {"do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": None} if do_sample else \
@@ -38,13 +42,26 @@ def generate(model, tokenizer, prompts: list[str], *, chat: bool, max_new_tokens
             enc = tokenizer([texts[i] for i in index], return_tensors="pt", padding=True,
                             add_special_tokens=True).to(device)
             out = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                                 **sampling)
-            decoded = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-            for i, text in zip(index, decoded):
-                outputs[i] = text
+                                 num_return_sequences=samples, **sampling)
+            new = out[:, enc["input_ids"].shape[1]:].tolist()
+            for row, ids in enumerate(new):
+                cut = next((k for k, token in enumerate(ids) if token in stops), len(ids))
+                outputs[index[row // samples]].append(ids[:cut])
     finally:
         tokenizer.padding_side = side
     return outputs
+
+
+def _as_list(value) -> list:
+    return [] if value is None else list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def generate(model, tokenizer, prompts: list[str], *, chat: bool, max_new_tokens: int, batch_size: int = 16,
+             progress: bool = False, do_sample: bool = False, temperature: float = 1.0) -> list[str]:
+    """One continuation per raw prompt (:func:`generate_ids`), decoded with special tokens stripped."""
+    ids = generate_ids(model, tokenizer, prompts, chat=chat, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                       progress=progress, do_sample=do_sample, temperature=temperature)
+    return tokenizer.batch_decode([sequences[0] for sequences in ids], skip_special_tokens=True)
 
 
 def judge_replies(records: list[dict], replies: list[str]) -> pd.DataFrame:

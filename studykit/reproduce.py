@@ -59,6 +59,17 @@ def prediction_agreement(committed: Path, rerun: Path) -> dict:
             "same lenient": float((both["lenient_a"] == both["lenient_b"]).mean())}
 
 
+def measurement_agreement(committed: Path, rerun: Path) -> dict:
+    """A measurement without claims (the calibration): the share of its per-reply rows (``replies.parquet``) whose
+    reply and judgement are identical in both runs."""
+    a, b = (pd.read_parquet(d / "replies.parquet") for d in (committed, rerun))
+    keys = [c for c in ("start", "id", "kind", "sample", "budget") if c in a.columns]
+    both = a.merge(b, on=keys, suffixes=("_a", "_b"))
+    return {"rows": len(both), "only committed": len(a) - len(both), "only re-run": len(b) - len(both),
+            "same reply": float((both["reply_a"] == both["reply_b"]).mean()) if len(both) else float("nan"),
+            "same lenient": float((both["lenient_a"] == both["lenient_b"]).mean()) if len(both) else float("nan")}
+
+
 def environment_difference(committed: Path, rerun: Path) -> dict:
     """The machines of both runs and every package whose version differs between them."""
     a, b = (json.loads((d / "manifest.json").read_text()) for d in (committed, rerun))
@@ -79,9 +90,17 @@ def report(pairs: list[tuple[Path, Path]]) -> str:
     lines = ["# Reproduction report", ""]
     for committed, rerun in pairs:
         name = f"{committed.parent.name}/{committed.name}"
+        env = environment_difference(committed, rerun)
+        if not (committed / "claims.csv").is_file():  # a measurement: compare its replies
+            rows = measurement_agreement(committed, rerun)
+            lines += [f"## {name}", "", f"- a measurement (no claims): identical replies on {rows['same reply']:.1%} "
+                      f"of {rows['rows']} shared rows of replies.parquet (judgement identical on "
+                      f"{rows['same lenient']:.1%})",
+                      f"- committed: {env['commit committed']} on {env['machine committed']}; re-run: "
+                      f"{env['commit re-run']} on {env['machine re-run']}", ""]
+            continue
         claims = claims_agreement(committed, rerun)
         items = prediction_agreement(committed, rerun)
-        env = environment_difference(committed, rerun)
         agree = int(claims["verdicts agree"].sum())
         lines += [f"## {name}", "",
                   f"- verdicts agree on {agree} of {len(claims)} claim rows; identical replies on "

@@ -506,6 +506,7 @@ def run_study(study: str, overrides: list[str] = (), *, log_output: bool = False
             _strip_widgets_file(tmp / notebook.name)
             manifest = {
                 "study": study, "profile": cfg.profile.name, "notebook": str(notebook.relative_to(ROOT)),
+                "model": {"name": cfg.model.name, "weights": cfg.model.get("weights")},
                 "command": [Path(sys.argv[0]).name, *sys.argv[1:]], "overrides": overrides,
                 "sweep": {"tag": final.name, "differences": differences} if sweep else None,
                 "seeds": used_seeds(cfg),

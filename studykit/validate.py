@@ -100,6 +100,19 @@ def _families(v) -> bool:
     return _mapping(v) and len(v) > 0 and all(task_of(f) in reasoning_gym.factory.DATASETS for f in v)
 
 
+def _starts(v) -> bool:
+    return _list(v) and len(v) > 0 and v[0] == "base" and set(v) <= {"base", "warmup"}
+
+
+_CALIBRATION_SETTINGS = {"items": positive_int, "pool": positive_int, "samples": at_least_two, "budgets": lambda v: int_list(v) and min(v) >= 1,
+                         "starts": _starts}
+
+
+def _by_model(v) -> bool:
+    return _mapping(v) and all(_mapping(s) and set(s) <= set(_CALIBRATION_SETTINGS)
+                               and all(_CALIBRATION_SETTINGS[k](x) for k, x in s.items()) for s in v.values())
+
+
 def _rewards(v) -> bool:
     return (_mapping(v) and set(v) <= set(REWARDS) and all(_number(w) for w in v.values())
             and any(w != 0 for w in v.values()))
@@ -227,6 +240,12 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "threshold": (unit_interval, "a golden-score threshold in [0, 1]"),
     "thresholds": (_thresholds, "a list of golden-score thresholds in [0, 1]"),
     "int_list": (int_list, "a non-empty list of integers"),
+    "families": (_families, "a non-empty mapping of reasoning-gym task names (or <task>:<arm>) to their parameters"),
+    "null_or_names": (lambda v: v is None or (_list(v) and len(v) > 0 and all(isinstance(x, str) for x in v)),
+                      "null or a non-empty list of names"),
+    "starts": (_starts, "a list of base and optionally warmup, base first"),
+    "calibration_by_model": (_by_model, "a mapping of model names to {items: int ≥ 1, pool: int ≥ 1, samples: int ≥ 2, "
+                                        "budgets: [int ≥ 1, ...], starts: [base, warmup]}"),
     "positive_int_list": (_positive_int_list, "a non-empty list of integers ≥ 1"),
     "anchor_multipliers": (_positive_list,
                            "a non-empty list of numbers > 0 (anchor counts relative to study.nuggets.anchors.n)"),

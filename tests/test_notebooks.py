@@ -44,9 +44,16 @@ def test_study_notebook_meets_the_evidence_contract(study, tmp_path, monkeypatch
     assert main(["run", study, "profile=smoke", *smoke, "--allow-dirty"]) == 0
     out, sweep = target_directory(study, ["profile=smoke", *smoke])
     names = {p.name for p in out.iterdir()}
-    assert outputs | {"claims.csv", "metrics.json", "timings.json", "manifest.json", "run.log", f"{study}.ipynb"} <= names
+    tests_claims = (CONF_DIR / "claims" / f"{study}.yaml").is_file()  # else a measurement study (calibration)
+    assert outputs | {"metrics.json", "timings.json", "manifest.json", "run.log", f"{study}.ipynb"} <= names
+    assert ("claims.csv" in names) == tests_claims
 
-    if study in SCORING_STUDIES:  # nothing is trained: the per-item data are the item scores
+    if not tests_claims:  # the calibration: one row per (start, family, budget), one selection row per family
+        table, selection = pd.read_csv(out / "calibration.csv"), pd.read_csv(out / "selection.csv")
+        assert len(table) == table["start"].nunique() * table["family"].nunique() * table["budget"].nunique()
+        assert sorted(selection["family"]) == sorted(table["family"].unique())
+        assert table[["gold_modal_share", "greedy_lenient", "signal_share"]].stack().between(0, 1).all()
+    elif study in SCORING_STUDIES:  # nothing is trained: the per-item data are the item scores
         assert "predictions" not in names and {"id", "family", "noise_kind"} <= set(pd.read_csv(out / "item_scores.csv"))
     else:
         predictions = pd.concat([pd.read_csv(p) for p in (out / "predictions").glob("*.csv")])
@@ -60,12 +67,13 @@ def test_study_notebook_meets_the_evidence_contract(study, tmp_path, monkeypatch
         counts = predictions.groupby(["family", "condition", "seed"])["id"].nunique()
         assert (counts.groupby("family").nunique() == 1).all(), "every evaluated model is scored on the same eval items"
 
-    claims = pd.read_csv(out / "claims.csv")
-    assert set(claims["id"].str.split(" = ").explode()) == {c["id"] for c in load_claims(study)}
-    assert claims["verdict"].str.match(r"^(supported|contradicted|not resolved|not separable|not tested)").all()
+    if tests_claims:
+        claims = pd.read_csv(out / "claims.csv")
+        assert set(claims["id"].str.split(" = ").explode()) == {c["id"] for c in load_claims(study)}
+        assert claims["verdict"].str.match(r"^(supported|contradicted|not resolved|not separable|not tested)").all()
 
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["git"]["allow_dirty"] is True
+    assert manifest["git"]["allow_dirty"] is True and manifest["model"]["weights"]
     assert {"cpu_model", "cpu_flags", "torch_cpu_capability", "blas"} <= set(manifest["hardware"])
 
     executed = nbformat.read(out / f"{study}.ipynb", as_version=4)

@@ -71,3 +71,16 @@ def test_reproduce_reruns_each_committed_result_once_and_writes_the_report(tmp_p
     manifest = json.loads((committed / "manifest.json").read_text())
     assert calls == [("quickstart", manifest["overrides"], str(scratch))]
     assert "verdicts agree on 2 of 2 claim rows" in path.read_text()
+
+
+def test_a_measurement_without_claims_is_compared_on_its_replies(tmp_path):
+    rows = pd.DataFrame({"start": ["base"] * 3, "id": ["a", "b", "c"], "kind": ["greedy"] * 3, "sample": [0] * 3,
+                         "budget": [16] * 3, "reply": ["1", "2", "3"], "lenient": [True, False, True]})
+    manifest = {"git": {"commit": "abc1234"}, "packages": {}, "hardware": {}}
+    dirs = [tmp_path / side / "calibration" / "embedded" for side in ("a", "b")]
+    for d, replies in zip(dirs, (rows, rows.assign(reply=["1", "2", "4"]))):
+        d.mkdir(parents=True)
+        replies.to_parquet(d / "replies.parquet")
+        (d / "manifest.json").write_text(json.dumps(manifest))
+    assert reproduce.measurement_agreement(*dirs)["same reply"] == pytest.approx(2 / 3)
+    assert "a measurement (no claims): identical replies on 66.7% of 3 shared rows" in reproduce.report([tuple(dirs)])
