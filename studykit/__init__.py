@@ -19,6 +19,7 @@ methods, training and evidence
   trainers  – the shared TRL plumbing: training arguments per device, fp32 check, logs to a file, TRL rows
   train / preference / rl (+ hybrid_rl, curriculum) – SFT, the preference losses, GRPO and its variants
   nuggets, rewardrank, selectors, transforms, diversity, merging – the methods' scoring and data
+  calibration – which testbed families let each method act on a model (gold skew, accuracy, RL signal share)
   evaluate  – generation, per-item judged predictions, accuracy with chance / majority baselines
   guards    – degenerate arms, identical runs, placebo, RL-signal and movement preconditions, family effects
   claims    – the claims YAML of a study → guarded claims table with verdicts

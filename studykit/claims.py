@@ -15,6 +15,9 @@ entry::
       regime: {model: Qwen2.5-Math-1.5B, data: NuminaMath 100k, steps: 1 epoch}   # the paper's (paper claims)
       requires: {signal_share: 0.5, changed_replies: 0.1}   # optional preconditions on the trained arms
       headline: true                    # optional: the study's main question: a verdict needs ≥ 5 training seeds
+      paper_effect: 0.05                # optional: the paper's effect on this comparison's scale (a difference in
+                                        # the test's metric); a comparison whose MDE exceeds it and that does not
+                                        # resolve reads "not testable at this scale (paper effect x vs MDE y)"
       test: {treatment: dft, control: sft, metric: lenient, direction: greater, families: in_domain}
 
 ``test.families`` names a family group of the study's evidence (``in_domain``, ``ood``; ``all`` by default).
@@ -125,6 +128,10 @@ def _check_guards(where: str, entry: dict) -> None:
                           f"got {requires!r}")
     if not isinstance(entry.get("headline", False), bool):
         raise ClaimsError(f"{where}: headline must be true or false, got {entry['headline']!r}")
+    effect = entry.get("paper_effect")
+    if effect is not None and (isinstance(effect, bool) or not isinstance(effect, (int, float)) or effect == 0):
+        raise ClaimsError(f"{where}: paper_effect must be a non-zero number (the paper's effect on the test's "
+                          f"scale), got {effect!r}")
 
 
 def _check_test(where: str, test) -> None:
@@ -342,7 +349,10 @@ def _resolve(rows: list[dict], tests: list[tuple]) -> None:
             continue
         row["p_holm"] = float(adjusted[i])
         label = verdict(row["difference"], row["p_holm"], test["direction"], row["mde"], kind=entry["kind"])
-        if not label.startswith("not resolved"):
+        effect = entry.get("paper_effect")
+        if label.startswith("not resolved") and effect is not None and row["mde"] > abs(effect):
+            label = f"not testable at this scale (paper effect {effect:+.3f} vs MDE {row['mde']:.3f})"
+        if not label.startswith(("not resolved", "not testable")):
             carrier = _carried_by(t, c, strata, row["difference"], row["p"])
             if carrier:
                 label = f"fragile: carried by {carrier}"
@@ -475,6 +485,9 @@ def conclusions(table: pd.DataFrame) -> list[str]:
         if label.startswith("not resolved"):
             out.append(f"{head}: not resolved at this power — {ours}; the smallest difference this comparison "
                        f"detects with 80% power is {row['mde']:.3f}.")
+        elif label.startswith("not testable"):
+            out.append(f"{head}: {label} — {ours}; a miniature this small cannot detect the paper's effect, so "
+                       "its result neither supports nor contradicts the paper.")
         elif label.startswith(("not separable", "not tested", "not pooled")):
             out.append(f"{head}: {label} — {ours}; this says nothing about the claim's effect.")
         else:

@@ -67,8 +67,9 @@ class _Shortfall(DataError):
         self.found, self.needed, self.draws = found, needed, draws
 
 
-def _generate(family: str, params: dict, n: int, seed: int) -> list[dict]:
-    """``n`` de-duplicated items of one family (draws up to 4n candidates from one seeded generator)."""
+def _generate(family: str, params: dict, n: int, seed: int, minimum: int | None = None) -> list[dict]:
+    """Up to ``n`` de-duplicated items of one family (draws up to 4n candidates from one seeded generator); fewer
+    than ``minimum`` (default ``n``) is a shortfall."""
     dataset = reasoning_gym.create_dataset(task_of(family), size=4 * n, seed=seed, **params)
     seen, items = set(), []
     for i in range(len(dataset)):
@@ -79,9 +80,12 @@ def _generate(family: str, params: dict, n: int, seed: int) -> list[dict]:
         items.append(json.loads(json.dumps(entry, default=str)))
         if len(items) == n:
             return items
+    if len(items) >= (n if minimum is None else minimum):
+        return items
     raise _Shortfall(
         f"data.families.{family}: only {len(items)} distinct questions for {n} requested; "
-        f"widen the family's parameters or lower the split sizes", len(items), n, len(dataset)
+        f"widen the family's parameters or lower the split sizes", len(items), n if minimum is None else minimum,
+        len(dataset)
     )
 
 
@@ -123,12 +127,12 @@ def build_testbed(data_cfg) -> dict[str, list[dict]]:
     for offset, (family, params) in enumerate(data_cfg.families.items()):
         if task_of(family) not in reasoning_gym.factory.DATASETS:
             raise ValueError(f"data.families: unknown reasoning-gym task '{task_of(family)}' (family '{family}')")
-        factor = 1 if max_share is None else 3  # the held-out splits draw 3x their size: room to balance answers
+        factor = 1 if max_share is None else 3  # the held-out splits draw up to 3x their size: room to balance answers
         try:
             items = _generate(family, dict(params or {}), sizes["pool"] + sizes["preference"] + factor *
-                              (sizes["eval"] + sizes["dev"]), int(data_cfg.seed) + offset)
+                              (sizes["eval"] + sizes["dev"]), int(data_cfg.seed) + offset, minimum=sum(sizes.values()))
         except _Shortfall as short:
-            raise DataError(_too_few_questions(family, short, sizes, factor)) from None
+            raise DataError(_too_few_questions(family, short, sizes)) from None
         parts = {"pool": items[:sizes["pool"]],
                  "preference": items[sizes["pool"]:sizes["pool"] + sizes["preference"]]}
         rest = items[sizes["pool"] + sizes["preference"]:]
@@ -151,17 +155,15 @@ def build_testbed(data_cfg) -> dict[str, list[dict]]:
     return splits
 
 
-def _too_few_questions(family: str, short: _Shortfall, sizes: dict[str, int], factor: int) -> str:
-    """The split size to blame (the largest share of what was asked), its value, what the generator supplied and the
-    largest value that would fit."""
-    terms = [("pool", 1), ("preference", 1), ("eval", factor), ("dev", factor)]
-    split, coef = max(terms, key=lambda term: sizes[term[0]] * term[1])
-    fits = sizes[split] - -(-(short.needed - short.found) // coef)
-    asked = " + ".join(f"{f'{c} x ' if c > 1 else ''}data.{s}_per_family={sizes[s]}" for s, c in terms if sizes[s])
+def _too_few_questions(family: str, short: _Shortfall, sizes: dict[str, int]) -> str:
+    """The split size to blame (the largest), its value, what the generator supplied and the largest value that
+    would fit."""
+    split = max(sizes, key=sizes.get)
+    fits = sizes[split] - (short.needed - short.found)
+    asked = " + ".join(f"data.{s}_per_family={sizes[s]}" for s in sizes if sizes[s])
     drawn = f" in {short.draws} draws" if short.draws else ""
     return (f"data.{split}_per_family={sizes[split]} is more than family '{family}' can supply: its generator gave "
-            f"{short.found} distinct questions{drawn}, {short.needed} are needed ({asked}"
-            f"{'; the held-out splits draw 3x their size to balance answers' if factor > 1 else ''}); "
+            f"{short.found} distinct questions{drawn}, {short.needed} are needed ({asked}); "
             + (f"lower data.{split}_per_family to at most {fits} or " if fits > 0 else "lower the split sizes or ")
             + f"widen data.families.{family}")
 

@@ -309,3 +309,28 @@ def test_a_headline_claim_carries_a_verdict_only_from_five_seeds():
     assert claims_table(claim, frame, NO_TRAINING)["verdict"].iloc[0] == "supported"
     three = claims_table(claim, frame[frame["seed"] < 3], NO_TRAINING).iloc[0]
     assert three["verdict"] == "not tested: headline claim on 3 seed(s), needs ≥ 5"
+
+
+def test_a_paper_effect_below_the_mde_makes_an_unresolved_comparison_not_testable():
+    families = ["x"] * 30 + ["y"] * 30
+    rng = np.random.default_rng(8)
+    control = (rng.random((3, 60)) < 0.5).astype(float)
+    treatment = control.copy()
+    treatment[0, :2] = 1 - treatment[0, :2]
+    treatment[1, 30:33] = 1 - treatment[1, 30:33]
+    frame = predictions({"t": treatment, "c": control}, families)
+    plain = claims_table([_claim("t", "c")], frame, NO_TRAINING).iloc[0]
+    assert plain["verdict"].startswith("not resolved")
+    small = claims_table([{**_claim("t", "c"), "paper_effect": 0.01}], frame, NO_TRAINING).iloc[0]
+    assert small["verdict"] == f"not testable at this scale (paper effect +0.010 vs MDE {plain['mde']:.3f})"
+    assert "neither supports nor contradicts" in conclusions(pd.DataFrame([small]))[0]
+    large = claims_table([{**_claim("t", "c"), "paper_effect": 5.0}], frame, NO_TRAINING).iloc[0]
+    assert large["verdict"].startswith("not resolved")  # a detectable paper effect that did not show: not resolved
+
+
+def test_paper_effect_must_be_a_number(tmp_path):
+    from studykit.claims import _check_guards
+
+    entry = {"id": "a", "kind": "kit", "paper_effect": "big"}
+    with pytest.raises(ClaimsError, match="paper_effect must be a non-zero number"):
+        _check_guards("x.yaml: claim 'a'", entry)

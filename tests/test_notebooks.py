@@ -70,7 +70,7 @@ def test_study_notebook_meets_the_evidence_contract(study, tmp_path, monkeypatch
     if tests_claims:
         claims = pd.read_csv(out / "claims.csv")
         assert set(claims["id"].str.split(" = ").explode()) == {c["id"] for c in load_claims(study)}
-        assert claims["verdict"].str.match(r"^(supported|contradicted|not resolved|not separable|not tested)").all()
+        assert claims["verdict"].str.match(r"^(supported|contradicted|not resolved|not separable|not tested|not testable|not pooled|fragile|kit:)").all()
 
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["git"]["allow_dirty"] is True and manifest["model"]["weights"]

@@ -96,7 +96,7 @@ def test_one_task_gives_difficulty_arms(smoke_cfg):
     (["data.families={chain_sum: {min_terms: 2, max_terms: 2, min_digits: 1, max_digits: 1}}",
       "data.eval_per_family=1000"],
      r"data\.eval_per_family=1000 is more than family 'chain_sum' can supply: its generator gave 200 distinct "
-     r"questions in \d+ draws, 3015 are needed .*lower data\.eval_per_family to at most 61"),
+     r"questions in \d+ draws, 1011 are needed .*lower data\.eval_per_family to at most 189"),
     # the same family with a pool that alone exceeds it: the pool is named
     (["data.families={chain_sum: {min_terms: 2, max_terms: 2, min_digits: 1, max_digits: 1}}",
       "data.pool_per_family=300"], r"data\.pool_per_family=300 is more than family 'chain_sum' can supply"),
