@@ -26,6 +26,14 @@ Vectorized scoring: each demonstration's KV cache is computed once and broadcast
 demonstrations (of similar length) are scored per forward pass, so one pass covers many (candidate, anchor) pairs;
 anchors and demonstrations are length-bucketed; the LM head runs only over anchor response positions.
 :func:`reference_one_shot` is the straightforward per-pair loop the tests compare against.
+
+Study wiring (``conf/study/nuggets.yaml``): each training seed's pool gets k-means anchors at several sizes from one
+embedding pass (:func:`anchor_sets`) and is scored once against their union (:func:`score_anchor_sets`: a size's
+golden scores are columns of that pass); :func:`scoring_cost` reports what the pass cost.  :func:`auroc_table`
+measures how golden scores separate clean from corrupted items (overall, per family, per noise kind),
+:func:`anchor_robustness` how the other anchor sizes agree with the headline size, and :func:`numeric_check` /
+:func:`tie_tolerance_table` how much golden scores and the trained subsets move when the same pairs are scored
+under a second float summation order, at each tie tolerance.
 """
 from __future__ import annotations
 
@@ -34,20 +42,24 @@ import contextlib
 import hashlib
 import json
 import sys
+import time
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from accelerate import PartialState
 from accelerate.utils import broadcast_object_list
+from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from .config import compose, device
-from .errors import one_line_errors
+from .config import CONF_DIR, compose, device
+from .errors import ConfigError, one_line_errors
 from .logprobs import batch_response_logprobs, collate_left, pad_token_id, pair_logprobs, prefix_cache, tiled_prefix
 from .models import cache_root, load_model_and_tokenizer, resolve_model_path
 from .registry import SUBSET_RULES
+from .selectors import keep_scores, pool_statistics
 from .stats import auroc, rank_correlation
 from .testbed import build_testbed, inject_noise
 
@@ -183,7 +195,8 @@ def golden_scores(one_shot: np.ndarray, zero_shot: np.ndarray, tie_tolerance: fl
     a CPU and a GPU still differs by kernel order (~1e-5 nats), so an anchor whose gain is that small can count on
     one device and not the other.  ``tie_tolerance`` (nats) counts gains up to it as ties — no gain — on every
     device; 0 is the paper's strict comparison.  ``make gpu-check`` reports how many golden scores a tolerance of
-    1e-3 changes and whether the CPU and GPU scores then agree."""
+    1e-3 changes and whether the CPU and GPU scores then agree; :func:`numeric_check` measures the same on one CPU
+    under a second summation order (the nuggets study trains with ``study.nuggets.tie_tolerance``)."""
     return (one_shot > zero_shot[None, :] + tie_tolerance).mean(axis=1)
 
 
@@ -289,8 +302,11 @@ class ScoreCache:
 
 def score_pool(model, tokenizer, candidates: list[dict], anchors: list[dict], mode: str, *,
                cache_dir: str | Path | None = None, pairs_per_batch: int = 64, batch_size: int = 16,
-               progress: bool = True, rank: int = 0, world_size: int = 1) -> dict[str, np.ndarray] | None:
-    """Zero-shot, one-shot and golden scores of ``candidates`` against ``anchors``.
+               progress: bool = True, rank: int = 0, world_size: int = 1,
+               tie_tolerance: float = 0.0) -> dict[str, np.ndarray] | None:
+    """Zero-shot, one-shot and golden scores (:func:`golden_scores` with ``tie_tolerance``) of ``candidates``
+    against ``anchors``, with what the call cost: ``scored_pairs`` (the one-shot pairs computed now; the others
+    came from the cache) and ``seconds``.
 
     With ``cache_dir``, one-shot chunks are stored under ``cache_dir/<fingerprint>/`` and reused, so a killed run
     resumes without rescoring.  With ``world_size > 1`` (accelerate), process ``rank`` scores every
@@ -298,10 +314,28 @@ def score_pool(model, tokenizer, candidates: list[dict], anchors: list[dict], mo
     world_size 1 after all processes finished to assemble (nothing is rescored).
     """
     _check_mode(mode)
+    start = time.perf_counter()
     with fp32_matmul():
-        return _score_pool(model, tokenizer, candidates, anchors, mode, cache_dir=cache_dir,
-                           pairs_per_batch=pairs_per_batch, batch_size=batch_size, progress=progress, rank=rank,
-                           world_size=world_size)
+        scores = _score_pool(model, tokenizer, candidates, anchors, mode, cache_dir=cache_dir,
+                             pairs_per_batch=pairs_per_batch, batch_size=batch_size, progress=progress, rank=rank,
+                             world_size=world_size, tie_tolerance=tie_tolerance)
+    if scores is not None:
+        scores["seconds"] = time.perf_counter() - start
+    return scores
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None):
+    """Run the block with ``threads`` intra-op CPU threads (``torch.set_num_threads``; None: unchanged), then restore
+    the previous count.  Another thread count splits the CPU's matrix products differently: another float summation
+    order (:func:`numeric_check`)."""
+    saved = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
 
 
 @contextlib.contextmanager
@@ -317,7 +351,7 @@ def fp32_matmul():
 
 
 def _score_pool(model, tokenizer, candidates, anchors, mode, *, cache_dir, pairs_per_batch, batch_size, progress,
-                rank, world_size):
+                rank, world_size, tie_tolerance):
     pad_id = pad_token_id(tokenizer)
     anchor_ids = [encode_anchor(tokenizer, a, mode) for a in anchors]
     demos = [encode_demonstration(tokenizer, c, mode) for c in candidates]
@@ -332,7 +366,8 @@ def _score_pool(model, tokenizer, candidates, anchors, mode, *, cache_dir, pairs
     if world_size > 1:
         return None
     zero_shot = zero_shot_scores(model, tokenizer, anchor_ids, mode, batch_size=batch_size)
-    return {"zero_shot": zero_shot, "one_shot": one_shot, "golden": golden_scores(one_shot, zero_shot)}
+    return {"zero_shot": zero_shot, "one_shot": one_shot, "golden": golden_scores(one_shot, zero_shot, tie_tolerance),
+            "scored_pairs": len(todo) * len(anchors)}
 
 
 # ------------------------------------------------------------------------------------------------- selection
@@ -410,22 +445,41 @@ def threshold_table(golden: np.ndarray, is_noisy: np.ndarray, thresholds) -> lis
 # ------------------------------------------------------------------------------------------------ study wiring
 
 
-def anchor_indices(model, tokenizer, pool: list[dict], anchor_cfg, mode: str, seed: int = 0) -> list[int]:
-    """Indices of the anchor examples in ``pool`` (``nuggets.anchors`` config: method kmeans|random,
-    embedding model|minilm, n)."""
-    n = int(anchor_cfg.n)
-    if anchor_cfg.method == "random":
-        return random_anchors(len(pool), n, seed)
-    if anchor_cfg.method != "kmeans":
-        raise ValueError(f"nuggets.anchors.method must be 'kmeans' or 'random', got '{anchor_cfg.method}'")
+def anchor_embeddings(model, tokenizer, pool: list[dict], anchor_cfg, mode: str) -> np.ndarray:
+    """The embeddings k-means clusters (``nuggets.anchors.embedding``): the scoring LM's mean-pooled last hidden
+    state of each item's Alpaca text (``model``, as the paper; padded positions included in faithful mode) or
+    all-MiniLM-L6-v2 (``minilm``)."""
     texts = [alpaca_query(*_fields(r)[:2]) + _fields(r)[2] for r in pool]
-    if anchor_cfg.embedding == "model":
-        embeddings = lm_embeddings(model, tokenizer, texts, include_padding=mode == "faithful")
-    elif anchor_cfg.embedding == "minilm":
-        embeddings = minilm_embeddings(texts, next(model.parameters()).device)
-    else:
-        raise ValueError(f"nuggets.anchors.embedding must be 'model' or 'minilm', got '{anchor_cfg.embedding}'")
+    if anchor_cfg["embedding"] == "model":
+        return lm_embeddings(model, tokenizer, texts, include_padding=mode == "faithful")
+    if anchor_cfg["embedding"] == "minilm":
+        return minilm_embeddings(texts, next(model.parameters()).device)
+    raise ValueError(f"nuggets.anchors.embedding must be 'model' or 'minilm', got '{anchor_cfg['embedding']}'")
+
+
+def anchor_indices(model, tokenizer, pool: list[dict], anchor_cfg, mode: str, seed: int = 0, *,
+                   embeddings: np.ndarray | None = None) -> list[int]:
+    """Indices of the anchor examples in ``pool`` (``nuggets.anchors`` config: method kmeans|random,
+    embedding model|minilm, n); ``embeddings``: the pool's :func:`anchor_embeddings`, when already computed."""
+    n = int(anchor_cfg["n"])
+    if anchor_cfg["method"] == "random":
+        return random_anchors(len(pool), n, seed)
+    if anchor_cfg["method"] != "kmeans":
+        raise ValueError(f"nuggets.anchors.method must be 'kmeans' or 'random', got '{anchor_cfg['method']}'")
+    if embeddings is None:
+        embeddings = anchor_embeddings(model, tokenizer, pool, anchor_cfg, mode)
     return kmeans_anchors(embeddings, n, seed)
+
+
+def anchor_sets(model, tokenizer, pool: list[dict], anchor_cfg, sizes, mode: str, seed: int = 0
+                ) -> dict[int, list[int]]:
+    """{anchor count: indices of its anchors in ``pool``} for each of ``sizes``, chosen as the paper chooses its 100
+    k-means anchors (Li et al., ACL 2024, Table 3; official code: KMeans(n) on the LM's embeddings of the pool, the
+    real item nearest each centroid), or at random (``method: random``); every size from one embedding pass."""
+    spec = {key: anchor_cfg[key] for key in ("method", "embedding")}
+    embeddings = anchor_embeddings(model, tokenizer, pool, spec, mode) if spec["method"] == "kmeans" else None
+    return {int(n): anchor_indices(model, tokenizer, pool, {**spec, "n": int(n)}, mode, seed, embeddings=embeddings)
+            for n in sorted({int(n) for n in sizes})}
 
 
 def split_anchors(pool: list[dict], anchors: list[int], exclude_from_pool: bool) -> tuple[list[dict], list[int]]:
@@ -448,24 +502,301 @@ def seed_pools(cfg) -> tuple[dict[int, list[dict]], list[dict]]:
     return pools, splits["eval"]
 
 
-def golden_from_columns(scores: dict[str, np.ndarray], columns) -> np.ndarray:
+def golden_from_columns(scores: dict[str, np.ndarray], columns, tie_tolerance: float = 0.0) -> np.ndarray:
     """GS against a subset of the scored anchors.  Each anchor's comparison is independent of the others, so this
     equals scoring against those anchors alone: one pass over the union of several anchor sets serves them all."""
     columns = list(columns)
-    return golden_scores(scores["one_shot"][:, columns], scores["zero_shot"][columns])
+    return golden_scores(scores["one_shot"][:, columns], scores["zero_shot"][columns], tie_tolerance)
 
 
 def agreement(reference: np.ndarray, golden: np.ndarray, is_clean: np.ndarray, share: float, seed: int = 0) -> dict:
     """How a setting's golden scores compare with the reference setting's on the same items: Spearman ρ and Kendall
-    τ (permutation p-values), the overlap (Jaccard) of the two top-``share`` subsets, and the setting's AUROC for
-    clean vs corrupted with its bootstrap CI."""
+    τ (permutation p-values), the overlap of the two top-``share`` subsets (Jaccard, and the share of the
+    reference's subset the setting also selects), and the setting's AUROC for clean vs corrupted with its bootstrap
+    CI."""
     rho, tau = rank_correlation(reference, golden, "spearman"), rank_correlation(reference, golden, "kendall")
     a, b = set(top_share(reference, share, seed)), set(top_share(golden, share, seed))
     separation = auroc(is_clean, golden)
     return {"spearman": rho["statistic"], "spearman_p": rho["p_value"], "kendall": tau["statistic"],
             "kendall_p": tau["p_value"], f"top_{share:.0%}_jaccard": len(a & b) / len(a | b),
+            f"top_{share:.0%}_overlap": len(a & b) / len(a) if a else np.nan,
             "auroc": separation["auroc"], "auroc_ci_low": separation["ci_low"], "auroc_ci_high": separation["ci_high"],
             "mean_gs": float(np.mean(golden)), "items": len(golden)}
+
+
+# --------------------------------------------------------------------------------------- the nuggets study
+
+
+def check_study(cfg) -> None:
+    """The nuggets study's checks across keys, before any work: the headline anchor count is one of the scored
+    sizes, the trained conditions are configured conditions, the training tie tolerance is among those reported."""
+    study = cfg.study
+    n, sizes = int(study.nuggets.anchors.n), [int(x) for x in study.anchor_sizes]
+    if n not in sizes:
+        raise ConfigError(f"study.nuggets.anchors.n={n} is not allowed: expected one of study.anchor_sizes={sizes} "
+                          "(the headline size is scored with the others, in one pass)")
+    unknown = [c for c in study.trained if c not in study.conditions]
+    if unknown:
+        raise ConfigError(f"study.trained={list(study.trained)} is not allowed: {unknown} are not conditions of "
+                          f"study.conditions ({', '.join(study.conditions)})")
+    if float(study.nuggets.tie_tolerance) not in [float(t) for t in study.tie_tolerances]:
+        raise ConfigError(f"study.nuggets.tie_tolerance={study.nuggets.tie_tolerance} is not allowed: expected one "
+                          f"of study.tie_tolerances={list(study.tie_tolerances)} (the tolerances the numeric check "
+                          "reports)")
+
+
+def scorer_model(cfg, policy, tokenizer):
+    """(model, tokenizer, name) that computes golden scores (``study.scorer``): ``policy``, the model the study
+    trains (the paper scores with the model it then fine-tunes, LLaMA-7B base), or a model config of
+    ``conf/model/`` (e.g. ``gemma3_270m``, a base model), loaded on the study's device."""
+    name = str(cfg.study.scorer)
+    if name == "policy":
+        return policy, tokenizer, cfg.model.name
+    model_cfg = OmegaConf.load(CONF_DIR / "model" / f"{name}.yaml")
+    model, scorer_tokenizer = load_model_and_tokenizer(model_cfg, device(cfg))
+    return model, scorer_tokenizer, model_cfg.name
+
+
+def score_anchor_sets(model, tokenizer, pool: list[dict], anchors: dict[int, list[int]], mode: str, *,
+                      exclude_from_pool: bool = False, tie_tolerance: float = 0.0, **scoring) -> dict:
+    """Score ``pool`` once against the union of several anchor sets ({size: pool indices}, :func:`anchor_sets`)
+    with :func:`score_pool` (``scoring``: its keyword arguments); each set's golden scores are columns of that pass
+    (:func:`golden_from_columns`), so a second anchor count costs its extra columns, not a second pass.
+
+    Returns score_pool's scores and cost, ``candidates`` (pool indices of the scored rows: every item, or with
+    ``exclude_from_pool`` all but the anchors of any set), ``union`` (pool indices of the columns), ``columns``
+    ({size: its columns}), ``anchors`` ({size: pool indices}) and ``golden_by_size`` ({size: GS of the candidates
+    against that set at ``tie_tolerance``})."""
+    union = sorted(set().union(*map(set, anchors.values())))
+    column = {item: j for j, item in enumerate(union)}
+    candidates = [i for i in range(len(pool)) if not (exclude_from_pool and i in column)]
+    scores = score_pool(model, tokenizer, [pool[i] for i in candidates], [pool[i] for i in union], mode,
+                        tie_tolerance=tie_tolerance, **scoring)
+    columns = {int(n): [column[i] for i in idx] for n, idx in anchors.items()}
+    return {**scores, "candidates": candidates, "union": union, "columns": columns,
+            "anchors": {int(n): list(idx) for n, idx in anchors.items()},
+            "golden_by_size": {n: golden_from_columns(scores, cols, tie_tolerance) for n, cols in columns.items()}}
+
+
+def score_seed_pools(model, tokenizer, pools: dict[int, list[dict]], study, cache_dir: str | Path | None = None
+                     ) -> dict[int, dict]:
+    """{training seed: :func:`score_anchor_sets` of its pool}: k-means anchors of every size of
+    ``study.anchor_sizes`` on the first ``study.robustness_pools`` pools, of the headline size
+    (``study.nuggets.anchors.n``) alone on the others; golden scores at ``study.nuggets.tie_tolerance``; one-shot
+    scores cached under ``cache_dir``.  Each result also carries ``anchor_seconds`` (embedding and k-means)."""
+    ncfg = study.nuggets
+    out = {}
+    for k, (seed, pool) in enumerate(pools.items()):
+        sizes = study.anchor_sizes if k < int(study.robustness_pools) else [ncfg.anchors.n]
+        start = time.perf_counter()
+        sets = anchor_sets(model, tokenizer, pool, ncfg.anchors, sizes, ncfg.mode, seed)
+        seconds = time.perf_counter() - start
+        out[seed] = score_anchor_sets(model, tokenizer, pool, sets, ncfg.mode,
+                                      exclude_from_pool=bool(ncfg.anchors.exclude_from_pool),
+                                      tie_tolerance=float(ncfg.tie_tolerance), cache_dir=cache_dir,
+                                      pairs_per_batch=int(ncfg.pairs_per_batch), progress=False)
+        out[seed]["anchor_seconds"] = seconds
+    return out
+
+
+def scoring_cost(scored: dict[int, dict]) -> pd.DataFrame:
+    """What golden scoring cost, per pool and in all: candidates × anchors (the union of the sizes) = pairs, how
+    many were scored now (the others came from the cache), seconds of anchor selection and of scoring, and scored
+    pairs per second (NaN when everything came from the cache)."""
+    rows = [{"seed": seed, "candidates": len(r["candidates"]), "anchors": len(r["union"]),
+             "pairs": len(r["candidates"]) * len(r["union"]), "scored_pairs": int(r["scored_pairs"]),
+             "anchor_seconds": r.get("anchor_seconds", 0.0), "scoring_seconds": r["seconds"]}
+            for seed, r in scored.items()]
+    table = pd.DataFrame(rows)
+    total = {**table.drop(columns="seed").sum().to_dict(), "anchors": np.nan}   # anchor counts do not add up
+    table = pd.concat([table, pd.DataFrame([{"seed": "all", **total}])], ignore_index=True)
+    table["cached_pairs"] = table["pairs"] - table["scored_pairs"]
+    table["pairs_per_s"] = np.where(table["scored_pairs"] > 0,
+                                    table["scored_pairs"] / table["scoring_seconds"].astype(float), np.nan)
+    return table
+
+
+def item_table(scored: dict[int, dict], pools: dict[int, list[dict]], headline: int) -> pd.DataFrame:
+    """One row per scored item of every seed: its family, corruption (``noise_kind``, ``is_noisy``), ``golden`` (GS
+    against the headline anchors), ``golden_<n>`` for each scored anchor count (NaN where that size was not scored)
+    and whether it is a headline anchor."""
+    sizes = sorted({n for r in scored.values() for n in r["golden_by_size"]})
+    frames = []
+    for seed, r in scored.items():
+        records = [pools[seed][i] for i in r["candidates"]]
+        anchors = set(r["anchors"][headline])
+        frame = pd.DataFrame({"seed": seed, "id": [x["id"] for x in records], "family": [x["family"] for x in records],
+                              "noise_kind": [x["noise_kind"] or "clean" for x in records],
+                              "is_noisy": [bool(x["is_noisy"]) for x in records],
+                              "golden": r["golden_by_size"][headline],
+                              "is_anchor": [i in anchors for i in r["candidates"]]})
+        for n in sizes:
+            frame[f"golden_{n}"] = r["golden_by_size"].get(n, np.full(len(records), np.nan))
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def seed_subsets(scored: dict[int, dict], pools: dict[int, list[dict]], headline: int, conditions
+                 ) -> dict[int, dict]:
+    """{training seed: {"records": its scored items, condition: sorted indices into them, …}}: every condition's
+    subset (:func:`select_subsets`) by the golden scores against the headline anchors."""
+    out = {}
+    for seed, r in scored.items():
+        records = [pools[seed][i] for i in r["candidates"]]
+        out[seed] = {"records": records, **select_subsets(r["golden_by_size"][headline],
+                                                          [x["family"] for x in records], conditions, seed)}
+    return out
+
+
+def selector_scores(model, tokenizer, pool: list[dict], names, *, chat: bool, seed: int) -> dict[str, np.ndarray]:
+    """{selector: keep scores of ``pool``} for the baseline selectors of :mod:`studykit.selectors` (perplexity, IFD,
+    GRAPE, length …) under the model that trains; {} without names (two scoring passes per pool)."""
+    names = [n for n in names if n != "random"]
+    if not names:
+        return {}
+    stats = pool_statistics(model, tokenizer, pool, chat=chat)
+    return {name: keep_scores(name, stats, seed) for name in names}
+
+
+def auroc_table(scores: dict[str, np.ndarray], is_clean, families, noise_kinds, *, n_boot: int = 2_000) -> pd.DataFrame:
+    """How well each score ranks clean items above corrupted ones: AUROC (scikit-learn, with a stratified bootstrap
+    CI, :func:`studykit.stats.auroc`; 0.5 = chance, below 0.5 = corrupted items score higher) over all items, within
+    each family, and for each corruption kind against the clean items.  A slice without both classes is left out.
+    Nuggets' premise (Li et al., ACL 2024, Sec. 1): a high golden score marks a high-quality instruction item."""
+    is_clean, families, kinds = np.asarray(is_clean, bool), np.asarray(families), np.asarray(noise_kinds)
+    slices = [("all", "all", np.ones(len(is_clean), bool))]
+    slices += [("family", f, families == f) for f in dict.fromkeys(families)]
+    slices += [("noise kind", f"clean vs {k}", is_clean | (kinds == k)) for k in sorted(set(kinds[~is_clean]))]
+    rows = []
+    for name, score in scores.items():
+        score = np.asarray(score, float)
+        for kind, label, keep in slices:
+            if is_clean[keep].all() or not is_clean[keep].any():
+                continue
+            rows.append({"score": name, "slice_type": kind, "slice": label,
+                         **auroc(is_clean[keep], score[keep], n_boot=n_boot)})
+    return pd.DataFrame(rows)
+
+
+def anchor_robustness(scored: dict[int, dict], pools: dict[int, list[dict]], headline: int, share: float
+                      ) -> pd.DataFrame:
+    """For each pool scored at several anchor counts, each count against the headline count
+    (:func:`agreement`): rank correlation, the overlap of the top-``share`` subsets, and each count's AUROC for
+    clean vs corrupted.  The paper scores with 100 k-means or 100 / 1,000 random anchors (Table 3)."""
+    rows = []
+    for seed, r in scored.items():
+        if len(r["golden_by_size"]) < 2:
+            continue
+        is_clean = ~np.array([pools[seed][i]["is_noisy"] for i in r["candidates"]])
+        reference = r["golden_by_size"][headline]
+        for n, golden in r["golden_by_size"].items():
+            rows.append({"seed": seed, "anchors": n, "headline": n == headline,
+                         **agreement(reference, golden, is_clean, share, seed)})
+    return pd.DataFrame(rows)
+
+
+def numeric_items(n_items: int, n: int) -> np.ndarray:
+    """``n`` evenly spaced row indices of ``n_items`` (a pool lists its families in turn: every family is hit)."""
+    return np.unique(np.linspace(0, n_items - 1, min(n, n_items)).round().astype(int))
+
+
+@torch.no_grad()
+def rescored_differences(model, tokenizer, candidates: list[dict], anchors: list[dict], mode: str, first: dict, *,
+                         pairs_per_batch: int, threads: int | None) -> dict[str, np.ndarray]:
+    """Score the (candidate, anchor) pairs of ``first`` (a pass's ``one_shot`` (C, A) and ``zero_shot`` (A,)
+    scores) again under a second numeric configuration — ``pairs_per_batch`` rows per forward (other padding,
+    other batch shapes) and ``threads`` CPU threads (another split of every matrix product) — so only the float
+    summation order differs.  Returns the second pass's ``one_shot`` / ``zero_shot`` and the per-pair differences
+    second − first: ``one_shot_difference`` (C, A), ``zero_shot_difference`` (A,) and ``gain_difference`` (C, A),
+    the change of one-shot − zero-shot, which is what a golden score compares with 0."""
+    _check_mode(mode)
+    demos = [encode_demonstration(tokenizer, c, mode) for c in candidates]
+    anchor_ids = [encode_anchor(tokenizer, a, mode) for a in anchors]
+    with torch_threads(threads), fp32_matmul():
+        one = one_shot_scores(model, demos, anchor_ids, pad_token_id(tokenizer), pairs_per_batch=pairs_per_batch)
+        zero = zero_shot_scores(model, tokenizer, anchor_ids, mode, batch_size=pairs_per_batch)
+    one_diff, zero_diff = one - first["one_shot"], zero - first["zero_shot"]
+    return {"one_shot": one, "zero_shot": zero, "one_shot_difference": one_diff, "zero_shot_difference": zero_diff,
+            "gain_difference": one_diff - zero_diff[None, :]}
+
+
+def numeric_check(model, tokenizer, pool: list[dict], scored: dict, headline: int, check, mode: str) -> dict:
+    """The numerical sensitivity of golden scores on this machine, with no eval items: ``check.candidates`` evenly
+    spaced candidates of one scored pool (``scored``: its :func:`score_anchor_sets`) against its headline anchors,
+    rescored under ``check.pairs_per_batch`` and ``check.threads`` (:func:`rescored_differences`).  Returns the
+    ``first`` and ``second`` passes' scores of those pairs, the differences, the items' ``families`` and a
+    per-pair table (``pairs``)."""
+    rows = numeric_items(len(scored["candidates"]), int(check.candidates))
+    columns = scored["columns"][headline]
+    first = {"one_shot": scored["one_shot"][np.ix_(rows, columns)], "zero_shot": scored["zero_shot"][columns]}
+    candidates = [pool[scored["candidates"][i]] for i in rows]
+    anchors = [pool[i] for i in scored["anchors"][headline]]
+    second = rescored_differences(model, tokenizer, candidates, anchors, mode, first,
+                                  pairs_per_batch=int(check.pairs_per_batch), threads=int(check.threads))
+    gain = first["one_shot"] - first["zero_shot"][None, :]
+    pairs = pd.DataFrame({"item": np.repeat([c["id"] for c in candidates], len(anchors)),
+                          "anchor": np.tile([a["id"] for a in anchors], len(candidates)),
+                          "gain_first": gain.ravel(), "one_shot_difference": second["one_shot_difference"].ravel(),
+                          "zero_shot_difference": np.tile(second["zero_shot_difference"], len(candidates)),
+                          "gain_difference": second["gain_difference"].ravel()})
+    return {"first": first, "second": second, "families": [c["family"] for c in candidates], "pairs": pairs}
+
+
+def tie_tolerance_shares(first: dict, second: dict, families, conditions, seed: int, tolerances, *,
+                         first_tolerance: float | None = None, among=None) -> list[dict]:
+    """For each tie tolerance t (:func:`golden_scores`): the share of items whose golden score differs between
+    ``first`` (scored at t, or at ``first_tolerance``) and ``second`` (at t), and the share whose membership in any
+    subset of ``among`` (default: every condition) differs — each condition's own share as ``changed_<name>``
+    (subsets: :func:`select_subsets` of ``conditions``, seed ``seed``).  ``first`` and ``second``: ``one_shot``
+    (items × anchors) and ``zero_shot`` scores of the same pairs (two numeric passes; or one pass twice, with
+    ``first_tolerance``, to show what the choice of t changes)."""
+    rows = []
+    for t in tolerances:
+        a = golden_scores(first["one_shot"], first["zero_shot"],
+                          float(t if first_tolerance is None else first_tolerance))
+        b = golden_scores(second["one_shot"], second["zero_shot"], float(t))
+        subsets_a, subsets_b = (select_subsets(g, families, conditions, seed) for g in (a, b))
+        changed = {name: np.isin(np.arange(len(a)), subsets_a[name]) != np.isin(np.arange(len(b)), subsets_b[name])
+                   for name in subsets_a}
+        summary = [changed[name] for name in (changed if among is None else among)]
+        rows.append({"tolerance": float(t), "items": len(a), "gs_changed_share": float(np.mean(a != b)),
+                     "subset_changed_share": float(np.any(summary, axis=0).mean()) if summary else 0.0,
+                     **{f"changed_{name}": float(c.mean()) for name, c in changed.items()}})
+    return rows
+
+
+def tie_tolerance_table(check: dict, scored: dict[int, dict], pools: dict[int, list[dict]], headline: int,
+                        conditions, tolerances, chosen: float, trained=None) -> pd.DataFrame:
+    """The tie-tolerance report: per tolerance, (1) ``second numeric pass``: items whose golden score or subset
+    membership changes between the two numeric passes of :func:`numeric_check` (the subsets drawn within its
+    items; the check uses the first seed's pool); (2) ``vs the chosen tolerance``: on every seed's pool, items whose
+    golden score or membership at t differs from the one at the ``chosen`` (training) tolerance — what the choice
+    of t does to the verdicts' inputs.  ``subset_changed_share`` counts the ``trained`` subsets (default: all)."""
+    tolerances = sorted({float(t) for t in tolerances} | {float(chosen)})
+    seed0 = next(iter(scored))
+    rows = [{"comparison": "second numeric pass", "seed": seed0, **row}
+            for row in tie_tolerance_shares(check["first"], check["second"], check["families"], conditions, seed0,
+                                            tolerances, among=trained)]
+    for seed, r in scored.items():
+        columns = r["columns"][headline]
+        scores = {"one_shot": r["one_shot"][:, columns], "zero_shot": r["zero_shot"][columns]}
+        families = [pools[seed][i]["family"] for i in r["candidates"]]
+        rows += [{"comparison": "vs the chosen tolerance", "seed": seed, **row}
+                 for row in tie_tolerance_shares(scores, scores, families, conditions, seed, tolerances,
+                                                 first_tolerance=chosen, among=trained)]
+    table = pd.DataFrame(rows)
+    table.insert(3, "chosen", table["tolerance"] == float(chosen))
+    return table
+
+
+def not_trained(conditions, trained, subset_sizes: pd.DataFrame, min_subset: int, *, budget_note: str) -> dict:
+    """{condition: why it has no predictions} for the claims table: a configured condition left out of
+    ``trained`` (``budget_note`` says why), or a trained one smaller than ``min_subset`` on every seed."""
+    reasons = {c: f"selected and tabulated, not trained ({budget_note})" for c in conditions if c not in trained}
+    largest = subset_sizes.groupby("condition")["size"].max()
+    reasons.update({c: f"fewer than {min_subset} items on every seed (at most {int(n)})" for c, n in largest.items()
+                    if c in trained and n < min_subset})
+    return reasons
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -16,6 +16,7 @@ against ``study.steps``, the families of ``study.first_task`` or ``study.in_doma
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any, Callable
 
 import reasoning_gym
@@ -158,6 +159,15 @@ def _positive_int_list(v) -> bool:
     return int_list(v) and min(v) >= 1
 
 
+def _tie_tolerances(v) -> bool:
+    return _list(v) and len(v) > 0 and all(non_negative(x) for x in v)
+
+
+def _scorer(v) -> bool:
+    models = Path(__file__).resolve().parent.parent / "conf" / "model"
+    return v == "policy" or (isinstance(v, str) and (models / f"{v}.yaml").is_file())
+
+
 def _positive_list(v) -> bool:
     return _list(v) and len(v) > 0 and all(positive(x) for x in v)
 
@@ -255,12 +265,16 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "nuggets_mode": (one_of("faithful", "clean"), "faithful or clean"),
     "anchor_method": (one_of("kmeans", "random"), "kmeans or random"),
     "anchor_embedding": (one_of("model", "minilm"), "model or minilm"),
+    "tie_tolerances": (_tie_tolerances, "a non-empty list of golden-score tie tolerances ≥ 0 (nats)"),
+    "nuggets_scorer": (_scorer, "policy (the model the study trains) or a model config of conf/model/ (e.g. gemma3_270m)"),
     "subset_conditions": (_subset_conditions,
                           "a mapping of condition names to {rule: all|above|at_most|top_share|size_of, value, "
                           "score: golden|random, stratified: bool}: above/at_most take a threshold in [0, 1], "
                           "top_share a share in (0, 1], size_of the name of an earlier condition"),
     "rewardrank_metric": (one_of("rank_acc", "rank_acc_norm", "reward_acc", "rank_margin", "rank_margin_norm"),
                           "one of rank_acc, rank_acc_norm, reward_acc, rank_margin, rank_margin_norm"),
+    "rewardrank_pairs": (one_of("own", "gold_vs_wrong"), "own or gold_vs_wrong"),
+    "dpo_pairs": (one_of("own", "gold_vs_wrong", "both"), "own, gold_vs_wrong or both"),
     "objectives": (_objectives, "a mapping of run names to {objective: <a registered objective>, ...}"),
     "transforms": (_transforms, "a subset of grape, ssr, s3ft"),
     "aliases": (_aliases, "a mapping of condition names to the run they are identical to"),

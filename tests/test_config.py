@@ -15,8 +15,8 @@ def test_profiles_resize_and_command_line_wins():
     assert compose(["profile=gpu"]).model.path == "Qwen/Qwen2.5-0.5B"
     assert compose(["train.learning_rate=3e-5"]).train.learning_rate == 3e-5
     gemma = compose(["study=nuggets", "profile=embedded_gemma"])   # the embedded sizes, the base model, own results
-    assert (gemma.model.source, gemma.profile.name, gemma.data.pool_per_family) == ("pypi_gguf_parts", "embedded_gemma", 48)
-    assert compose(["study=nuggets", "profile=gpu"]).study.nuggets.anchors.n == 100   # the paper's anchor count
+    assert (gemma.model.source, gemma.profile.name, gemma.data.pool_per_family) == ("pypi_gguf_parts", "embedded_gemma", 250)
+    assert compose(["study=nuggets_sensitivity", "profile=gpu"]).study.nuggets.anchors.n == 100   # the paper's anchor count
 
 
 def test_composed_config_is_read_only():

@@ -1,11 +1,21 @@
 import numpy as np
+import pandas as pd
 import pytest
+import torch
+from omegaconf import OmegaConf
+from sklearn.metrics import roc_auc_score
 
 import studykit.nuggets as nuggets
+from studykit.config import compose
+from studykit.errors import ConfigError
 from studykit.logprobs import pad_token_id
 from studykit.nuggets import (CLEAN_SEPARATOR, select_subsets, threshold_table, top_share, FAITHFUL_ANCHOR_MAX_TOKENS, alpaca_query, encode_anchor, encode_demonstration,
                               golden_scores, kmeans_anchors, leading_special_tokens, lm_embeddings, one_shot_scores, random_anchors,
                               reference_one_shot, score_pool, zero_shot_prefix, zero_shot_scores)
+from studykit.nuggets import (anchor_robustness, anchor_sets, auroc_table, check_study, golden_from_columns, item_table,
+                              not_trained, numeric_items, rescored_differences, score_anchor_sets, scorer_model,
+                              scoring_cost, seed_pools, seed_subsets, tie_tolerance_shares, tie_tolerance_table,
+                              torch_threads)
 from studykit.testbed import build_testbed
 
 
@@ -240,3 +250,234 @@ def test_vectorized_scoring_equals_the_loop_on_gemma(pool):
     anchors = [encode_anchor(tok, r, "faithful") for r in pool[-2:]]
     want = reference_one_shot(model, demos, anchors)
     assert np.abs(one_shot_scores(model, demos, anchors, pad_token_id(tok), pairs_per_batch=3) - want).max() < 1e-3
+
+
+
+# ------------------------------------------------------------------------------ the study on the calibrated testbed
+
+
+@pytest.fixture(scope="module")
+def study_cfg():
+    """The nuggets study as its smoke test composes it (tiny model, small calibrated pools, 2 seeds)."""
+    own = OmegaConf.load(nuggets.CONF_DIR / "study" / "nuggets.yaml").study
+    return compose(["study=nuggets", "profile=smoke", *own.smoke])
+
+
+def test_the_embedded_study_holds_200_items_per_seed_on_the_calibrated_testbed():
+    cfg = compose(["study=nuggets"])
+    assert cfg.data.name == "reasoning_gym_calibrated_sft" and cfg.study.seeds == [0, 1, 2, 3, 4]
+    assert cfg.data.noise.fraction == 0.3
+    per_seed = cfg.data.pool_per_family // len(cfg.study.seeds) * len(cfg.data.families)   # seed_pools' k::seeds cut
+    assert per_seed >= 200 and round(0.25 * per_seed) >= 50
+    check_study(cfg)
+
+
+def test_every_seed_redraws_its_pool(study_cfg):
+    pools, eval_set = seed_pools(study_cfg)
+    ids = [{r["id"] for r in pool} for pool in pools.values()]
+    assert list(pools) == [0, 1] and not ids[0] & ids[1]                                   # disjoint items
+    per_family = study_cfg.data.pool_per_family // 2
+    for pool in pools.values():
+        assert len(pool) == per_family * len(study_cfg.data.families)                      # every family equally
+        assert sum(r["is_noisy"] for r in pool) == round(study_cfg.data.noise.fraction * len(pool))
+    assert not {r["id"] for r in eval_set} & set().union(*ids)
+
+
+def test_study_checks_across_keys(study_cfg):
+    check_study(study_cfg)
+    for override, message in [("study.nuggets.anchors.n=3", r"one of study.anchor_sizes=\[8, 16\]"),
+                              ("study.trained=[full,gs_none]", r"\[.gs_none.\] are not conditions"),
+                              ("study.nuggets.tie_tolerance=0.5", "one of study.tie_tolerances")]:
+        with pytest.raises(ConfigError, match=message):
+            check_study(compose(["study=nuggets", "profile=smoke", override]))
+    with pytest.raises(ConfigError, match="study.scorer='nope' is not allowed: expected policy"):
+        compose(["study=nuggets", "study.scorer=nope"])
+    with pytest.raises(ConfigError, match="study.tie_tolerances=.*tie tolerances ≥ 0"):
+        compose(["study=nuggets", "study.tie_tolerances=[0,-1]"])
+
+
+def test_scorer_is_the_policy_or_a_model_config(tiny, study_cfg):
+    model, tok = tiny
+    assert scorer_model(study_cfg, model, tok) == (model, tok, study_cfg.model.name)
+    other = compose(["study=nuggets", "profile=smoke", "study.scorer=tiny_random"])
+    scorer, scorer_tok, name = scorer_model(other, model, tok)
+    assert scorer is not model and name == "tiny-random-llama" and scorer_tok.vocab_size == tok.vocab_size
+
+
+def test_anchor_sets_cluster_one_embedding_pass_at_every_size(tiny, pool, monkeypatch):
+    model, tok = tiny
+    calls = []
+    original = nuggets.lm_embeddings
+    monkeypatch.setattr(nuggets, "lm_embeddings", lambda *a, **k: calls.append(1) or original(*a, **k))
+    spec = {"method": "kmeans", "embedding": "model", "n": 4}
+    sets = anchor_sets(model, tok, pool[:24], spec, [4, 2, 4], "faithful", seed=1)
+    assert list(sets) == [2, 4] and [len(v) for v in sets.values()] == [2, 4] and len(calls) == 1
+    for n, chosen in sets.items():   # each size as if chosen alone
+        assert chosen == nuggets.anchor_indices(model, tok, pool[:24], {**spec, "n": n}, "faithful", seed=1)
+    randoms = anchor_sets(model, tok, pool[:24], {**spec, "method": "random"}, [2, 4], "faithful", seed=1)
+    assert randoms == {2: random_anchors(24, 2, 1), 4: random_anchors(24, 4, 1)}
+
+
+def test_scoring_the_anchor_union_equals_a_pass_per_anchor_set(tiny, pool, tmp_path):
+    model, tok = tiny
+    items = pool[:10]
+    sets = {2: [1, 7], 3: [7, 3, 9]}                                        # overlapping: union [1, 3, 7, 9]
+    union = score_anchor_sets(model, tok, items, sets, "faithful", pairs_per_batch=5, progress=False,
+                              cache_dir=tmp_path, tie_tolerance=1e-3)
+    assert union["union"] == [1, 3, 7, 9] and union["scored_pairs"] == 10 * 4 and union["seconds"] > 0
+    for n, chosen in sets.items():
+        alone = score_pool(model, tok, items, [items[i] for i in chosen], "faithful", pairs_per_batch=5,
+                           progress=False)
+        np.testing.assert_allclose(union["one_shot"][:, union["columns"][n]], alone["one_shot"], atol=1e-4)
+        np.testing.assert_array_equal(union["golden_by_size"][n], golden_scores(alone["one_shot"], alone["zero_shot"], 1e-3))
+    again = score_anchor_sets(model, tok, items, sets, "faithful", pairs_per_batch=5, progress=False, cache_dir=tmp_path)
+    assert again["scored_pairs"] == 0                                        # all from the cache
+    excluded = score_anchor_sets(model, tok, items, sets, "faithful", exclude_from_pool=True, progress=False)
+    assert excluded["candidates"] == [0, 2, 4, 5, 6, 8]
+
+
+def _scored(golden_by_size, candidates, one_shot=None, zero_shot=None, scored_pairs=0, seconds=1.0):
+    """A constructed :func:`score_anchor_sets` result: 4 anchors in the union, size n's anchors the first n."""
+    return {"candidates": candidates, "union": list(range(4)), "golden_by_size": golden_by_size,
+            "anchors": {n: list(range(n)) for n in golden_by_size}, "columns": {n: list(range(n)) for n in golden_by_size},
+            "one_shot": one_shot, "zero_shot": zero_shot, "scored_pairs": scored_pairs, "seconds": seconds,
+            "anchor_seconds": 0.5}
+
+
+def test_scoring_cost_counts_pairs_cached_pairs_and_rate():
+    scored = {0: _scored({4: np.zeros(10)}, list(range(10)), scored_pairs=40, seconds=4.0),
+              1: _scored({4: np.zeros(5)}, list(range(5)), scored_pairs=0, seconds=0.2)}
+    cost = scoring_cost(scored)
+    assert cost["seed"].tolist() == [0, 1, "all"]
+    assert cost["pairs"].tolist() == [40, 20, 60] and cost["cached_pairs"].tolist() == [0, 20, 20]
+    assert cost["pairs_per_s"].iloc[0] == 10.0 and np.isnan(cost["pairs_per_s"].iloc[1])
+    assert cost["pairs_per_s"].iloc[2] == pytest.approx(40 / 4.2)
+
+
+def test_auroc_table_overall_per_family_and_per_noise_kind():
+    is_clean = np.array([1, 1, 0, 0, 1, 1, 0, 0], bool)
+    families = ["a"] * 4 + ["b"] * 4
+    kinds = ["clean", "clean", "junk", "truncated", "clean", "clean", "junk", "truncated"]
+    golden = np.array([0.9, 0.8, 0.1, 0.2,       # family a: every clean item above every corrupted one → 1
+                       0.1, 0.3, 0.6, 0.2])      # family b: clean 0.1, 0.3 vs corrupted 0.6, 0.2 → 1/4
+    table = auroc_table({"nuggets": golden}, is_clean, families, kinds, n_boot=200).set_index("slice")
+    assert table.loc["all", "auroc"] == pytest.approx(roc_auc_score(is_clean, golden))
+    assert table.loc["a", "auroc"] == 1.0 and table.loc["b", "auroc"] == 0.25
+    assert table.loc["clean vs junk", "auroc"] == pytest.approx(roc_auc_score([1, 1, 0, 1, 1, 0], [0.9, 0.8, 0.1, 0.1, 0.3, 0.6]))
+    assert table.loc["a", "slice_type"] == "family" and (table["n_positive"] + table["n_negative"]).loc["all"] == 8
+    one_class = auroc_table({"x": golden[:2]}, is_clean[:2], families[:2], kinds[:2])
+    assert one_class.empty                                                   # no slice has both classes
+
+
+def test_tie_tolerance_shares_on_constructed_scores():
+    zero = np.array([0.0, 0.0])
+    first = {"one_shot": np.array([[5e-6, 1.0], [5e-4, -1.0], [-1.0, -1.0], [1.0, 1.0]]), "zero_shot": zero}
+    # the second pass moves every pair by -3e-5: item 0's first-anchor gain 5e-6 → -2.5e-5 flips at tolerance 0 and
+    # 1e-6, not from 1e-5 on; item 1's 5e-4 → 4.7e-4 stays above 1e-4 and below 1e-3 in both passes
+    second = {"one_shot": first["one_shot"] - 3e-5, "zero_shot": zero}
+    families, conditions = ["a", "a", "b", "b"], {"top": {"rule": "top_share", "value": 0.5},
+                                                  "high": {"rule": "above", "value": 0.8}}
+    rows = tie_tolerance_shares(first, second, families, conditions, 0, [0, 1e-6, 1e-5, 1e-4, 1e-3])
+    assert [r["gs_changed_share"] for r in rows] == [0.25, 0.25, 0.0, 0.0, 0.0]
+    # at tolerance 0 item 0 (GS 1 → 0.5) leaves GS > 0.8 and the top half, where the seeded tie-break among the
+    # 0.5s puts item 1 in its place
+    assert (rows[0]["changed_high"], rows[0]["changed_top"], rows[0]["subset_changed_share"]) == (0.25, 0.5, 0.5)
+    assert rows[-1]["subset_changed_share"] == 0.0
+    only_high = tie_tolerance_shares(first, second, families, conditions, 0, [0], among=["high"])
+    assert only_high[0]["subset_changed_share"] == 0.25 and only_high[0]["changed_top"] == 0.5
+    same = tie_tolerance_shares(first, first, families, conditions, 0, [0, 1e-4, 1e-3], first_tolerance=1e-3)
+    assert [r["gs_changed_share"] for r in same] == [0.5, 0.25, 0.0]       # items 0 and 1 depend on the tolerance
+    assert same[-1]["subset_changed_share"] == 0.0
+
+
+def test_tie_tolerance_table_reports_both_comparisons_and_marks_the_chosen_one():
+    one = np.array([[1.0, 5e-6], [0.5, -1.0], [-1.0, -1.0], [1.0, 1.0]])
+    scored = {3: _scored({2: golden_scores(one, np.zeros(2))}, [0, 1, 2, 3], one, np.zeros(2))}
+    pools = {3: [{"family": f} for f in "aabb"]}
+    check = {"first": {"one_shot": one, "zero_shot": np.zeros(2)},
+             "second": {"one_shot": one - 3e-5, "zero_shot": np.zeros(2)}, "families": list("aabb")}
+    table = tie_tolerance_table(check, scored, pools, 2, {"top": {"rule": "top_share", "value": 0.5}}, [0, 1e-5], 1e-3)
+    assert table["comparison"].tolist() == ["second numeric pass"] * 3 + ["vs the chosen tolerance"] * 3
+    assert table["tolerance"].tolist() == [0, 1e-5, 1e-3] * 2 and table["chosen"].tolist() == [False, False, True] * 2
+    assert table["gs_changed_share"].tolist() == [0.25, 0.0, 0.0, 0.25, 0.0, 0.0]
+
+
+def test_rescored_differences_are_second_minus_first_and_tiny(tiny, pool):
+    model, tok = tiny
+    candidates, anchors = pool[:5], pool[-3:]
+    first = score_pool(model, tok, candidates, anchors, "faithful", pairs_per_batch=64, progress=False)
+    threads = torch.get_num_threads()
+    second = rescored_differences(model, tok, candidates, anchors, "faithful", first, pairs_per_batch=2, threads=1)
+    assert torch.get_num_threads() == threads                               # restored
+    np.testing.assert_array_equal(second["one_shot_difference"], second["one_shot"] - first["one_shot"])
+    np.testing.assert_array_equal(second["gain_difference"],
+                                  second["one_shot_difference"] - second["zero_shot_difference"][None, :])
+    assert np.abs(second["gain_difference"]).max() < 1e-4 and second["one_shot"].shape == (5, 3)
+
+
+def test_torch_threads_restores_the_count():
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with torch_threads(None):
+        assert torch.get_num_threads() == before
+
+
+def test_numeric_items_are_evenly_spaced_and_distinct():
+    assert numeric_items(200, 5).tolist() == [0, 50, 100, 149, 199]
+    assert numeric_items(3, 8).tolist() == [0, 1, 2]
+
+
+def test_anchor_robustness_compares_every_size_with_the_headline():
+    rng = np.random.default_rng(0)
+    headline = rng.random(40)
+    noisy = headline + rng.normal(scale=0.05, size=40)
+    pools = {0: [{"is_noisy": bool(i % 3 == 0)} for i in range(40)], 1: [{"is_noisy": False}] * 40}
+    scored = {0: _scored({8: noisy, 16: headline}, list(range(40))), 1: _scored({16: headline}, list(range(40)))}
+    table = anchor_robustness(scored, pools, 16, 0.25).set_index("anchors")
+    assert table["seed"].tolist() == [0, 0]                                 # seed 1 has one size only
+    assert table.loc[16, "spearman"] == pytest.approx(1.0) and table.loc[16, "top_25%_overlap"] == 1.0
+    assert table.loc[16, "headline"] and not table.loc[8, "headline"]
+    assert 0.5 < table.loc[8, "spearman"] < 1.0
+
+
+def test_item_table_and_seed_subsets_follow_the_headline_scores():
+    pools = {0: [{"id": f"x{i}", "family": "ab"[i % 2], "noise_kind": "" if i % 3 else "junk", "is_noisy": not i % 3}
+                 for i in range(8)]}
+    scored = {0: _scored({2: np.array([0.5] * 7), 4: np.linspace(0, 1, 7)}, [0, 1, 2, 3, 4, 5, 7])}
+    items = item_table(scored, pools, 4)
+    assert items["id"].tolist() == ["x0", "x1", "x2", "x3", "x4", "x5", "x7"]
+    assert items["golden"].tolist() == items["golden_4"].tolist() and (items["golden_2"] == 0.5).all()
+    assert items["is_anchor"].tolist() == [True] * 4 + [False] * 3 and items["noise_kind"].iloc[0] == "junk"
+    subsets = seed_subsets(scored, pools, 4, {"top": {"rule": "top_share", "value": 0.25}})
+    assert [subsets[0]["records"][i]["id"] for i in subsets[0]["top"]] == ["x5", "x7"]
+
+
+def test_golden_from_columns_applies_the_tie_tolerance():
+    scores = {"one_shot": np.array([[5e-4, 1.0, -1.0]]), "zero_shot": np.zeros(3)}
+    assert golden_from_columns(scores, [0, 1]) == 1.0 and golden_from_columns(scores, [0, 1], 1e-3) == 0.5
+
+
+def test_untrained_conditions_get_their_reason():
+    sizes = pd.DataFrame({"condition": ["full", "top_25", "gs_high", "top_25"], "size": [40, 10, 2, 3]})
+    reasons = not_trained({"full": {}, "top_25": {}, "gs_high": {}}, ["full", "top_25"], sizes, 12, budget_note="budget")
+    assert reasons == {"gs_high": "selected and tabulated, not trained (budget)",
+                       "top_25": "fewer than 12 items on every seed (at most 10)"}
+
+
+def test_numeric_check_rescores_evenly_spaced_items_against_the_headline_anchors(tiny, pool):
+    model, tok = tiny
+    items = pool[:12]
+    scored = score_anchor_sets(model, tok, items, {2: [3, 8], 3: [0, 3, 6]}, "faithful", progress=False)
+    check = nuggets.numeric_check(model, tok, items, scored, 3, OmegaConf.create(
+        {"candidates": 4, "pairs_per_batch": 2, "threads": 1}), "faithful")
+    rows = [0, 4, 7, 11]                                                     # numeric_items(12, 4)
+    np.testing.assert_array_equal(check["first"]["one_shot"], scored["one_shot"][np.ix_(rows, scored["columns"][3])])
+    assert check["families"] == [items[i]["family"] for i in rows]
+    pairs = check["pairs"]
+    assert len(pairs) == 4 * 3 and pairs["anchor"].iloc[:3].tolist() == [items[i]["id"] for i in (0, 3, 6)]
+    assert pairs["item"].iloc[::3].tolist() == [items[i]["id"] for i in rows]
+    np.testing.assert_allclose(pairs["gain_first"] + pairs["gain_difference"],
+                               (check["second"]["one_shot"] - check["second"]["zero_shot"][None, :]).ravel(), atol=1e-9)
+    assert pairs["gain_difference"].abs().max() < 1e-4
