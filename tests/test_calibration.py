@@ -73,7 +73,7 @@ def test_qualify_applies_each_criterion():
 
 def test_settings_take_the_models_overrides_and_name_bad_keys():
     gemma = settings(compose(["study=calibration", "profile=embedded_gemma"]))
-    assert (gemma["items"], gemma["pool"], gemma["budgets"]) == (16, 16, [16, 32])
+    assert (gemma["items"], gemma["pool"], gemma["budgets"]) == (12, 8, [16, 32])
     assert len(gemma["candidates"]) == len(compose(["study=calibration"]).study.candidates)
     only = settings(compose(["study=calibration", "study.only=['chain_sum:2',syllogism]"]))
     assert list(only["candidates"]) == ["chain_sum:2", "syllogism"]
