@@ -70,6 +70,7 @@ class _Shortfall(DataError):
 def _generate(family: str, params: dict, n: int, seed: int, minimum: int | None = None) -> list[dict]:
     """Up to ``n`` de-duplicated items of one family (draws up to 4n candidates from one seeded generator); fewer
     than ``minimum`` (default ``n``) is a shortfall."""
+    minimum = n if minimum is None else minimum
     dataset = reasoning_gym.create_dataset(task_of(family), size=4 * n, seed=seed, **params)
     seen, items = set(), []
     for i in range(len(dataset)):
@@ -80,12 +81,11 @@ def _generate(family: str, params: dict, n: int, seed: int, minimum: int | None 
         items.append(json.loads(json.dumps(entry, default=str)))
         if len(items) == n:
             return items
-    if len(items) >= (n if minimum is None else minimum):
+    if len(items) >= minimum:
         return items
     raise _Shortfall(
-        f"data.families.{family}: only {len(items)} distinct questions for {n} requested; "
-        f"widen the family's parameters or lower the split sizes", len(items), n if minimum is None else minimum,
-        len(dataset)
+        f"data.families.{family}: only {len(items)} distinct questions, {minimum} needed; "
+        f"widen the family's parameters or lower the split sizes", len(items), minimum, len(dataset)
     )
 
 
