@@ -473,21 +473,10 @@ def study_statements(regret: pd.DataFrame, acted: dict[str, dict], correlations:
     return out
 
 
-def tokens_trained(log: list[dict]) -> float:
-    """Tokens a TRL trainer trained on, from its log (the last logged ``num_tokens``; NaN if never logged)."""
-    values = [row["num_tokens"] for row in log if "num_tokens" in row]
-    return float(values[-1]) if values else float("nan")
-
-
-def arm_timings(runs: pd.DataFrame) -> pd.DataFrame:
-    """Compute per arm: ``runs`` has one row per trained run with ``arm`` (sft, dpo, dpo_placebo), ``steps``,
-    ``tokens`` (tokens trained) and ``seconds`` (training only); per arm the number of runs, their mean steps,
-    tokens and seconds, total seconds and tokens per second."""
-    table = runs.groupby("arm", sort=False).agg(runs=("seconds", "size"), steps=("steps", "mean"),
-                                                tokens=("tokens", "mean"), seconds=("seconds", "mean"),
-                                                total_seconds=("seconds", "sum")).reset_index()
-    table["tokens_per_second"] = table["tokens"] / table["seconds"]
-    return table
+def run_arm(run: str) -> str:
+    """The arm of a session run of this study (:func:`run_name`): ``sft``, ``dpo`` or ``dpo_placebo`` (for
+    :meth:`studykit.study.Study.compute`)."""
+    return "sft" if run == "sft" else "dpo_placebo" if run.endswith("-placebo") else "dpo"
 
 
 ZEPHYR = {"checkpoints": 16, "metric_pairs": 1_000, "dpo_pairs": 61_135}  # UltraChat 1 epoch / 100-step saves

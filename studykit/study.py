@@ -49,6 +49,11 @@ from .testbed import build_testbed
 PROGRESS_FILE = "progress.log"
 
 
+def _last_logged(log: list[dict], key: str) -> float:
+    values = [row[key] for row in log if key in row]
+    return float(values[-1]) if values else float("nan")
+
+
 @dataclass
 class Run:
     """One trained run inside :meth:`Study.run`.  ``done``: found in the run cache (its predictions, log and extra
@@ -90,6 +95,16 @@ class Run:
     @property
     def steps(self) -> int | None:
         return self.extra.get("steps")
+
+    @property
+    def tokens(self) -> float:
+        """Tokens trained, as the TRL trainer counts them (its last logged ``num_tokens``; NaN if never logged)."""
+        return _last_logged(self.log, "num_tokens")
+
+    @property
+    def train_seconds(self) -> float:
+        """Seconds the trainer spent training (its logged ``train_runtime``; NaN for a run without a trainer)."""
+        return _last_logged(self.log, "train_runtime")
 
     def save_checkpoint(self, step: int, model) -> None:
         """Store ``model`` (a model, or a saved checkpoint's directory: a trainer's ``checkpoint-<step>``) with this
@@ -244,7 +259,8 @@ class Study:
                                          run.model if keep_model else None, checkpoints=run._checkpoints)
         if evaluate:
             self._predictions.append(predictions_frame(run.predictions, name, seed))
-        self._runs.append({"run": name, "seed": int(seed), "steps": run.steps, "seconds": round(run.seconds, 1),
+        self._runs.append({"run": name, "seed": int(seed), "steps": run.steps, "tokens": run.tokens,
+                           "train_seconds": round(run.train_seconds, 1), "seconds": round(run.seconds, 1),
                            "cached": run.done, "key": key[:12]})
 
     def _progress(self, what: str) -> None:
@@ -265,7 +281,20 @@ class Study:
 
     @property
     def runs(self) -> pd.DataFrame:
-        return pd.DataFrame(self._runs, columns=["run", "seed", "steps", "seconds", "cached", "key"])
+        """One row per run: its steps, tokens trained, training seconds, seconds with evaluation (both as first
+        measured: a cached run keeps its stored numbers), whether it came from the cache, and its cache key."""
+        return pd.DataFrame(self._runs, columns=["run", "seed", "steps", "tokens", "train_seconds", "seconds",
+                                                 "cached", "key"])
+
+    def compute(self, arm=lambda run: run) -> pd.DataFrame:
+        """Compute per arm: the runs grouped by ``arm(run name)`` (default: the run name), with the number of runs,
+        their mean steps, tokens trained and training seconds, total training seconds and tokens per second."""
+        runs = self.runs.assign(arm=lambda t: t["run"].map(arm))
+        table = runs.groupby("arm", sort=False).agg(runs=("seed", "size"), steps=("steps", "mean"),
+                                                    tokens=("tokens", "mean"), train_seconds=("train_seconds", "mean"),
+                                                    total_train_seconds=("train_seconds", "sum")).reset_index()
+        table["tokens_per_second"] = table["tokens"] / table["train_seconds"]
+        return table
 
     def deviations(self) -> pd.DataFrame:
         """The study's deviations from the paper, rendered from the ``deviations:`` block of its YAML (each entry:

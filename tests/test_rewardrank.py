@@ -5,12 +5,12 @@ from omegaconf import OmegaConf
 from scipy import stats as scipy_stats
 
 from studykit.config import compose
-from studykit.rewardrank import (METRICS, arm_timings, candidate_columns, change_beyond_placebo, changed_items,
+from studykit.rewardrank import (METRICS, candidate_columns, change_beyond_placebo, changed_items,
                                  checkpoint_metrics, choose_checkpoints, cost_statement, dpo_training_pairs,
                                  measure_checkpoint, metric_column, pair_metrics, pair_sources, placebo_change_test,
-                                 preference_logprobs, rule_conditions, rule_regret, run_name, same_ranking_groups,
+                                 preference_logprobs, rule_conditions, rule_regret, run_arm, run_name, same_ranking_groups,
                                  seed_level_correlations, selection_rules, self_sampled_pairs, sft_subsample,
-                                 study_data, study_statements, tokens_trained, zephyr_cost_estimate)
+                                 study_data, study_statements, zephyr_cost_estimate)
 from studykit.testbed import build_testbed
 
 FIXTURES = __import__("pathlib").Path(__file__).parent / "fixtures"
@@ -308,15 +308,8 @@ def test_study_statements_say_whether_a_metric_tracks_post_dpo_accuracy():
     assert "post-DPO accuracy measures the SFT checkpoint" in idle[1]
 
 
-def test_tokens_and_compute_per_arm():
-    assert tokens_trained([{"loss": 1.0, "num_tokens": 100.0}, {"num_tokens": 250.0}, {"train_runtime": 3.0}]) == 250
-    assert np.isnan(tokens_trained([{"loss": 1.0}]))
-    runs = pd.DataFrame([{"arm": "sft", "steps": 18, "tokens": 9_000.0, "seconds": 90.0},
-                         {"arm": "dpo", "steps": 6, "tokens": 4_000.0, "seconds": 40.0},
-                         {"arm": "dpo", "steps": 6, "tokens": 4_400.0, "seconds": 44.0}])
-    table = arm_timings(runs).set_index("arm")
-    assert table.loc["dpo", "runs"] == 2 and table.loc["dpo", "tokens"] == 4_200 and table.loc["dpo", "seconds"] == 42
-    assert table.loc["dpo", "total_seconds"] == 84 and table.loc["sft", "tokens_per_second"] == 100
+def test_runs_are_grouped_into_sft_dpo_and_placebo_arms():
+    assert [run_arm(name) for name in ("sft", run_name(0, 5), run_name(3, 15, "placebo"))] == ["sft", "dpo", "dpo_placebo"]
 
 
 def test_zephyr_cost_estimate_is_the_forward_pass_ratio_and_is_labelled():

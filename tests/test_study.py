@@ -39,6 +39,11 @@ def test_a_finished_run_is_found_in_the_cache_with_the_same_predictions(session,
     assert again.steps == first.steps == session.cfg.train.max_steps
     pd.testing.assert_frame_equal(first.predictions.reset_index(drop=True), again.predictions.reset_index(drop=True))
     assert list(session.runs["cached"]) == [False, True]
+    # the compute of a run (steps, tokens trained, training seconds) comes back with it from the cache
+    assert first.tokens == again.tokens > 0 and first.train_seconds == again.train_seconds > 0
+    compute = session.compute().set_index("arm")
+    assert compute.loc["sft", "runs"] == 2 and compute.loc["sft", "tokens"] == first.tokens
+    assert compute.loc["sft", "total_train_seconds"] == pytest.approx(2 * round(first.train_seconds, 1))
     assert len(session.predictions) == 2 * len(session.eval_records)
     lines = (session.out / PROGRESS_FILE).read_text().splitlines()
     assert lines == ["run 1: sft seed 0", "run 2: sft seed 0 (cached)"]
