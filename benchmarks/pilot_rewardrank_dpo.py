@@ -7,7 +7,9 @@ the dev split and SFT seed 0's checkpoints; eval items are never generated.  Pri
 setting): own DPO pairs, dev replies changed by DPO and by its placebo, the exact McNemar p, dev accuracy before,
 after DPO and after the placebo, and seconds.
 
-    python benchmarks/pilot_rewardrank_dpo.py [profile=embedded] [--settings 6:1e-4 12:1e-4 12:2e-4]
+    python benchmarks/pilot_rewardrank_dpo.py [train.max_steps=40 ...] [--settings 6:1e-5 6:3e-5 6:1e-4] [--steps 10]
+
+Its first run (SFT seed 0, stopped after the step-5 checkpoint): conf/study/rewardrank.yaml, above ``dpo:``.
 """
 import argparse
 import tempfile
@@ -26,8 +28,9 @@ from studykit.train import train_dpo, train_sft_with_checkpoints
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of study=rewardrank")
-    parser.add_argument("--settings", nargs="+", default=["6:1e-4", "12:1e-4", "12:2e-4"],
+    parser.add_argument("--settings", nargs="+", default=["6:1e-5", "6:3e-5", "6:1e-4"],
                         help="DPO budgets as max_steps:learning_rate")
+    parser.add_argument("--steps", nargs="*", type=int, help="the SFT checkpoints to start from (default: all)")
     parser.add_argument("--sft-seed", type=int, default=0)
     args = parser.parse_args()
     scratch = tempfile.mkdtemp(prefix="rr-pilot-")
@@ -45,6 +48,8 @@ def main() -> None:
     print(f"SFT: {time.perf_counter() - start:.0f} s, checkpoints at {checkpoints['step'].tolist()}", flush=True)
     rows = []
     for ckpt in checkpoints.itertuples():
+        if args.steps and ckpt.step not in args.steps:
+            continue
         measured = measure_checkpoint(
             load_checkpoint(ckpt.path, base_model), base_model, tokenizer, metric_pairs=data["metric_pairs"],
             base_logps=base_logps, dpo_prompts=data["dpo_pairs"], dev=dev, evaluate=session.evaluate,
