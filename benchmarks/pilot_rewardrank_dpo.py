@@ -14,6 +14,7 @@ Its first run (SFT seed 0, stopped after the step-5 checkpoint): conf/study/rewa
 import argparse
 import tempfile
 import time
+from pathlib import Path
 
 import pandas as pd
 
@@ -32,6 +33,7 @@ def main() -> None:
                         help="DPO budgets as max_steps:learning_rate")
     parser.add_argument("--steps", nargs="*", type=int, help="the SFT checkpoints to start from (default: all)")
     parser.add_argument("--sft-seed", type=int, default=0)
+    parser.add_argument("--sft-dir", help="reuse the SFT checkpoints (checkpoint-<step>) an earlier pilot saved here")
     args = parser.parse_args()
     scratch = tempfile.mkdtemp(prefix="rr-pilot-")
     session = Study.open("rewardrank", None, scratch, args.overrides)
@@ -40,12 +42,17 @@ def main() -> None:
     dev = session.testbed()["dev"]
     base_model, tokenizer = session.base_model()
     base_logps = preference_logprobs(base_model, tokenizer, data["metric_pairs"], chat=session.chat)
-    train_items = sft_subsample(data["sft_train"], float(study.sft_subsample), args.sft_seed)
-    start = time.perf_counter()
-    _, checkpoints = train_sft_with_checkpoints(copy_model(base_model), tokenizer, train_items, data["sft_val"], cfg,
-                                                f"{scratch}/sft", n_checkpoints=study.checkpoints, seed=args.sft_seed,
-                                                data_seed=args.sft_seed)
-    print(f"SFT: {time.perf_counter() - start:.0f} s, checkpoints at {checkpoints['step'].tolist()}", flush=True)
+    if args.sft_dir:
+        paths = sorted(Path(args.sft_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+        checkpoints = pd.DataFrame({"step": [int(p.name.split("-")[1]) for p in paths], "path": [str(p) for p in paths]})
+    else:
+        train_items = sft_subsample(data["sft_train"], float(study.sft_subsample), args.sft_seed)
+        start = time.perf_counter()
+        _, checkpoints = train_sft_with_checkpoints(copy_model(base_model), tokenizer, train_items, data["sft_val"],
+                                                    cfg, f"{scratch}/sft", n_checkpoints=study.checkpoints,
+                                                    seed=args.sft_seed, data_seed=args.sft_seed)
+        print(f"SFT: {time.perf_counter() - start:.0f} s, checkpoints in {scratch}/sft at "
+              f"{checkpoints['step'].tolist()}", flush=True)
     rows = []
     for ckpt in checkpoints.itertuples():
         if args.steps and ckpt.step not in args.steps:

@@ -13,8 +13,8 @@ import pytest
 from studykit.analysis import INPUTS, analyze, claims_section, save_inputs
 from studykit.claims import ClaimsError, load_claims, load_interpretation
 from studykit.config import ROOT
-from studykit.provenance import (BEGIN, END, analysis_changed_since, evidence_changed_since, git_state,
-                                  write_results_index)
+from studykit.provenance import (BEGIN, END, analysis_changed_since, evidence_changed_since, evidence_paths,
+                                  git_state, write_results_index)
 from studykit.results import save_predictions
 
 
@@ -107,6 +107,14 @@ def test_the_results_index_splits_evidence_and_analysis_staleness_and_adds_bh_q_
     assert "quickstart.sft_raises_accuracy" in ledger and "q_bh" in ledger
     assert evidence_changed_since("0" * 40, "quickstart") == "unknown" == analysis_changed_since("0" * 40)
     assert frame["seed"].nunique() == 6
+
+
+def test_evidence_depends_on_the_studys_own_yamls_only():
+    nuggets, zephyr = evidence_paths("nuggets"), evidence_paths("rewardrank_zephyr")
+    assert ":(exclude)conf/study/rewardrank.yaml" in nuggets and ":(exclude)conf/study/nuggets.yaml" not in nuggets
+    assert ":(exclude)conf/study/rewardrank.yaml" not in zephyr    # composed through its defaults
+    assert ":(exclude)conf/study/rewardrank_zephyr.yaml" not in zephyr
+    assert ":(exclude)conf/study/nuggets.yaml" in zephyr and "conf" in zephyr and "studykit" in zephyr
 
 
 @pytest.mark.parametrize("text, message", [
