@@ -14,7 +14,7 @@ from studykit.analysis import INPUTS, analyze, claims_section, save_inputs
 from studykit.claims import ClaimsError, load_claims, load_interpretation
 from studykit.config import ROOT
 from studykit.provenance import (BEGIN, END, analysis_changed_since, evidence_changed_since, evidence_paths,
-                                  git_state, write_results_index)
+                                  git_state, write_results_index, _cached_runs)
 from studykit.results import save_predictions
 
 
@@ -107,6 +107,12 @@ def test_the_results_index_splits_evidence_and_analysis_staleness_and_adds_bh_q_
     assert "quickstart.sft_raises_accuracy" in ledger and "q_bh" in ledger
     assert evidence_changed_since("0" * 40, "quickstart") == "unknown" == analysis_changed_since("0" * 40)
     assert frame["seed"].nunique() == 6
+
+
+def test_the_index_counts_the_runs_a_resumed_study_read_from_the_cache(tmp_path):
+    assert _cached_runs(tmp_path) == "—"
+    pd.DataFrame({"run": ["full", "top_25", "placebo"], "cached": [True, True, False]}).to_csv(tmp_path / "runs.csv")
+    assert _cached_runs(tmp_path) == "2 of 3"
 
 
 def test_evidence_depends_on_the_studys_own_yamls_only():
