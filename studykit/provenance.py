@@ -71,7 +71,8 @@ def study_files(study: str) -> set[str]:
 def evidence_paths(study: str) -> list[str]:
     """Git pathspecs of what ``study``'s evidence depends on: ``studykit/`` and ``conf/`` less the analysis code and
     the other studies' YAMLs (a change to RewardRank's budget does not stale Nuggets), and its own notebook."""
-    others = sorted(p.stem for p in (CONF_DIR / "study").glob("*.yaml") if p.stem not in study_files(study))
+    own = study_files(study)
+    others = sorted(p.stem for p in (CONF_DIR / "study").glob("*.yaml") if p.stem not in own)
     return ["studykit", "conf", f"notebooks/{study}.ipynb", *(f":(exclude){p}" for p in ANALYSIS_PATHS),
             *(f":(exclude)conf/study/{name}.yaml" for name in others)]
 
