@@ -219,12 +219,44 @@ def load_tokenizer(cfg):
     return tokenizer
 
 
-def load_model(cfg, device: str | torch.device):
+def is_qlora(cfg) -> bool:
+    """Whether a study's config trains a QLoRA adapter (``peft.method: qlora``): its base model loads in 4 bits."""
+    return (cfg.get("peft") or {}).get("method") == "qlora"
+
+
+def check_quantizable(device: torch.device) -> None:
+    """QLoRA's 4-bit base needs a CUDA device and ``bitsandbytes`` (``pip install -e ".[gpu]"``): one clear error
+    before any work otherwise."""
+    import importlib.util
+
+    if torch.device(device).type != "cuda" or importlib.util.find_spec("bitsandbytes") is None:
+        raise ModelSourceError(f"peft.method=qlora loads the base model in 4 bits, which needs a CUDA device and the "
+                               f"bitsandbytes package; this run has device {torch.device(device).type} and bitsandbytes "
+                               f"{'installed' if importlib.util.find_spec('bitsandbytes') else 'not installed'} "
+                               "(use peft.method=lora, or pip install -e '.[gpu]' on a GPU machine)")
+
+
+def quantization_config(dtype: torch.dtype):
+    """QLoRA's base (Dettmers et al., 2023, §3): 4-bit NormalFloat weights with double quantization, computing in
+    ``dtype``."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=dtype)
+
+
+def load_model(cfg, device: str | torch.device, *, quantize: bool = False):
     """Load the configured causal LM in fp32 (or ``cfg.dtype``) in eval mode on ``device`` (a study passes
-    ``studykit.device(cfg)``; there is deliberately no default, so no load can silently stay on the CPU)."""
+    ``studykit.device(cfg)``; there is deliberately no default, so no load can silently stay on the CPU).
+    ``quantize``: QLoRA's 4-bit base (:func:`quantization_config`), placed on ``device`` as it loads."""
     path = resolve_model_path(cfg)
     dtype = getattr(torch, cfg.get("dtype", "float32"))
+    if quantize:
+        check_quantizable(device)
     try:
+        if quantize:
+            return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, quantization_config=quantization_config(dtype),
+                                                        device_map={"": torch.device(device).index or 0}).eval()
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     except OSError as err:
         raise ModelSourceError(f"cannot load model '{cfg.name}' from '{path}': {err}") from err
@@ -232,9 +264,16 @@ def load_model(cfg, device: str | torch.device):
 
 
 def load_checkpoint(path: str | Path, like, device: str | torch.device | None = None):
-    """A saved checkpoint in eval mode, with the dtype of the model ``like`` and on ``device`` (default: its)."""
+    """A saved checkpoint in eval mode, with the dtype of the model ``like`` and on ``device`` (default: its).  A
+    checkpoint of a LoRA run holds only its adapter: it is loaded on the base it names and merged into it."""
     device = device if device is not None else next(like.parameters()).device
-    return AutoModelForCausalLM.from_pretrained(str(path), dtype=like.dtype).to(device).eval()
+    if (Path(path) / "adapter_config.json").is_file():
+        from peft import AutoPeftModelForCausalLM
+
+        model = AutoPeftModelForCausalLM.from_pretrained(str(path), dtype=like.dtype).merge_and_unload()
+    else:
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=like.dtype)
+    return model.to(device).eval()
 
 
 def restore_forward(model):
@@ -259,5 +298,5 @@ def copy_model(model):
     return restore_forward(copy.deepcopy(model))
 
 
-def load_model_and_tokenizer(cfg, device: str | torch.device):
-    return load_model(cfg, device), load_tokenizer(cfg)
+def load_model_and_tokenizer(cfg, device: str | torch.device, *, quantize: bool = False):
+    return load_model(cfg, device, quantize=quantize), load_tokenizer(cfg)

@@ -26,9 +26,8 @@ from trl import DPOConfig, DPOTrainer
 
 from .config import device
 from .logprobs import batch_response_logprobs, collate_left, encode_pair, pad_token_id
-from .models import restore_forward
 from .registry import PREFERENCE_LOSSES, resolve
-from .trainers import check_master_weights, dpo_dataset, log_to_file, training_args
+from .trainers import dpo_dataset, finish, log_to_file, peft_config, prepare_trainable, training_args
 
 EXPLORE = "reference_response"
 
@@ -250,20 +249,17 @@ def train_preference(model, ref_model, tokenizer, pairs: list[dict], cfg, output
     spec = PREFERENCE_LOSSES[loss]
     trainer_class, config_class = resolve(spec.trainer), resolve(spec.config)
     options = {k: args.pop(k) for k in spec.options if k in args}
-    check_master_weights(model)
     if config_class is DPOConfig:   # every cfg.dpo key must be a DPOConfig field, as for any DPO run
         section, extra = cfg.dpo, {}
     else:                          # another trainer's config: the cfg.dpo settings it shares
         section, extra = None, {k: v for k, v in OmegaConf.to_container(cfg.dpo, resolve=True).items()
                                 if k in config_class.__dataclass_fields__}
     config = training_args(config_class, section, output_dir, int(cfg.seed), {**extra, **spec.settings, **args}, device(cfg))
+    adapter = peft_config(cfg)
     common = dict(model=model, args=config, processing_class=tokenizer, callbacks=callbacks,
-                  train_dataset=dpo_dataset(pairs, bool(cfg.model.chat_template)))
-    if config_class is DPOConfig:
-        common["ref_model"] = ref_model
-    trainer = trainer_class(**common, **spec.fixed, **options)
+                  train_dataset=dpo_dataset(pairs, bool(cfg.model.chat_template)), peft_config=adapter)
+    if config_class is DPOConfig:   # with an adapter the reference is its start, adapters disabled (TRL's way)
+        common["ref_model"] = None if adapter is not None else ref_model
+    trainer = prepare_trainable(trainer_class(**common, **spec.fixed, **options))
     log_to_file(trainer).train()
-    for trained in (trainer.model, ref_model if config_class is DPOConfig else None):
-        if trained is not None:
-            restore_forward(trained)
-    return trainer
+    return finish(trainer, common.get("ref_model"))

@@ -28,11 +28,10 @@ from trl import GRPOConfig, GRPOTrainer
 
 from .config import device
 from .logprobs import format_prompt
-from .models import restore_forward
 from .placebo import permuted_rewards, placebo_sft_records
 from .registry import RL_METHODS, resolve
 from .rewards import reward_functions
-from .trainers import check_master_weights, log_to_file, training_args
+from .trainers import finish, log_to_file, peft_config, prepare_trainable, training_args
 from .transforms import verified_samples
 
 def grpo_dataset(records: list[dict], tokenizer, chat: bool) -> Dataset:
@@ -59,7 +58,6 @@ def build_grpo_trainer(model, tokenizer, records: list[dict], cfg, output_dir: s
     Prefix-RFT's prefixes) permuted within each family, so no variant keeps a learning signal."""
     if method not in RL_METHODS:
         raise ValueError(f"unknown RL method '{method}'; available: {', '.join(sorted(RL_METHODS))}")
-    check_master_weights(model)
     funcs, weights = reward_functions(cfg.rl)
     grpo_args = training_args(GRPOConfig, cfg.grpo, output_dir, int(cfg.seed), {"reward_weights": weights, **args},
                       device(cfg))
@@ -68,8 +66,8 @@ def build_grpo_trainer(model, tokenizer, records: list[dict], cfg, output_dir: s
     own = OmegaConf.to_container(cfg.rl[method], resolve=True) if method in cfg.rl else {}
     trainer = resolve(RL_METHODS[method])(model=model, processing_class=tokenizer, reward_funcs=funcs, args=grpo_args,
                                train_dataset=grpo_dataset(records, tokenizer, bool(cfg.model.chat_template)),
-                               callbacks=callbacks, **own)
-    return log_to_file(trainer)
+                               callbacks=callbacks, peft_config=peft_config(cfg), **own)
+    return log_to_file(prepare_trainable(trainer))
 
 
 def learnable_prompts(records: list[dict], model, tokenizer, *, rollouts: int, chat: bool, max_new_tokens: int,
@@ -106,8 +104,7 @@ def train_grpo(model, tokenizer, records: list[dict], cfg, output_dir: str | Pat
     trainer after training."""
     trainer = build_grpo_trainer(model, tokenizer, records, cfg, output_dir, **kwargs)
     trainer.train()
-    restore_forward(trainer.model)
-    return trainer
+    return finish(trainer)
 
 
 def signal_log(log_history: list[dict], condition: str, seed: int) -> list[dict]:

@@ -49,7 +49,7 @@ from omegaconf import OmegaConf
 from .analysis import INPUTS, analyze
 from .config import NOTEBOOK_DIR, ROOT, compose, device, list_studies, results_root, study_overrides
 from .errors import ConfigError, DataError
-from .models import check_available
+from .models import check_available, check_quantizable, is_qlora
 from .provenance import git_state, write_results_index
 from .study import PROGRESS_FILE
 from .testbed import build_testbed
@@ -330,6 +330,8 @@ def preflight(cfg) -> None:
     testbed (when the config has ``data.families``) can be drawn at the configured split sizes.  Raises
     :class:`ConfigError` / :class:`DataError`."""
     _check_device(cfg)
+    if is_qlora(cfg):
+        check_quantizable(device(cfg))
     if OmegaConf.select(cfg, "data.families", default=None):
         try:
             build_testbed(cfg.data)

@@ -40,7 +40,7 @@ from .config import compose, device, seed_everything
 from .errors import ConfigError
 from .evaluate import evaluate_records
 from .guards import UNTRAINED
-from .models import load_model_and_tokenizer
+from .models import is_qlora, load_model_and_tokenizer
 from .results import log_to_file, output_directory, save_metrics, save_predictions, save_table
 from .testbed import build_testbed
 
@@ -177,7 +177,7 @@ class Study:
 
     def base_model(self):
         """The study's model and tokenizer, loaded on the study's device."""
-        model, self._tokenizer = load_model_and_tokenizer(self.cfg.model, self.device)
+        model, self._tokenizer = load_model_and_tokenizer(self.cfg.model, self.device, quantize=is_qlora(self.cfg))
         return model, self._tokenizer
 
     @property
@@ -232,7 +232,8 @@ class Study:
         ``eval_records``: evaluate on these items instead of all eval items (a run whose claims read only some
         families: the in-domain ones, its trained family)."""
         records = self.eval_records if eval_records is None else eval_records
-        spec = {"model": self.cfg.model, "device": self.device.type, "seed": int(seed), "eval": self.cfg.eval,
+        spec = {"model": self.cfg.model, **({"peft": self.cfg.peft} if self.cfg.get("peft") is not None else {}),
+                "device": self.device.type, "seed": int(seed), "eval": self.cfg.eval,
                 "eval_items": [(r["id"], r["prompt"], r["response"]) for r in records], "recipe": recipe,
                 **({} if evaluate else {"evaluate": False})}
         key = cache.run_key(spec)

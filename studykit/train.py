@@ -34,7 +34,7 @@ from .models import copy_model, load_model_and_tokenizer, restore_forward
 from .objectives import TokenStats, get_objective, objective_loss
 from .preference import train_preference
 from .testbed import build_testbed, inject_noise
-from .trainers import check_master_weights, log_to_file, sft_dataset, training_args
+from .trainers import finish, log_to_file, peft_config, prepare_trainable, sft_dataset, training_args
 
 
 class _StoredLogProbsCollator:
@@ -149,12 +149,13 @@ def build_sft_trainer(model, tokenizer, records: list[dict], cfg, output_dir: st
     ``ref_model`` is ASFT's frozen reference; PEAR's data-policy log-probs are stored from ``behavior_model`` (the
     policy that generated ``records``' responses), by default from the model before training.
     """
-    check_master_weights(model)
     chat = bool(cfg.model.chat_template)
     common = dict(model=model, processing_class=tokenizer, train_dataset=sft_dataset(records, chat),
-                  eval_dataset=sft_dataset(eval_records, chat) if eval_records else None, callbacks=callbacks)
+                  eval_dataset=sft_dataset(eval_records, chat) if eval_records else None, callbacks=callbacks,
+                  peft_config=peft_config(cfg))
     if objective is None:
-        return log_to_file(SFTTrainer(args=training_args(SFTConfig, cfg.train, output_dir, int(cfg.seed), args, device(cfg)), **common))
+        return log_to_file(prepare_trainable(SFTTrainer(
+            args=training_args(SFTConfig, cfg.train, output_dir, int(cfg.seed), args, device(cfg)), **common)))
     spec = get_objective(objective)
     if spec.trl_loss_type is not None:
         args = {**args, "loss_type": spec.trl_loss_type}
@@ -163,17 +164,14 @@ def build_sft_trainer(model, tokenizer, records: list[dict], cfg, output_dir: st
                                   **common)
     if "behavior" in spec.needs:
         trainer.store_behavior_log_probs(behavior_model)
-    return log_to_file(trainer)
+    return log_to_file(prepare_trainable(trainer))
 
 
 def train_sft(model, tokenizer, records: list[dict], cfg, output_dir: str | Path, **kwargs) -> SFTTrainer:
     """:func:`build_sft_trainer`, trained; returns the trainer after training."""
     trainer = build_sft_trainer(model, tokenizer, records, cfg, output_dir, **kwargs)
     trainer.train()
-    for model in (trainer.model, kwargs.get("ref_model")):
-        if model is not None:
-            restore_forward(model)
-    return trainer
+    return finish(trainer, kwargs.get("ref_model"))
 
 
 def train_dpo(model, ref_model, tokenizer, pairs: list[dict], cfg, output_dir: str | Path, *, callbacks=None,

@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 from transformers import PrinterCallback, TrainerCallback
 
 from .logprobs import completion_text, format_prompt
+from .models import restore_forward
 
 LOGGER = logging.getLogger("studykit.train")
 
@@ -34,6 +35,56 @@ def check_master_weights(model) -> None:
     if dtypes != ["torch.float32"]:
         raise ValueError(f"training needs fp32 master weights, got trainable parameters in {', '.join(dtypes)}: "
                          "set model.dtype=float32 (bf16 autocast is switched on for GPUs)")
+
+
+PEFT_METHODS = ("lora", "qlora")
+
+
+def peft_config(cfg):
+    """The adapter every trainer of the kit trains when ``cfg.peft`` is set, else None (full fine-tuning): LoRA
+    (Hu et al., 2022, eq. 3: W + (α/r)·BA with B zero-initialized, so training starts at the model it adapts) on
+    ``target_modules``; ``method: qlora`` is the same adapter on a 4-bit NF4 base (Dettmers et al., 2023;
+    :func:`studykit.models.load_model` quantizes the base).  The other keys go to ``peft.LoraConfig`` as they are."""
+    spec = cfg.get("peft")
+    if spec is None:
+        return None
+    from peft import LoraConfig
+
+    kwargs = {k: v for k, v in OmegaConf.to_container(spec, resolve=True).items() if k != "method"}
+    return LoraConfig(task_type="CAUSAL_LM", **kwargs)
+
+
+def prepare_trainable(trainer):
+    """Apply the fp32-master rule to what ``trainer`` will train, before its optimizer exists: an adapter's
+    parameters are cast to fp32 (TRL casts a QLoRA adapter to bf16, where AdamW would round small updates away),
+    then :func:`check_master_weights` (a fully fine-tuned model must already be fp32).  Returns ``trainer``."""
+    from peft import PeftModel
+
+    if isinstance(trainer.model, PeftModel):
+        for param in trainer.model.parameters():
+            if param.requires_grad:
+                param.data = param.data.float()
+    check_master_weights(trainer.model)
+    return trainer
+
+
+def merged(model):
+    """``model`` with a trained adapter merged into its weights (``merge_and_unload``), so what follows a run —
+    evaluation, the run cache, a later stage that starts from it — sees one plain model; a plain model as is."""
+    from peft import PeftModel
+
+    return model.merge_and_unload() if isinstance(model, PeftModel) else model
+
+
+def finish(trainer, *frozen):
+    """After ``trainer.train()``: merge a trained adapter into ``trainer.model`` (:func:`merged`) and give it and the
+    ``frozen`` models it used (a reference) their class's forward back (:func:`studykit.models.restore_forward`).
+    Returns ``trainer``."""
+    trainer.model = merged(trainer.model)
+    for model in (trainer.model, *frozen):
+        if model is not None:
+            restore_forward(model)
+    return trainer
 
 
 def memory_estimate(n_params: float, *, dtype_bytes: int = 4, shards: int = 1) -> dict[str, float]:

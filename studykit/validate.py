@@ -285,6 +285,18 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
+def _peft(v) -> bool:
+    if v is None:
+        return True
+    if not _mapping(v) or v.get("method") not in ("lora", "qlora") or not positive_int(v.get("r")):
+        return False
+    modules = v.get("target_modules", "all-linear")
+    return (_number(v.get("lora_alpha", 8)) and v.get("lora_alpha", 8) > 0
+            and _number(v.get("lora_dropout", 0.0)) and 0 <= v.get("lora_dropout", 0.0) < 1
+            and (modules == "all-linear" or (_list(modules) and len(modules) > 0
+                                             and all(isinstance(m, str) for m in modules))))
+
+
 RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("seed", _int, "an integer"),
     ("data.seed", _int, "an integer"),
@@ -299,6 +311,8 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("model.chat_template", _chat_template,
      "true (the tokenizer's template), false (plain Question/Answer prompts) or a Jinja chat template string"),
     ("device", _device, "auto, cpu, cuda or cuda:<index>"),
+    ("peft", _peft, "null (full fine-tuning) or {method: lora|qlora, r: int ≥ 1, lora_alpha: > 0, lora_dropout in "
+                    "[0, 1), target_modules: all-linear or a list of module names}"),
     ("eval.batch_size", *CHECKS["positive_int"]),
     ("eval.max_new_tokens", *CHECKS["positive_int"]),
     ("profile.seeds", *CHECKS["int_list"]),
