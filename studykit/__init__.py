@@ -21,6 +21,7 @@ methods, training and evidence
   nuggets, rewardrank, selectors, transforms, diversity, merging – the methods' scoring and data
   calibration – which testbed families let each method act on a model (gold skew, accuracy, RL signal share)
   evaluate  – generation, per-item judged predictions, accuracy with chance / majority baselines
+  judges    – judges of open-ended replies (registry JUDGES: reward model, MT-Bench pairwise / single), cached
   guards    – degenerate arms, identical runs, placebo, RL-signal and movement preconditions, family effects
   claims    – the claims YAML of a study → guarded claims table with verdicts
   analysis  – the analysis step: committed evidence → claims.csv and analysis/ (`studykit analyze`)

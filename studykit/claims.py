@@ -21,8 +21,9 @@ entry::
       test: {treatment: dft, control: sft, metric: lenient, direction: greater, families: in_domain}
 
 ``test.families`` names a family group of the study's evidence (``in_domain``, ``ood``; ``all`` by default).
-``test.metric`` is a per-item column of the predictions: ``strict`` / ``lenient`` correctness, or a per-prompt
-measurement of :data:`PER_PROMPT`.  ``metric: auroc`` tests a scorer instead of a trained model
+``test.metric`` is a per-item column of the predictions: ``strict`` / ``lenient`` correctness, a per-prompt
+measurement of :data:`PER_PROMPT`, or a judge's column of :data:`JUDGED` (:mod:`studykit.judges`: ``win`` against
+reference replies, ``mt_bench_score``).  ``metric: auroc`` tests a scorer instead of a trained model
 (:func:`auroc_claims_table`).  An entry with ``not_tested: <why>`` instead of ``test`` is listed with that reason.
 The guards are :mod:`studykit.guards`; the interval, p-values and Holm are :mod:`studykit.stats`.
 """
@@ -46,7 +47,8 @@ CLAIMS_DIR = CONF_DIR / "claims"
 BIBLIOGRAPHY = ROOT / "references.bib"
 ACCURACY = ("strict", "lenient")
 PER_PROMPT = ("ead", "embedding_diversity", "vendi", "quality", "crc_valid", "crc_distinct")
-METRICS = (*ACCURACY, *PER_PROMPT, "auroc")
+JUDGED = {"win": "win rate vs reference", "mt_bench_score": "MT-Bench score"}   # studykit.judges' columns
+METRICS = (*ACCURACY, *PER_PROMPT, *JUDGED, "auroc")
 TOP_KEYS = ("claims", "interpretation")
 REQUIRED = ("id", "paper", "source", "claim", "kind")
 TEST_KEYS = {"treatment", "control", "metric", "direction", "families"}
@@ -438,8 +440,9 @@ def _auroc_fragility(label: str, labels, scores, treatment: str, control: str, f
 
 
 def metric_label(metric: str) -> str:
-    """How a claims table names a metric: "lenient accuracy", or the per-prompt measurement's own name."""
-    return f"{metric} accuracy" if metric in ACCURACY else metric.replace("_", " ")
+    """How a claims table names a metric: "lenient accuracy", a judge's column ("win rate vs reference"), or the
+    per-prompt measurement's own name."""
+    return f"{metric} accuracy" if metric in ACCURACY else JUDGED.get(metric, metric.replace("_", " "))
 
 
 def _auc(labels, scores) -> float:
