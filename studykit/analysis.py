@@ -28,7 +28,8 @@ import numpy as np
 import pandas as pd
 
 from . import guards
-from .claims import Evidence, auroc_claims_table, claims_table, conclusions, load_claims, load_interpretation
+from .claims import (Evidence, auroc_claims_table, claims_table, conclusions, load_claims, load_interpretation,
+                     metric_label)
 from .config import results_root
 from .errors import ClaimsError
 from .provenance import git_state
@@ -151,9 +152,10 @@ def analyze(result_dir: str | Path) -> dict:
         claims = claims_table(load_claims(study), predictions, evidence)
         tables["families"] = guards.family_profile(predictions)
         tables["identical"] = guards.identical_conditions(predictions)
-        if "lenient" in predictions.columns:
-            scored = predictions[predictions["lenient"].notna()]
-            tables["accuracy"] = pd.concat([condition_accuracy(frame, "lenient")  # each on the items it was evaluated on
+        score = next((m for m in guards.SCORES if m in predictions.columns), None)
+        if score is not None:
+            scored = predictions[predictions[score].notna()]
+            tables["accuracy"] = pd.concat([condition_accuracy(frame, score)  # each on the items it was evaluated on
                                             for _, frame in scored.groupby("condition", sort=False)], ignore_index=True)
     if evidence.regime:
         claims.insert(claims.columns.get_loc("paper_regime") + 1, "our_regime",
@@ -251,17 +253,19 @@ def _figure(accuracy: pd.DataFrame, families: pd.DataFrame | None, study: str):
 
     fig, ax = plt.subplots(figsize=(7, 0.35 * len(accuracy) + 1.6))
     y = np.arange(len(accuracy))
-    value = accuracy["lenient_accuracy"]
+    column = next(c for c in accuracy.columns if c in ("lenient_accuracy", *guards.SCORES))
+    value = accuracy[column]
     ax.errorbar(value, y, xerr=[value - accuracy["ci_low"], accuracy["ci_high"] - value], fmt="o", capsize=3)
     ax.set_yticks(y, [f"{c} ({s} seed{'s' if s > 1 else ''})" for c, s in zip(accuracy["condition"], accuracy["seeds"])])
-    if families is not None and not families.empty:
+    if families is not None and not families.empty and families["best_constant"].notna().any():
         best = families.drop_duplicates("family")["best_constant"].mean()
         ax.axvline(best, ls="--", c="gray", label=f"best constant answer per family {best:.2f}")
         ax.legend(loc="lower right", fontsize=8)
-    ax.set_xlim(0, 1)
+    if column != "mt_bench_score":
+        ax.set_xlim(0, 1)
     ax.invert_yaxis()
-    ax.set_xlabel("lenient accuracy (95% t interval, seeds and items random)")
-    ax.set_title(f"{study}: accuracy per condition")
+    ax.set_xlabel(f"{metric_label(column.removesuffix('_accuracy'))} (95% t interval, seeds and items random)")
+    ax.set_title(f"{study}: {'accuracy' if column == 'lenient_accuracy' else metric_label(column)} per condition")
     fig.tight_layout()
     return fig
 

@@ -47,8 +47,16 @@ def _text(path: Path) -> str:
         raise DataError(f"{path}: not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start})") from None
 
 
+REMOTE_FILE = ("hf://", "https://", "http://")
+
+
 def _read_rows(source: str | Path, split: str) -> tuple[str, list[dict], str]:
-    """Rows of a local .json / .jsonl file or of a hub dataset; returns (label, rows, row-unit)."""
+    """Rows of a local .json / .jsonl file, of a remote JSON / JSONL file (``hf://datasets/<id>/<file>``, a URL;
+    through ``datasets``' json builder) or of a hub dataset; returns (label, rows, row-unit)."""
+    if str(source).startswith(REMOTE_FILE):
+        import datasets
+
+        return str(source), list(datasets.load_dataset("json", data_files=str(source), split="train")), "row"
     path = Path(source)
     if path.suffix in {".json", ".jsonl"} or path.exists():
         if path.suffix == ".json":
@@ -84,6 +92,11 @@ def _checked(records: list[dict], label: str) -> list[dict]:
     return records
 
 
+def _extra_columns(row: dict) -> dict:
+    """A source row's other scalar columns (AlpacaEval's ``dataset`` and ``generator``, …), kept beside the record."""
+    return {k: v for k, v in row.items() if isinstance(v, (str, int, float, bool)) and k != "output"}
+
+
 def _split_messages(messages, where: str, field: str) -> tuple[list[dict], str]:
     """(prompt messages, final assistant content) of a chat transcript."""
     if not isinstance(messages, list) or not messages:
@@ -115,7 +128,7 @@ def load_alpaca(source: str | Path, split: str = "train") -> list[dict]:
         if not isinstance(extra, str):
             raise DataError(f"{where}: field 'input' must be a string, got {type(extra).__name__}")
         prompt = f"{instruction}\n\n{extra}" if extra.strip() else instruction
-        records.append({"id": str(row.get("id", i)), "prompt": prompt, "response": output,
+        records.append({**_extra_columns(row), "id": str(row.get("id", i)), "prompt": prompt, "response": output,
                         "instruction": instruction, "input": extra})
     return _checked(records, label)
 
@@ -196,6 +209,60 @@ def load_records(fmt: str, source: str | Path, split: str = "train", limit: int 
         raise DataError(f"unknown data format '{fmt}'; expected one of {sorted(LOADERS)}")
     records = LOADERS[fmt](source, split)
     return records[:limit] if limit else records
+
+
+def source_path(path: str) -> str:
+    """A ``data.source`` path as the loaders take it: a relative local file is relative to the repository (the
+    notebook runs elsewhere); a remote file or a hub dataset id as it is."""
+    from .config import ROOT
+
+    if str(path).startswith(REMOTE_FILE) or Path(path).is_absolute():
+        return str(path)
+    local = ROOT / path
+    return str(local) if local.suffix in {".json", ".jsonl"} or local.exists() else str(path)
+
+
+def is_local(path: str) -> bool:
+    """Whether a ``data.source`` path names a file on this machine (else a hub dataset id or a remote file)."""
+    return Path(source_path(path)).is_absolute()
+
+
+def _source_records(spec, split_name: str, default_family: str) -> list[dict]:
+    """One ``data.source`` entry's records, ids prefixed with the split's name, each with a ``family``: the
+    source's ``family_field`` column (AlpacaEval's ``dataset``: its five prompt sources), else the data's name."""
+    records = load_records(spec["format"], source_path(spec["path"]), spec.get("split", "train"))
+    field = spec.get("family_field")
+    if field is not None and any(field not in r for r in records):
+        missing = next(i for i, r in enumerate(records) if field not in r)
+        raise DataError(f"{spec['path']}: item {missing + 1} has no column '{field}' (data.source.{split_name}."
+                        f"family_field); it has {sorted(records[missing])}")
+    return [{**r, "id": f"{split_name}/{r['id']}", "family": str(r[field]) if field else default_family}
+            for r in records]
+
+
+def load_splits(data_cfg) -> dict[str, list[dict]]:
+    """A study's splits from real data (``data.source``, e.g. conf/data/alpaca.yaml): ``eval`` (its first
+    ``data.eval_size`` items, all when null) and ``pool``, from which ``data.dev_size`` items drawn by ``data.seed``
+    are held out as ``dev`` (for choices made off the eval items) and ``data.pool_size`` of the rest are drawn (all
+    when null), in the source's order.  Other entries of ``data.source`` (``preference``, …) are loaded whole."""
+    import random
+
+    source = data_cfg.source
+    splits = {name: _source_records(spec, name, str(data_cfg.name)) for name, spec in source.items()}
+    pool = splits["pool"]
+    order = list(range(len(pool)))
+    random.Random(int(data_cfg.seed)).shuffle(order)
+    dev_size, pool_size = int(data_cfg.get("dev_size") or 0), data_cfg.get("pool_size")
+    kept = order[dev_size:] if pool_size is None else order[dev_size:dev_size + int(pool_size)]
+    needed = dev_size + (int(pool_size) if pool_size is not None else 1)
+    if len(pool) < needed:
+        raise DataError(f"{source.pool.path}: {len(pool)} pool items, expected at least data.dev_size + "
+                        f"data.pool_size = {needed}")
+    splits["dev"] = [pool[i] for i in sorted(order[:dev_size])]
+    splits["pool"] = [pool[i] for i in sorted(kept)]
+    eval_size = data_cfg.get("eval_size")
+    splits["eval"] = splits["eval"][:int(eval_size)] if eval_size is not None else splits["eval"]
+    return splits
 
 
 def write_jsonl(records: Iterable[dict], path: str | Path) -> None:

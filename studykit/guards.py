@@ -4,7 +4,8 @@ comparison may carry a verdict (:mod:`studykit.claims` applies them to every cla
 * :func:`family_profile` – per condition × family: accuracy, the share of its most common answer, the accuracy
   that answer would score as a constant, the best constant's accuracy (the family's most common gold answer) and
   accuracy on the items whose gold is not that answer.  An arm is **degenerate** on a family when one answer
-  covers ≥ :data:`CONSTANT_SHARE` of its items, or when it scores no better than the best constant.
+  covers ≥ :data:`CONSTANT_SHARE` of its items, or when it scores no better than the best constant (judged
+  open-ended replies: the first only).
 * :func:`identity` – conditions that cannot be told apart: the same on every item and seed, on some seeds, or
   different on ≤ :data:`FEW_CELLS` item-seeds; both all-zero or both constant.
 * :func:`identical_conditions` – pairs of conditions with the same reply on every item and seed (identical runs).
@@ -29,23 +30,32 @@ def _answer_column(frame: pd.DataFrame) -> str | None:
     return next((c for c in ("extracted", "reply") if c in frame.columns), None)
 
 
-def family_profile(predictions: pd.DataFrame, metric: str = "lenient") -> pd.DataFrame:
-    """One row per condition × family (values are means over seeds): ``accuracy``, ``modal_answer`` and
-    ``modal_share`` (its most common extracted answer and the share of items it gives it), ``modal_as_constant``
-    (the accuracy that answer would score on the family's gold answers), ``best_constant`` (the share of the
-    family's most common gold answer: what the best constant reply scores), ``accuracy_off_majority`` (accuracy on
-    items whose gold is not that answer), and ``degenerate`` with its reason.  Empty when the predictions carry no
-    gold answers (per-prompt metrics)."""
+JUDGED = ("win", "mt_bench_score")              # per-item scores of a judge (studykit.judges): no gold answer
+SCORES = ("lenient", *JUDGED)                   # the per-item score a profile reads: the verifier's, else a judge's
+
+
+def family_profile(predictions: pd.DataFrame, metric: str | None = None) -> pd.DataFrame:
+    """One row per condition × family (values are means over seeds): ``accuracy`` (the mean of ``metric``, by
+    default the first per-item score of :data:`SCORES` the predictions have), ``modal_answer`` and ``modal_share``
+    (its most common extracted answer and the share of items it gives it), ``modal_as_constant`` (the accuracy that
+    answer would score on the family's gold answers), ``best_constant`` (the share of the family's most common gold
+    answer: what the best constant reply scores), ``accuracy_off_majority`` (accuracy on items whose gold is not
+    that answer), and ``degenerate`` with its reason.  Judged open-ended replies (a :data:`JUDGED` metric) have no
+    gold answer: there the constant's score is unknown (NaN) and only one reply on ≥ :data:`CONSTANT_SHARE` of a
+    family's items makes an arm degenerate.  Empty for per-prompt metrics and for verifier scores without gold."""
     answer = _answer_column(predictions)
-    if answer is None or "gold" not in predictions.columns or metric not in predictions.columns:
+    metric = metric or next((m for m in SCORES if m in predictions.columns), "lenient")
+    judged = metric in JUDGED
+    if answer is None or metric not in predictions.columns or not (judged or "gold" in predictions.columns):
         return pd.DataFrame()
-    predictions = predictions[predictions["gold"].notna() & predictions[answer].notna()]
-    gold = predictions.drop_duplicates("id").set_index("id")[["family", "gold"]].astype({"gold": str})
+    predictions = predictions[predictions[answer].notna() & (True if judged else predictions["gold"].notna())]
+    items = predictions.drop_duplicates("id").set_index("id")
+    gold = items[["family"]].assign(gold=np.nan if judged else items["gold"].astype(str))
     rows = []
     for family, golds in gold.groupby("family")["gold"]:
         counts = golds.value_counts()
-        best_constant, majority = float(counts.iloc[0] / len(golds)), counts.index[0]
-        off_majority = set(golds.index[golds != majority])
+        best_constant, majority = (np.nan, None) if judged else (float(counts.iloc[0] / len(golds)), counts.index[0])
+        off_majority = set(golds.index[golds != majority]) if not judged else set()
         part = predictions[predictions["family"] == family]
         for condition, frame in part.groupby("condition", sort=False):
             per_seed = []
@@ -55,7 +65,7 @@ def family_profile(predictions: pd.DataFrame, metric: str = "lenient") -> pd.Dat
                 off = seed_frame[seed_frame["id"].isin(off_majority)]
                 per_seed.append({"accuracy": float(seed_frame[metric].astype(float).mean()),
                                  "modal_answer": modal.index[0], "modal_share": float(modal.iloc[0] / len(answers)),
-                                 "modal_as_constant": float((golds == modal.index[0]).mean()),
+                                 "modal_as_constant": np.nan if judged else float((golds == modal.index[0]).mean()),
                                  "accuracy_off_majority": float(off[metric].astype(float).mean()) if len(off) else np.nan})
             seeds = pd.DataFrame(per_seed)
             accuracy, modal_share = float(seeds["accuracy"].mean()), float(seeds["modal_share"].mean())

@@ -30,7 +30,8 @@ import tempfile
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, LlamaConfig,
+                          LlamaForCausalLM, LlamaForSequenceClassification)
 
 from .errors import ModelSourceError
 
@@ -160,7 +161,11 @@ def _build_tiny_random(cfg, target: Path) -> Path:
             pad_token_id=tokenizer.pad_token_id,
             tie_word_embeddings=True,
         )
-        LlamaForCausalLM(config).save_pretrained(tmp)
+        if cfg.get("head") == "reward":   # a one-logit reward model (a judge of studykit.judges)
+            config.num_labels = 1
+            LlamaForSequenceClassification(config).save_pretrained(tmp)
+        else:
+            LlamaForCausalLM(config).save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
 
     return _atomic_save(save, target)
@@ -261,6 +266,22 @@ def load_model(cfg, device: str | torch.device, *, quantize: bool = False):
     except OSError as err:
         raise ModelSourceError(f"cannot load model '{cfg.name}' from '{path}': {err}") from err
     return model.to(device).eval()
+
+
+def load_judge(cfg, device: str | torch.device, *, reward: bool):
+    """(model, tokenizer) of a judge (``eval.judge_model``) in eval mode on ``device``: a one-logit reward model
+    (``AutoModelForSequenceClassification``) when ``reward``, else a causal LM judge."""
+    path = resolve_model_path(cfg)
+    loader = AutoModelForSequenceClassification if reward else AutoModelForCausalLM
+    try:
+        model = loader.from_pretrained(path, dtype=getattr(torch, cfg.get("dtype", "float32")))
+    except (OSError, ValueError) as err:
+        raise ModelSourceError(f"cannot load judge model '{cfg.name}' from '{path}' as "
+                               f"{loader.__name__}: {err}") from err
+    tokenizer = load_tokenizer(cfg)
+    model.config.pad_token_id = model.config.pad_token_id if model.config.pad_token_id is not None \
+        else tokenizer.pad_token_id
+    return model.to(device).eval(), tokenizer
 
 
 def load_checkpoint(path: str | Path, like, device: str | torch.device | None = None):

@@ -57,11 +57,13 @@ from tqdm import tqdm
 from .config import CONF_DIR, compose, device
 from .errors import ConfigError, one_line_errors
 from .logprobs import batch_response_logprobs, collate_left, pad_token_id, pair_logprobs, prefix_cache, tiled_prefix
-from .models import cache_root, load_model_and_tokenizer, resolve_model_path
+from .models import cache_root, copy_model, load_model_and_tokenizer, resolve_model_path
+from .placebo import placebo_sft_records
 from .registry import SUBSET_RULES
 from .selectors import keep_scores, pool_statistics
 from .stats import auroc, rank_correlation
 from .testbed import build_testbed, inject_noise
+from .train import train_sft
 
 MODES = ("faithful", "clean")
 FAITHFUL_ANCHOR_MAX_TOKENS = 200
@@ -432,13 +434,16 @@ def select_subsets(golden: np.ndarray, families: list[str], conditions, seed: in
     return subsets
 
 
-def threshold_table(golden: np.ndarray, is_noisy: np.ndarray, thresholds) -> list[dict]:
-    """Size and corrupted share of the GS > τ subset for each τ (the paper's threshold sweep, without training)."""
+def threshold_table(golden: np.ndarray, is_noisy: np.ndarray | None, thresholds) -> list[dict]:
+    """Size and corrupted share (without corruption labels, ``is_noisy=None``: size only) of the GS > τ subset for
+    each τ (the paper's threshold sweep, without training)."""
     rows = []
     for tau in thresholds:
         keep = np.asarray(golden) > tau
-        rows.append({"threshold": tau, "size": int(keep.sum()), "share_of_pool": float(keep.mean()),
-                     "corrupted_share": float(np.asarray(is_noisy)[keep].mean()) if keep.any() else np.nan})
+        row = {"threshold": tau, "size": int(keep.sum()), "share_of_pool": float(keep.mean())}
+        if is_noisy is not None:
+            row["corrupted_share"] = float(np.asarray(is_noisy)[keep].mean()) if keep.any() else np.nan
+        rows.append(row)
     return rows
 
 
@@ -787,6 +792,36 @@ def tie_tolerance_table(check: dict, scored: dict[int, dict], pools: dict[int, l
     table = pd.DataFrame(rows)
     table.insert(3, "chosen", table["tolerance"] == float(chosen))
     return table
+
+
+def train_subsets(session, model, tokenizer, subsets: dict[int, dict], conditions, trained, min_subset: int
+                  ) -> pd.DataFrame:
+    """SFT from ``model`` on each ``trained`` condition's subset of each seed (:func:`seed_subsets`) with at least
+    ``min_subset`` items, and on a placebo per seed (the full pool, responses permuted within family,
+    :func:`studykit.placebo.placebo_sft_records`), each through ``session.run`` (a Study session: cached,
+    evaluated, recorded).  One row per seed × condition (the untrained ones too): size, families, corrupted share
+    (NaN without corruption labels), steps and seconds (NaN when not trained)."""
+    arms = [*trained, "placebo"]
+    session.plan(sum(name == "placebo" or len(parts[name]) >= min_subset for parts in subsets.values() for name in arms))
+    rows = []
+    for seed, parts in subsets.items():
+        records = parts["records"]
+        noisy = np.array([float(r["is_noisy"]) if "is_noisy" in r else np.nan for r in records])
+        for name in [*conditions, "placebo"]:
+            index = parts.get(name, np.arange(len(records)))  # the placebo: the full pool, responses permuted
+            data = placebo_sft_records(records, seed) if name == "placebo" else [records[i] for i in index]
+            row = {"seed": seed, "condition": name, "size": len(index),
+                   "families": len({records[i]["family"] for i in index}),
+                   "corrupted_share": float(noisy[index].mean()) if len(index) else np.nan,
+                   "steps": np.nan, "seconds": np.nan}
+            if name in arms and len(index) >= min_subset:
+                with session.run(name, seed, recipe=session.sft_recipe(data)) as run:
+                    if not run.done:  # not in the run cache
+                        run.trainer = train_sft(copy_model(model), tokenizer, data, session.cfg, run.scratch,
+                                                seed=seed, data_seed=seed)
+                row.update(steps=run.steps, seconds=run.seconds)
+            rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def not_trained(conditions, trained, subset_sizes: pd.DataFrame, min_subset: int, *, budget_note: str) -> dict:

@@ -53,6 +53,11 @@ PREFERENCE_LOSSES: dict[str, PreferenceLoss] = {
                            options=("tau", "gamma")),
 }
 
+# The formats studykit.data reads (its LOADERS) and the judges of eval.judge (studykit.judges.JUDGES, and the
+# testbed's verifier), by name, so validating data.source and eval.judge imports neither module
+DATA_FORMATS = ("alpaca", "chat", "preferences")
+EVAL_JUDGES = ("verifier", "reward_model", "llm_pairwise", "llm_single")
+
 # Nuggets' subset rules (studykit.nuggets.select_subsets): every condition of a nuggets study names one
 SUBSET_RULES = ("all", "above", "at_most", "top_share", "size_of")
 

@@ -40,23 +40,25 @@ def condition_accuracy(predictions: pd.DataFrame, metric: str = "lenient",
     return pd.DataFrame(rows)
 
 
-def accuracy_figure(tables: dict[str, pd.DataFrame], records: list[dict], title: str,
+def accuracy_figure(tables: dict[str, pd.DataFrame], records: list[dict] | None, title: str,
                     notes: dict[str, str] | None = None):
-    """One panel per table (e.g. strict / lenient, or in-domain / OOD): accuracy with 95% CI per condition, and the
-    chance and majority-answer baselines of the same eval items as vertical lines.  ``notes`` adds a text per
-    condition to its label (e.g. its training-set size)."""
+    """One panel per table (e.g. strict / lenient, or in-domain / OOD): accuracy (or a judge's win rate) with 95%
+    CI per condition, and the chance and majority-answer baselines of the same eval items as vertical lines (for
+    judged replies, ``records=None``: the win rate of a reply as good as the reference, 0.5).  ``notes`` adds a
+    text per condition to its label (e.g. its training-set size)."""
     notes = notes or {}
-    baselines = answer_baselines(records).set_index("family").loc["mean"]
+    baselines = (answer_baselines(records).set_index("family").loc["mean", ["chance", "majority"]] if records is not None else
+                 pd.Series({"even with the reference": 0.5}))
     fig, axes = plt.subplots(1, len(tables), figsize=(6.5 * len(tables), 4.2), squeeze=False)
     for ax, (label, table) in zip(axes[0], tables.items()):
-        value = next(c for c in table.columns if c.endswith("_accuracy"))
+        value = next(c for c in table.columns if c.endswith("_accuracy") or c == "win")
         y = np.arange(len(table))
         ax.errorbar(table[value], y, xerr=[table[value] - table["ci_low"], table["ci_high"] - table[value]],
                     fmt="o", capsize=3)
         ax.set_yticks(y, [f"{c}{' ' + notes[c] if c in notes else ''} (eval {n}×{s} seeds)"
                           for c, n, s in zip(table["condition"], table["items"], table["seeds"])])
-        ax.axvline(baselines["chance"], ls=":", c="gray", label=f"chance {baselines['chance']:.2f}")
-        ax.axvline(baselines["majority"], ls="--", c="gray", label=f"majority answer {baselines['majority']:.2f}")
+        for (name, level), style in zip(baselines.items(), (":", "--")):
+            ax.axvline(level, ls=style, c="gray", label=f"{name if name != 'majority' else 'majority answer'} {level:.2f}")
         ax.set_xlim(0, 1)
         ax.set_xlabel(f"{label} (fraction of eval items, 95% CI)")
         ax.invert_yaxis()

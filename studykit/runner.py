@@ -48,6 +48,7 @@ from omegaconf import OmegaConf
 
 from .analysis import INPUTS, analyze
 from .config import NOTEBOOK_DIR, ROOT, compose, device, list_studies, results_root, study_overrides
+from .data import is_local, load_splits
 from .errors import ConfigError, DataError
 from .models import check_available, check_quantizable, is_qlora
 from .provenance import git_state, write_results_index
@@ -326,12 +327,18 @@ def _check_device(cfg) -> None:
 
 
 def preflight(cfg) -> None:
-    """What would otherwise fail only inside the notebook, checked before any work: the device exists, and the
-    testbed (when the config has ``data.families``) can be drawn at the configured split sizes.  Raises
-    :class:`ConfigError` / :class:`DataError`."""
+    """What would otherwise fail only inside the notebook, checked before any work: the device exists (and QLoRA's
+    needs), the judge model is available, real data on this machine loads (``data.source``; hub data loads in the
+    run), and the testbed (when the config has ``data.families``) can be drawn at the configured split sizes.
+    Raises :class:`ConfigError` / :class:`DataError` / :class:`ModelSourceError`."""
     _check_device(cfg)
     if is_qlora(cfg):
         check_quantizable(device(cfg))
+    if OmegaConf.select(cfg, "eval.judge_model", default=None) is not None:
+        check_available(cfg.eval.judge_model)
+    sources = OmegaConf.select(cfg, "data.source", default=None)
+    if sources is not None and all(is_local(spec.path) for spec in sources.values()):
+        load_splits(cfg.data)   # real data on this machine: every file read and checked before any work
     if OmegaConf.select(cfg, "data.families", default=None):
         try:
             build_testbed(cfg.data)

@@ -37,10 +37,12 @@ from transformers import AutoModelForCausalLM
 from . import cache
 from .claims import predictions_frame
 from .config import compose, device, seed_everything
+from .data import load_splits
 from .errors import ConfigError
-from .evaluate import evaluate_records
+from .evaluate import evaluate_records, generate
 from .guards import UNTRAINED
-from .models import is_qlora, load_model_and_tokenizer
+from .judges import judge_records
+from .models import is_qlora, load_judge, load_model_and_tokenizer
 from .results import log_to_file, output_directory, save_metrics, save_predictions, save_table
 from .testbed import build_testbed
 
@@ -142,6 +144,7 @@ class Study:
         self._planned: int | None = None
         self._started = time.perf_counter()
         self._tokenizer = None
+        self._judge = None   # (model, tokenizer) of eval.judge_model, loaded on first use
         (out / PROGRESS_FILE).touch()
 
     @classmethod
@@ -166,9 +169,10 @@ class Study:
         return [int(s) for s in seeds] if seeds is not None else [int(self.cfg.seed)]
 
     def testbed(self) -> dict[str, list[dict]]:
-        """The testbed's splits (pool, dev, eval, preference, …), drawn once by ``data.seed``."""
+        """The study's splits (pool, dev, eval, preference, …), drawn once by ``data.seed``: the testbed's, or real
+        data's (``data.source``, :func:`studykit.data.load_splits`)."""
         if not hasattr(self, "_splits"):
-            self._splits = build_testbed(self.cfg.data)
+            self._splits = load_splits(self.cfg.data) if "source" in self.cfg.data else build_testbed(self.cfg.data)
         return self._splits
 
     @property
@@ -187,10 +191,19 @@ class Study:
         return self._tokenizer
 
     def evaluate(self, model, records: list[dict] | None = None) -> pd.DataFrame:
-        """Greedy replies of ``model`` to ``records`` (default: the eval items), judged per item."""
-        return evaluate_records(model, self.tokenizer, self.eval_records if records is None else records,
-                                chat=self.chat, max_new_tokens=int(self.cfg.eval.max_new_tokens),
-                                batch_size=int(self.cfg.eval.batch_size))
+        """Greedy replies of ``model`` to ``records`` (default: the eval items), judged per item by ``eval.judge``:
+        the testbed's verifier, or a judge of :data:`studykit.judges.JUDGES` against each item's reference reply
+        (its ``response``), run by ``eval.judge_model`` (loaded once, on the study's device)."""
+        records = self.eval_records if records is None else records
+        settings = dict(max_new_tokens=int(self.cfg.eval.max_new_tokens), batch_size=int(self.cfg.eval.batch_size))
+        judge = self.cfg.eval.get("judge", "verifier")
+        if judge == "verifier":
+            return evaluate_records(model, self.tokenizer, records, chat=self.chat, **settings)
+        replies = generate(model, self.tokenizer, [r["prompt"] for r in records], chat=self.chat, **settings)
+        if self._judge is None:
+            self._judge = load_judge(self.cfg.eval.judge_model, self.device, reward=judge == "reward_model")
+        return judge_records(records, replies, [r["response"] for r in records], judge=judge, model=self._judge[0],
+                             tokenizer=self._judge[1], batch_size=int(self.cfg.eval.batch_size))
 
     def evaluation(self, model, condition: str, seed: int = UNTRAINED, records: list[dict] | None = None
                    ) -> pd.DataFrame:

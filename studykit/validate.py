@@ -24,7 +24,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from .errors import ConfigError
 from .objectives import OBJECTIVES
-from .registry import PREFERENCE_LOSSES, RL_METHODS, SUBSET_RULES
+from .registry import DATA_FORMATS, EVAL_JUDGES, PREFERENCE_LOSSES, RL_METHODS, SUBSET_RULES
 from .rewards import REWARDS
 from .testbed import NOISE_KINDS, task_of
 
@@ -285,6 +285,18 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
+def _data_source(v) -> bool:
+    return (_mapping(v) and {"pool", "eval"} <= set(v) and all(
+        _mapping(spec) and spec.get("format") in DATA_FORMATS and isinstance(spec.get("path"), str) and spec["path"]
+        and isinstance(spec.get("split", "train"), str) and (spec.get("family_field") is None
+                                                             or isinstance(spec.get("family_field"), str))
+        for spec in v.values()))
+
+
+def _null_or_positive_int(v) -> bool:
+    return v is None or positive_int(v)
+
+
 def _peft(v) -> bool:
     if v is None:
         return True
@@ -308,6 +320,12 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("data.noise.kinds", _noise_kinds, "a non-empty subset of wrong_answer, truncated, mismatched, junk"),
     ("data.dev_per_family", *CHECKS["non_negative_int"]),
     ("data.max_answer_share", _max_answer_share, "null or a share in (0, 1]"),
+    ("data.source", _data_source, "a mapping with at least pool and eval, each {format: alpaca|chat|preferences, "
+                                  "path: a local file, hf://datasets/<id>/<file>, a URL or a hub dataset id, "
+                                  "split: a name, family_field: a column name}"),
+    ("data.pool_size", _null_or_positive_int, "null (every item) or an integer ≥ 1"),
+    ("data.eval_size", _null_or_positive_int, "null (every item) or an integer ≥ 1"),
+    ("data.dev_size", *CHECKS["non_negative_int"]),
     ("model.chat_template", _chat_template,
      "true (the tokenizer's template), false (plain Question/Answer prompts) or a Jinja chat template string"),
     ("device", _device, "auto, cpu, cuda or cuda:<index>"),
@@ -315,6 +333,7 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
                     "[0, 1), target_modules: all-linear or a list of module names}"),
     ("eval.batch_size", *CHECKS["positive_int"]),
     ("eval.max_new_tokens", *CHECKS["positive_int"]),
+    ("eval.judge", one_of(*EVAL_JUDGES), "verifier or a judge of studykit.judges.JUDGES (reward_model, llm_pairwise, llm_single)"),
     ("profile.seeds", *CHECKS["int_list"]),
     ("profile.anchors", *CHECKS["positive_int"]),
     ("train.learning_rate", *CHECKS["positive"]),
@@ -411,6 +430,14 @@ def validate(cfg: DictConfig) -> None:
     if grpo is not None and grpo.per_device_train_batch_size % grpo.num_generations:
         raise ConfigError(f"grpo.per_device_train_batch_size={grpo.per_device_train_batch_size} is not allowed: "
                           f"expected a multiple of grpo.num_generations={grpo.num_generations} (whole groups per step)")
+    judge = OmegaConf.select(cfg, "eval.judge", default="verifier")
+    if judge != "verifier" and not _mapping(OmegaConf.select(cfg, "eval.judge_model", default=None)):
+        raise ConfigError(f"eval.judge_model={_shown(OmegaConf.select(cfg, 'eval.judge_model', default=None))!r} is "
+                          f"not allowed with eval.judge={judge}: expected a model config (a conf/model entry) that "
+                          "runs the judge")
+    if "source" in (OmegaConf.select(cfg, "data", default=None) or {}) and judge == "verifier":
+        raise ConfigError(f"eval.judge=verifier is not allowed with real data (data.source of {cfg.data.name}): its "
+                          "replies have no verifier; expected a judge of studykit.judges.JUDGES")
     steps, sft_steps = (OmegaConf.select(cfg, f"study.{k}", default=None) for k in ("steps", "sft_steps"))
     if sft_steps is not None and not (_int(sft_steps) and 1 <= sft_steps < (steps or 0)):
         raise ConfigError(f"study.sft_steps={sft_steps!r} is not allowed: expected an integer from 1 to "

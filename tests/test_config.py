@@ -27,7 +27,7 @@ def test_composed_config_is_read_only():
 
 @pytest.mark.parametrize("overrides, message", [
     (["study=nope"], "unknown study 'nope'.*available: .*quickstart"),
-    (["profile=huge"], "unknown profile 'huge'.*embedded, embedded_gemma, embedded_qwen, gpu, gpu_check, smoke, zephyr"),
+    (["profile=huge"], "unknown profile 'huge'.*embedded, embedded_gemma, embedded_qwen, gpu, gpu_check, paper_nuggets, paper_nuggets_smoke, smoke, zephyr"),
     (["train.not_a_field=1"], "Could not override 'train.not_a_field'"),
     (["seed=abc"], "seed=.abc. is not allowed: expected an integer"),
     (["novalue"], "Error parsing override 'novalue'"),

@@ -88,3 +88,29 @@ def test_study_notebook_meets_the_evidence_contract(study, tmp_path, monkeypatch
         assert log_line not in streams + displayed, f"training / progress log in the executed notebook: {log_line}"
     assert "PosixPath" not in displayed, "a file path returned by a save call is shown in the executed notebook"
     assert (out / "README.md").is_file() and (tmp_path / "README.md").is_file() is not sweep  # result page, index
+
+
+# Each paper profile's smoke twin: the paper-scale code path (real-data loaders, LoRA, a judge) on CPU with tiny
+# models and local files.  study → (the twin profile, the claims file its notebook reads).
+PAPER_TWINS = {"nuggets": ("paper_nuggets_smoke", "nuggets_paper")}
+
+
+@pytest.mark.parametrize("study", sorted(PAPER_TWINS))
+def test_paper_profile_smoke_twin_runs_the_paper_code_path(study, tmp_path, monkeypatch, run_cache):
+    profile, claims_name = PAPER_TWINS[study]
+    monkeypatch.setenv("STUDYKIT_RESULTS", str(tmp_path))
+    monkeypatch.setenv("STUDYKIT_CACHE", str(run_cache))
+    monkeypatch.setenv("STUDYKIT_DEVICE_CHECK", "cpu")
+    assert main(["run", study, f"profile={profile}", "--allow-dirty"]) == 0
+    out, sweep = target_directory(study, [f"profile={profile}"])
+    assert not sweep and out == tmp_path / study / profile
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["peft"]["method"] == "lora" and manifest["config"]["data"]["source"]
+    predictions = pd.concat([pd.read_csv(p) for p in (out / "predictions").glob("*.csv")])
+    assert {"condition", "seed", "id", "family", "reply", "reference_reply", "win"} <= set(predictions.columns)
+    assert predictions["win"].isin([0.0, 0.5, 1.0]).all()
+    assert predictions["family"].nunique() > 1          # the eval set's sources are its families
+    counts = predictions.groupby(["condition", "seed"])["id"].nunique()
+    assert counts.nunique() == 1                        # every model judged on the same prompts
+    claims = pd.read_csv(out / "claims.csv")
+    assert set(claims["id"].str.split(" = ").explode()) == {c["id"] for c in load_claims(claims_name)}
