@@ -32,8 +32,7 @@ from transformers import TrainerCallback
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from nuggets_scoring import flops_per_pass  # noqa: E402  (the benchmark's FLOP count of one scoring pass)
 
-from studykit.cli import _runnable_studies  # noqa: E402
-from studykit.config import ROOT, compose  # noqa: E402
+from studykit.config import ROOT, compose, list_studies  # noqa: E402
 from studykit.logprobs import pad_token_id  # noqa: E402
 from studykit.models import copy_model, load_model_and_tokenizer  # noqa: E402
 from studykit.nuggets import encode_anchor, encode_demonstration, golden_scores, one_shot_scores, score_pool  # noqa: E402
@@ -177,7 +176,7 @@ def main(argv: list[str] | None = None) -> Path:
         raise SystemExit("gpu-check: no CUDA GPU is visible (torch.cuda.is_available() is False); nothing was run")
     cfg = compose(["study=nuggets", f"profile={args.profile}", f"device={args.device}"])
     with tempfile.TemporaryDirectory() as scratch:
-        studies = run_studies(args.studies if args.studies is not None else _runnable_studies(), args.profile,
+        studies = run_studies(args.studies if args.studies is not None else list_studies(), args.profile,
                               args.device, Path(scratch))
     model, tok = load_model_and_tokenizer(cfg.model, device)
     small = (256, 512) if device.type == "cpu" else (1024, 2048, 4096)

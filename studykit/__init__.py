@@ -8,10 +8,10 @@ core
   config    – Hydra composition of conf/ (model × data × study × profile)
   validate  – config values checked before any work
   models    – the embedded PyPI-shipped model, hub ids, a tiny random model for tests
-  data      – Alpaca / chat / preference loaders with clear errors
+  data      – Alpaca / chat / preference / math loaders with clear errors
   testbed   – reasoning-gym instruction pool, held-out eval, preference pairs, controlled noise
   logprobs  – batched, padding-aware response log-probs (the scoring core)
-  answers   – the one answer extractor: strict and lenient correctness
+  answers   – the one answer extractor: strict and lenient correctness (Math-Verify for math records)
   objectives – SFT objectives as token weights (registry OBJECTIVES); rewards – RLVR rewards (registry REWARDS)
   stats     – seeds-and-items t intervals, McNemar, permutation correlations, AUROC, MDE, Holm / BH, the verdict rule
   placebo   – placebo arms: the same budget with the learning signal destroyed

@@ -12,11 +12,19 @@ Two accuracies, reported side by side:
 
 Adding a task family is one entry in :data:`FAMILY_FORMATS`; adding an answer format is one function and its line
 in :data:`FORMATS`.  Families without an entry use ``"phrase"``.
+
+Math records (:func:`studykit.data.load_math`: MATH, MATH-500, GSM8K) carry a gold final answer instead of a
+reasoning-gym item; their entry (:func:`math_entry`) routes them to Hugging Face's Math-Verify
+(:func:`judge_math`, github.com/huggingface/Math-Verify), which parses LaTeX and plain expressions into SymPy and
+compares them symbolically and numerically (``1/2`` = ``0.5`` = ``\\frac{1}{2}``): the rule-based answer reward of
+DeepSeekMath (shao2024deepseekmath, §4.1) with a verifier that accepts equivalent forms.
 """
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Callable
 
 from .testbed import task_of, verify
@@ -144,11 +152,71 @@ class Judgement:
     lenient: bool
 
 
+MATH_VERIFY = "math_verify"   # the ``verifier`` of a math record's entry
+_BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
+
+
+def math_entry(answer: str) -> str:
+    """The verifier entry of a math record: its gold final answer, judged by Math-Verify (:func:`judge_math`)."""
+    return json.dumps({"verifier": MATH_VERIFY, "answer": answer})
+
+
+def boxed_answer(text: str) -> str | None:
+    """The contents of the last ``\\boxed{…}`` (or ``\\fbox{…}``) of ``text``, nested braces balanced — MATH's final
+    answer, as its reference code's ``last_boxed_only_string`` reads it (Hendrycks et al., 2021); None without one."""
+    found = list(_BOXED.finditer(text))
+    if not found:
+        return None
+    depth, start = 1, found[-1].end()
+    for i in range(start, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[i], 0)
+        if depth == 0:
+            return text[start:i].strip()
+    return None
+
+
+def _boxed_alone(line: str) -> str | None:
+    """The answer of a line that is one ``\\boxed{…}`` and nothing else (enclosing ``$`` and a final period aside)."""
+    bare = line.strip().rstrip(".").strip("$ ")
+    inner = boxed_answer(bare)
+    whole = inner is not None and re.fullmatch(r"\\(?:boxed|fbox)\s*\{\s*" + re.escape(inner) + r"\s*\}", bare)
+    return inner if whole else None
+
+
+@lru_cache(maxsize=4096)
+def _parsed_answer(answer: str) -> list:
+    """``math_verify.parse`` of ``answer`` taken whole as the answer (inside ``\\boxed{}``, where Math-Verify's LaTeX
+    extraction looks first: a bare ``(3, \\frac{\\pi}{2})`` would parse as its first number)."""
+    import math_verify
+
+    return math_verify.parse(f"\\boxed{{{answer}}}")
+
+
+def judge_math(answer: str, reply: str) -> Judgement:
+    """Strict and lenient correctness of ``reply`` against the gold final ``answer`` (parsed as a whole answer), by
+    Math-Verify's ``verify``: **lenient** – the final answer ``math_verify.parse`` extracts from the whole reply (the
+    last ``\\boxed{}``, else the last LaTeX or plain expression, as its docs say); **strict** – the first line as it
+    is: the boxed answer the prompt asks for and nothing else (``\\boxed{1/2}`` and ``$\\boxed{0.5}$.`` pass;
+    ``0.5``, ``The answer is \\boxed{0.5}`` and a first line of reasoning do not).  Math-Verify times its parsing out
+    with ``signal.alarm``: call it from the main thread."""
+    import math_verify
+
+    gold, line, parsed = _parsed_answer(answer), first_line(reply), math_verify.parse(reply)
+    alone = _boxed_alone(line)
+    strict = alone is not None and math_verify.verify(gold, _parsed_answer(alone))
+    lenient = strict or (bool(parsed) and math_verify.verify(gold, parsed))
+    return Judgement(first_line=line, extracted=str(parsed[-1]) if parsed else "", strict=strict, lenient=lenient)
+
+
 def judge(record: dict, reply: str) -> Judgement:
-    """Strict and lenient correctness of ``reply`` for testbed ``record`` (``family``, ``entry``).  A reply the
-    strict rule accepts is always accepted leniently too."""
+    """Strict and lenient correctness of ``reply`` for ``record`` (``family``, ``entry``): by the family's
+    reasoning-gym verifier, or — for a math record (:func:`math_entry`) — by Math-Verify (:func:`judge_math`).  A
+    reply the strict rule accepts is always accepted leniently too."""
+    entry = json.loads(record["entry"]) if isinstance(record["entry"], str) else record["entry"]
+    if entry.get("verifier") == MATH_VERIFY:
+        return judge_math(entry["answer"], reply)
     line = first_line(reply)
     extracted = extract_answer(record["family"], reply)
-    strict = bool(line) and verify(record["family"], line, record["entry"]) >= 1.0
-    lenient = strict or (bool(extracted) and verify(record["family"], extracted, record["entry"]) >= 1.0)
+    strict = bool(line) and verify(record["family"], line, entry) >= 1.0
+    lenient = strict or (bool(extracted) and verify(record["family"], extracted, entry) >= 1.0)
     return Judgement(first_line=line, extracted=extracted, strict=strict, lenient=lenient)

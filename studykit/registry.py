@@ -54,8 +54,10 @@ PREFERENCE_LOSSES: dict[str, PreferenceLoss] = {
 }
 
 # The formats studykit.data reads (its LOADERS) and the judges of eval.judge (studykit.judges.JUDGES, and the
-# testbed's verifier), by name, so validating data.source and eval.judge imports neither module
-DATA_FORMATS = ("alpaca", "chat", "preferences")
+# testbed's verifier), by name, so validating data.source and eval.judge imports neither module; VERIFIABLE_FORMATS:
+# the formats whose records carry a gold answer the verifier judges (math: Math-Verify, studykit.answers)
+DATA_FORMATS = ("alpaca", "chat", "preferences", "math")
+VERIFIABLE_FORMATS = ("math",)
 EVAL_JUDGES = ("verifier", "reward_model", "llm_pairwise", "llm_single")
 
 # Nuggets' subset rules (studykit.nuggets.select_subsets): every condition of a nuggets study names one

@@ -48,7 +48,7 @@ import torch
 from scipy import stats as scipy_stats
 
 from .answers import judge
-from .data import load_records
+from .data import load_records, source_path
 from .evaluate import generate
 from .logprobs import encode_pair, format_pair, pad_token_id, pair_logprobs, shared_prompt_logprobs
 from .stats import ALPHA, holm, paired_difference
@@ -182,7 +182,8 @@ def self_sampled_pairs(model, tokenizer, records: list[dict], *, samples: int, c
 
 def measure_checkpoint(model, base_model, tokenizer, *, metric_pairs: list[dict], base_logps: dict[str, np.ndarray],
                        dpo_prompts: list[dict], dev: list[dict], evaluate: Callable, samples: int, temperature: float,
-                       chat: bool, max_new_tokens: int, batch_size: int, min_pairs: int, seed: int) -> dict:
+                       chat: bool, max_new_tokens: int, batch_size: int, min_pairs: int, seed: int,
+                       score: str = "lenient") -> dict:
     """Everything measured on one SFT checkpoint before DPO, timed:
 
     * its own pairs on the metric prompts and on the DPO prompts (:func:`self_sampled_pairs`, ``samples`` per
@@ -190,7 +191,8 @@ def measure_checkpoint(model, base_model, tokenizer, *, metric_pairs: list[dict]
     * the candidate metrics on the gold-vs-wrong ``metric_pairs`` and, separately, on its own metric pairs
       (:func:`pair_metrics`; ``base_logps``: the pre-SFT model's log-probs of ``metric_pairs``, the base model scores
       the own pairs here);
-    * its greedy replies to the ``dev`` items (``evaluate(model, records)`` → judged predictions).
+    * its greedy replies to the ``dev`` items (``evaluate(model, records)`` → judged predictions; ``score``: their
+      per-item score column, lenient accuracy or a judge's win).
 
     Returns a JSON-able dict (stored with the SFT run): the metric columns, ``pairs@<kind>``, ``note``, the own DPO
     pairs, the pre-DPO dev accuracy and replies, and the seconds of each part."""
@@ -211,7 +213,7 @@ def measure_checkpoint(model, base_model, tokenizer, *, metric_pairs: list[dict]
     pre = evaluate(model, dev)
     notes = "; ".join(filter(None, [gold.pop("note"), mine.pop("note", "")]))
     return {**gold, **mine, "note": notes, "own_metric_pairs": own, "own_dpo_pairs": own_dpo,
-            "pre_dpo_dev_accuracy": float(pre["lenient"].mean()), "pre_dpo_dev_replies": pre["reply"].tolist(),
+            "pre_dpo_dev_accuracy": float(pre[score].mean()), "pre_dpo_dev_replies": pre["reply"].tolist(),
             "metric_sampling_seconds": sampled - start, "metric_logprob_seconds": scored - sampled,
             "dpo_sampling_seconds": dpo_sampled - scored}
 
@@ -404,7 +406,7 @@ def _interval(value: float, low: float, high: float) -> str:
 
 
 def study_statements(regret: pd.DataFrame, acted: dict[str, dict], correlations: pd.DataFrame, *, candidate: str,
-                     seeds: int, checkpoints: int, alpha: float = ALPHA) -> list[str]:
+                     seeds: int, checkpoints: int, alpha: float = ALPHA, score: str = "lenient accuracy") -> list[str]:
     """The study's two answers in plain, guarded sentences (each names the SFT seeds and checkpoints it rests on):
 
     1. Does minimum validation loss fail?  Its regret against ``best_on_dev`` (``regret``, :func:`rule_regret`)
@@ -414,7 +416,9 @@ def study_statements(regret: pd.DataFrame, acted: dict[str, dict], correlations:
     2. Does a training-free metric track post-DPO quality?  The seed-level test (``correlations``,
        :func:`seed_level_correlations`) of the ``candidate`` column fixed in advance at ``alpha``, and of the
        other candidates with Holm's adjustment — tested only when DPO acted beyond placebo over all checkpoints
-       (``acted["all"]``): otherwise post-DPO accuracy measures the SFT checkpoint, not the DPO start."""
+       (``acted["all"]``): otherwise post-DPO accuracy measures the SFT checkpoint, not the DPO start.
+
+    ``score`` names the eval items' per-item score in the sentences (lenient accuracy, or a judge's win rate)."""
     scope = f"{seeds} SFT seeds × {checkpoints} checkpoints"
     out = []
     head = "Min-val-loss fails (a better DPO start exists: best_on_dev − min_val_loss on the eval items)"
@@ -431,7 +435,7 @@ def study_statements(regret: pd.DataFrame, acted: dict[str, dict], correlations:
         out.append(f"{head}: not tested: DPO from the checkpoints these rules picked did not act beyond its "
                    f"placebo ({why}; {scope}).")
     else:
-        numbers = f"regret {_interval(row['regret'], row['ci_low'], row['ci_high'])} lenient accuracy ({scope})"
+        numbers = f"regret {_interval(row['regret'], row['ci_low'], row['ci_high'])} {score} ({scope})"
         if row["ci_low"] > 0:
             out.append(f"{head}: yes — {numbers}: the checkpoint with the best post-DPO dev accuracy beats the "
                        "min-val-loss checkpoint on the eval items.")
@@ -520,12 +524,13 @@ def study_data(cfg, splits: dict[str, list[dict]]) -> dict[str, list[dict]]:
     if study.sft_data.source == "testbed":
         sft = interleave_families(splits["pool"])
     else:
-        sft = load_records(study.sft_data.format, study.sft_data.source, study.sft_data.split, study.sft_data.limit)
+        sft = load_records(study.sft_data.format, source_path(study.sft_data.source), study.sft_data.split,
+                           study.sft_data.limit)
     if study.preference_data.source == "testbed":
         prefs = interleave_families(splits["preference"])
     else:
-        prefs = load_records(study.preference_data.format, study.preference_data.source, study.preference_data.split,
-                             study.preference_data.limit)
+        prefs = load_records(study.preference_data.format, source_path(study.preference_data.source),
+                             study.preference_data.split, study.preference_data.limit)
     prefs = [{**p, "kind": "gold_vs_wrong"} for p in prefs]
     held_out = {}
     for name, key, records in (("sft_data", "validation", sft), ("preference_data", "metric_pairs", prefs)):

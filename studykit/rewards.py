@@ -1,4 +1,4 @@
-"""Verifiable rewards of RL on the testbed (RLVR): one function per reward, listed in :data:`REWARDS`.
+"""Verifiable rewards of RL on the testbed and on math data (RLVR): one function per reward, listed in :data:`REWARDS`.
 
 ``rl.rewards`` in the config maps reward names to weights.  A reward reads TRL's completions and the prompt rows'
 ``family`` and ``entry`` columns (:func:`studykit.rl.grpo_dataset`) and returns one score per completion.
@@ -18,8 +18,9 @@ def completion_texts(completions: list) -> list[str]:
 
 def verifier(completions: list, family: list[str], entry: list[str], **_) -> list[float]:
     """1.0 when the reply states the right final answer anywhere (the lenient judgement of
-    :func:`studykit.answers.judge`, which the evaluator uses too), else 0.0: the verifiable reward of RLVR
-    (Lambert et al., 2024, Tülu 3 §6; DeepSeekMath's rule-based reward)."""
+    :func:`studykit.answers.judge`, which the evaluator uses too: a testbed family's verifier, Math-Verify for math
+    records), else 0.0: the verifiable reward of RLVR (Lambert et al., 2024, Tülu 3 §6; DeepSeekMath's rule-based
+    reward)."""
     return [float(judge({"family": f, "entry": e}, reply).lenient)
             for reply, f, e in zip(completion_texts(completions), family, entry, strict=True)]
 

@@ -1,4 +1,4 @@
-"""Reinforcement learning with verifiable rewards (RLVR) on the testbed, through TRL's ``GRPOTrainer``.
+"""Reinforcement learning with verifiable rewards (RLVR) on the testbed and on math, through TRL's ``GRPOTrainer``.
 
 GRPO (Shao et al., 2024, DeepSeekMath §4.1): for each prompt, G completions are sampled; each gets a reward
 from the task's verifier; the advantage of completion i is its reward minus the group mean (divided by the
@@ -14,13 +14,16 @@ to every completion token.  This module adds only what the testbed needs:
   passed to ``GRPOConfig`` as it is, and the device's settings added (:func:`studykit.trainers.hardware_args`);
   ``placebo=True`` builds the same run with its learning signal destroyed (:mod:`studykit.placebo`);
 * **the signal log**: :func:`signal_log`, the per-step share of prompt groups that gave GRPO a gradient (the
-  evidence behind a claim's ``requires: {signal_share: …}``, :mod:`studykit.guards`).
+  evidence behind a claim's ``requires: {signal_share: …}``, :mod:`studykit.guards`);
+* **SFT vs RL on the same problems**: :func:`train_sft_and_grpo`, the arms of the paper-scale math study (SFT,
+  GRPO and a placebo of each, per seed).
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Callable
 
+import pandas as pd
 from datasets import Dataset
 from omegaconf import OmegaConf
 from transformers import TrainerCallback
@@ -28,9 +31,11 @@ from trl import GRPOConfig, GRPOTrainer
 
 from .config import device
 from .logprobs import format_prompt
+from .models import copy_model
 from .placebo import permuted_rewards, placebo_sft_records
 from .registry import RL_METHODS, resolve
 from .rewards import reward_functions
+from .train import train_sft
 from .trainers import finish, log_to_file, peft_config, prepare_trainable, training_args
 from .transforms import verified_samples
 
@@ -120,3 +125,35 @@ def signal_log(log_history: list[dict], condition: str, seed: int) -> list[dict]
                          "history (not a GRPO trainer, or it logged no step)")
     return rows
 
+
+# The arms of train_sft_and_grpo and the placebo each trained arm must beat
+PLACEBOS = {"sft": "sft_placebo", "grpo": "grpo_placebo"}
+ARMS = (*PLACEBOS, *PLACEBOS.values())
+
+
+def train_sft_and_grpo(session, model, tokenizer, records: list[dict], seeds: list[int]) -> pd.DataFrame:
+    """SFT against RL with verifiable rewards on the same problems (DeepSeekMath §4–5; the SFT vs RL comparisons of
+    HPT and Prefix-RFT), each arm from ``model`` per seed through ``session.run`` (a Study session: cached,
+    evaluated, recorded): ``sft`` on ``records``' worked solutions (``response``), ``grpo`` on their prompts with the
+    rewards of ``rl.rewards``, and each one's placebo at the same budget (:data:`PLACEBOS`): ``sft_placebo`` on the
+    solutions permuted within family (:func:`studykit.placebo.placebo_sft_records`), ``grpo_placebo`` with its
+    rewards permuted (``placebo=True``).  Returns the GRPO runs' per-step log: ``condition, seed, step,
+    signal_share`` (:func:`signal_log`) and the mean ``reward``."""
+    cfg, rl = session.cfg, OmegaConf.to_container(session.cfg.rl, resolve=True)
+    session.plan(len(ARMS) * len(seeds))
+    rows = []
+    for seed in seeds:
+        for name, data in (("sft", records), ("sft_placebo", placebo_sft_records(records, seed))):
+            with session.run(name, seed, recipe=session.sft_recipe(data)) as run:
+                if not run.done:  # not in the run cache
+                    run.trainer = train_sft(copy_model(model), tokenizer, data, cfg, run.scratch, seed=seed,
+                                            data_seed=seed)
+        for name, placebo in (("grpo", False), ("grpo_placebo", True)):
+            recipe = {**session.recipe("grpo:grpo", records, section="grpo"), "rl": rl, "placebo": placebo}
+            with session.run(name, seed, recipe=recipe) as run:
+                if not run.done:
+                    run.trainer = train_grpo(copy_model(model), tokenizer, records, cfg, run.scratch, seed=seed,
+                                             data_seed=seed, placebo=placebo)
+            reward = {int(row["step"]): float(row["reward"]) for row in run.log if "reward" in row}
+            rows += [{**row, "reward": reward.get(row["step"])} for row in signal_log(run.log, name, seed)]
+    return pd.DataFrame(rows)

@@ -1,8 +1,8 @@
 """Execute a study notebook with papermill into ``results/<study>/<profile>/`` (or, for a sweep, into
 ``runs/<study>/<profile>/<tag>/``), atomically, with a manifest.
 
-Canonical runs and sweeps: the *canonical* config of a study is the one composed from its own overrides
-(:func:`studykit.config.study_overrides`) plus only the ``profile=`` and ``device=`` the user gave.  A run whose
+Canonical runs and sweeps: the *canonical* config of a study is the one composed from ``study=<study>`` plus only
+the ``profile=`` and ``device=`` the user gave.  A run whose
 config differs from it in any key but ``device`` (``seed=3``, ``train.learning_rate=5e-5``), or that is given a
 ``tag``, is a *sweep*: it writes ``runs/<study>/<profile>/<tag>/`` (git-ignored), never replaces
 ``results/<study>/<profile>/`` and never touches ``results/README.md`` (:func:`target_directory`).
@@ -47,7 +47,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from .analysis import INPUTS, analyze
-from .config import NOTEBOOK_DIR, ROOT, compose, device, list_studies, results_root, study_overrides
+from .config import NOTEBOOK_DIR, ROOT, compose, device, list_studies, results_root
 from .data import is_local, load_splits
 from .errors import ConfigError, DataError
 from .models import check_available, check_quantizable, is_qlora
@@ -188,7 +188,7 @@ def _override_key(override: str) -> str:
 
 def canonical_overrides(study: str, overrides: list[str] | tuple[str, ...] = ()) -> list[str]:
     """The study's own overrides plus only the ``profile=`` / ``device=`` of ``overrides``."""
-    return [*study_overrides(study), *(o for o in overrides if "=" in o and _override_key(o) in CANONICAL_KEYS)]
+    return [*[f"study={study}"], *(o for o in overrides if "=" in o and _override_key(o) in CANONICAL_KEYS)]
 
 
 def _flat(tree, prefix: str = "") -> dict:
@@ -243,7 +243,7 @@ def target_directory(study: str, overrides: list[str] | tuple[str, ...] = (), ta
     ``results/<study>/<profile>/`` for the canonical config, ``runs/<study>/<profile>/<tag>/`` for any other (or
     when a tag is given).  Composes (and validates) the config; raises :class:`ConfigError`."""
     overrides = list(overrides)
-    cfg = compose([*study_overrides(study), *overrides])
+    cfg = compose([*[f"study={study}"], *overrides])
     directory, sweep, _ = _target(study, cfg, overrides, tag)
     return directory, sweep
 
@@ -477,7 +477,7 @@ def run_study(study: str, overrides: list[str] = (), *, log_output: bool = False
     if study not in list_studies():
         raise ConfigError(f"unknown study '{study}'; available: {', '.join(list_studies())}")
     overrides = list(overrides)
-    cfg = compose([*study_overrides(study), *overrides])  # fail fast on bad overrides, before any work
+    cfg = compose([*[f"study={study}"], *overrides])  # fail fast on bad overrides, before any work
     final, sweep, differences = _target(study, cfg, overrides, tag)
     check_available(cfg.model)
     notebook = NOTEBOOK_DIR / cfg.study.notebook

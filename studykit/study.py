@@ -41,7 +41,7 @@ from .data import load_splits
 from .errors import ConfigError
 from .evaluate import evaluate_records, generate
 from .guards import UNTRAINED
-from .judges import judge_records
+from .judges import JUDGES, judge_records
 from .models import is_qlora, load_judge, load_model_and_tokenizer
 from .results import log_to_file, output_directory, save_metrics, save_predictions, save_table
 from .testbed import build_testbed
@@ -190,6 +190,13 @@ class Study:
             raise RuntimeError("load the model first: session.base_model()")
         return self._tokenizer
 
+    @property
+    def score(self) -> str:
+        """The per-item score column of this study's evaluations: ``lenient`` (the verifier) or the judge's
+        (:attr:`studykit.judges.Judge.metric`: ``win``, ``mt_bench_score``)."""
+        judge = self.cfg.eval.get("judge", "verifier")
+        return "lenient" if judge == "verifier" else JUDGES[judge].metric
+
     def evaluate(self, model, records: list[dict] | None = None) -> pd.DataFrame:
         """Greedy replies of ``model`` to ``records`` (default: the eval items), judged per item by ``eval.judge``:
         the testbed's verifier, or a judge of :data:`studykit.judges.JUDGES` against each item's reference reply
@@ -202,7 +209,8 @@ class Study:
         replies = generate(model, self.tokenizer, [r["prompt"] for r in records], chat=self.chat, **settings)
         if self._judge is None:
             self._judge = load_judge(self.cfg.eval.judge_model, self.device, reward=judge == "reward_model")
-        return judge_records(records, replies, [r["response"] for r in records], judge=judge, model=self._judge[0],
+        return judge_records(records, replies, [r.get("response") for r in records] if JUDGES[judge].pairwise
+                             else None, judge=judge, model=self._judge[0],
                              tokenizer=self._judge[1], batch_size=int(self.cfg.eval.batch_size))
 
     def evaluation(self, model, condition: str, seed: int = UNTRAINED, records: list[dict] | None = None

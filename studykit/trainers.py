@@ -87,12 +87,27 @@ def finish(trainer, *frozen):
     return trainer
 
 
-def memory_estimate(n_params: float, *, dtype_bytes: int = 4, shards: int = 1) -> dict[str, float]:
-    """ESTIMATE (GB per device) of the model state of an SFT and a DPO run, activations excluded: fp32 master
-    weights (4 B/param), their gradients (4) and AdamW's two moments (8) for the policy, plus a frozen reference of
-    ``dtype_bytes`` per parameter for DPO; all of it divided over ``shards`` devices (FSDP full sharding)."""
+def memory_estimate(n_params: float, *, dtype_bytes: int = 4, shards: int = 1, adapter_params: float | None = None
+                    ) -> dict[str, float]:
+    """ESTIMATE (GB per device) of the model state of an SFT and a DPO run, activations excluded.  Full fine-tuning:
+    fp32 master weights (4 B/param), their gradients (4) and AdamW's two moments (8) for the policy, plus a frozen
+    reference of ``dtype_bytes`` per parameter for DPO.  With a LoRA adapter of ``adapter_params`` parameters: the
+    frozen base at ``dtype_bytes`` per parameter plus the adapter's 16 B/param, and no separate reference (TRL's
+    reference is the base with the adapter disabled).  All of it divided over ``shards`` devices (FSDP)."""
+    if adapter_params is not None:
+        policy = n_params * dtype_bytes + adapter_params * (4 + 4 + 8)
+        return {"sft_gb": policy / shards / 1e9, "dpo_gb": policy / shards / 1e9}
     policy = n_params * (4 + 4 + 8)
     return {"sft_gb": policy / shards / 1e9, "dpo_gb": (policy + n_params * dtype_bytes) / shards / 1e9}
+
+
+def lora_params(architecture, r: int) -> float:
+    """Parameters of a LoRA adapter of rank ``r`` on every linear layer of a Llama-style decoder (``architecture``:
+    ``hidden``, ``kv`` (the k/v projection width), ``intermediate``, ``layers``): r·(in + out) per projection
+    (Hu et al., 2022) — q and o (hidden → hidden), k and v (hidden → kv), gate and up (hidden → intermediate), down."""
+    h, kv, i = architecture["hidden"], architecture["kv"], architecture["intermediate"]
+    per_layer = 2 * (h + h) + 2 * (h + kv) + 2 * (h + i) + (i + h)
+    return float(r * per_layer * architecture["layers"])
 
 
 def training_args(cls, section, output_dir: str | Path, seed: int, extra: dict, device: torch.device):

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from .errors import ConfigError
 from .objectives import OBJECTIVES
-from .registry import DATA_FORMATS, EVAL_JUDGES, PREFERENCE_LOSSES, RL_METHODS, SUBSET_RULES
+from .registry import DATA_FORMATS, EVAL_JUDGES, PREFERENCE_LOSSES, RL_METHODS, SUBSET_RULES, VERIFIABLE_FORMATS
 from .rewards import REWARDS
 from .testbed import NOISE_KINDS, task_of
 
@@ -286,7 +286,7 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
 
 
 def _data_source(v) -> bool:
-    return (_mapping(v) and {"pool", "eval"} <= set(v) and all(
+    return (_mapping(v) and "eval" in v and all(
         _mapping(spec) and spec.get("format") in DATA_FORMATS and isinstance(spec.get("path"), str) and spec["path"]
         and isinstance(spec.get("split", "train"), str) and (spec.get("family_field") is None
                                                              or isinstance(spec.get("family_field"), str))
@@ -320,7 +320,8 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("data.noise.kinds", _noise_kinds, "a non-empty subset of wrong_answer, truncated, mismatched, junk"),
     ("data.dev_per_family", *CHECKS["non_negative_int"]),
     ("data.max_answer_share", _max_answer_share, "null or a share in (0, 1]"),
-    ("data.source", _data_source, "a mapping with at least pool and eval, each {format: alpaca|chat|preferences, "
+    ("data.source", _data_source, "a mapping with at least eval (and pool, …), each {format: "
+                                  f"{'|'.join(DATA_FORMATS)}, "
                                   "path: a local file, hf://datasets/<id>/<file>, a URL or a hub dataset id, "
                                   "split: a name, family_field: a column name}"),
     ("data.pool_size", _null_or_positive_int, "null (every item) or an integer ≥ 1"),
@@ -363,8 +364,7 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
 ]
 
 # Keys of a study that the framework reads (the runner, the CLI, compose, the session, the tests): no schema entry.
-FRAMEWORK_KEYS = ("name", "notebook", "schema", "smoke", "outputs", "deviations", "requires_profile", "hub_only",
-                  "seed_use")
+FRAMEWORK_KEYS = ("name", "notebook", "schema", "smoke", "outputs", "deviations", "seed_use")
 
 
 _MISSING = object()
@@ -435,9 +435,12 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"eval.judge_model={_shown(OmegaConf.select(cfg, 'eval.judge_model', default=None))!r} is "
                           f"not allowed with eval.judge={judge}: expected a model config (a conf/model entry) that "
                           "runs the judge")
-    if "source" in (OmegaConf.select(cfg, "data", default=None) or {}) and judge == "verifier":
-        raise ConfigError(f"eval.judge=verifier is not allowed with real data (data.source of {cfg.data.name}): its "
-                          "replies have no verifier; expected a judge of studykit.judges.JUDGES")
+    eval_format = OmegaConf.select(cfg, "data.source.eval.format", default=None)
+    if eval_format is not None and eval_format not in VERIFIABLE_FORMATS and judge == "verifier":
+        raise ConfigError(f"eval.judge=verifier is not allowed with real data of format {eval_format} "
+                          f"(data.source.eval of {cfg.data.name}): its replies have no verifier; expected a judge of "
+                          "studykit.judges.JUDGES, or eval data of a verifiable format "
+                          f"({', '.join(VERIFIABLE_FORMATS)})")
     steps, sft_steps = (OmegaConf.select(cfg, f"study.{k}", default=None) for k in ("steps", "sft_steps"))
     if sft_steps is not None and not (_int(sft_steps) and 1 <= sft_steps < (steps or 0)):
         raise ConfigError(f"study.sft_steps={sft_steps!r} is not allowed: expected an integer from 1 to "
@@ -474,10 +477,6 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"study.heldout_pairs_per_family={heldout!r} is not allowed: expected fewer than "
                           f"data.preference_per_family={cfg.data.preference_per_family} (the rest train every "
                           "preference run)")
-    required = OmegaConf.select(cfg, "study.requires_profile", default=None)
-    if required is not None and cfg.profile.name != required:
-        raise ConfigError(f"study {cfg.study.name} needs profile={required}, got profile={cfg.profile.name}: "
-                          f"conf/profile/{required}.yaml holds the resources its recipe was run with")
     in_domain = OmegaConf.select(cfg, "study.in_domain", default=None)
     if in_domain is not None:
         unknown = set(in_domain) - set(cfg.data.families)

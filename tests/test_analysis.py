@@ -116,11 +116,9 @@ def test_the_index_counts_the_runs_a_resumed_study_read_from_the_cache(tmp_path)
 
 
 def test_evidence_depends_on_the_studys_own_yamls_only():
-    nuggets, zephyr = evidence_paths("nuggets"), evidence_paths("rewardrank_zephyr")
+    nuggets, rewardrank = evidence_paths("nuggets"), evidence_paths("rewardrank")
     assert ":(exclude)conf/study/rewardrank.yaml" in nuggets and ":(exclude)conf/study/nuggets.yaml" not in nuggets
-    assert ":(exclude)conf/study/rewardrank.yaml" not in zephyr    # composed through its defaults
-    assert ":(exclude)conf/study/rewardrank_zephyr.yaml" not in zephyr
-    assert ":(exclude)conf/study/nuggets.yaml" in zephyr and "conf" in zephyr and "studykit" in zephyr
+    assert ":(exclude)conf/study/nuggets.yaml" in rewardrank and "conf" in rewardrank and "studykit" in rewardrank
 
 
 @pytest.mark.parametrize("text, message", [

@@ -6,7 +6,7 @@ import json
 import pandas as pd
 import pytest
 
-from studykit.answers import FAMILY_FORMATS, extract_answer, first_line, judge
+from studykit.answers import FAMILY_FORMATS, extract_answer, first_line, judge, judge_math, math_entry
 from studykit.evaluate import accuracy_by_family, answer_baselines, judge_replies
 from studykit.testbed import _generate
 
@@ -147,3 +147,33 @@ def test_accuracy_table_shows_what_a_constant_answer_scores_beside_each_model():
     table = accuracy_table({"sft": constant}, records).set_index("family")
     assert table.loc["lc", "majority"] == 0.5 and table.loc["lc", "sft lenient"] == 0.5
     assert table.loc["lc", "sft modal share"] == 1.0 and table.loc["lc", "sft lenient off-majority"] == 0.0
+
+
+# --- math records: Math-Verify against the gold final answer ------------------------------------------------------
+def math_record(answer: str) -> dict:
+    return {"id": "m", "family": "Algebra", "answer": answer, "entry": math_entry(answer)}
+
+
+@pytest.mark.parametrize("gold, reply, strict, lenient", [
+    ("0.5", "\\boxed{1/2}", True, True),                                  # equal values in another form
+    ("0.5", "$\\boxed{\\frac{1}{2}}$.", True, True),
+    ("4", "\\boxed{3}", False, False),
+    ("0.5", "$\\frac{1}{2}$", False, True),                              # right, but not the boxed answer asked for
+    ("0.5", "The answer is \\boxed{0.5}", False, True),                 # the first line is not the answer alone
+    ("0.5", "We halve 1.\nSo the answer is $\\boxed{\\frac{1}{2}}$.", False, True),   # reasoning, then the answer
+    ("0.5", "We get 1/2 first.\nThen \\boxed{3}.", False, False),        # the final answer, not an earlier number
+    ("0.5", "\\boxed{0.5} or \\boxed{3}", False, False),                 # two answers: neither alone nor final
+    ("(1,3)", "$\\boxed{(1, 3)}$", True, True),                           # a tuple, parsed whole
+    ("5\\sqrt{2}", "\\boxed{\\sqrt{50}}", True, True),
+    ("0.5", "", False, False),
+])
+def test_math_records_are_judged_by_math_verify(gold, reply, strict, lenient):
+    verdict = judge(math_record(gold), reply)
+    assert (verdict.strict, verdict.lenient) == (strict, lenient)
+
+
+def test_a_math_verdict_says_what_math_verify_extracted_and_predictions_carry_it():
+    assert judge_math("0.5", "So \\boxed{3}").extracted == "3" and judge_math("0.5", "no answer").extracted == ""
+    table = judge_replies([math_record("4"), math_record("4")], ["\\boxed{4}", "\\boxed{3}"])
+    assert table[["gold", "extracted", "strict", "lenient"]].values.tolist() == [["4", "4", True, True],
+                                                                                 ["4", "3", False, False]]

@@ -1,8 +1,10 @@
+import json
 from pathlib import Path
 
 import pytest
 
-from studykit.data import DataError, load_alpaca, load_chat, load_preferences, load_records, read_jsonl
+from studykit.answers import boxed_answer
+from studykit.data import DataError, load_alpaca, load_chat, load_math, load_preferences, load_records, read_jsonl
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -67,3 +69,63 @@ def test_read_jsonl_rejects_non_objects(tmp_path):
     path.write_text('[1, 2]\n')
     with pytest.raises(DataError, match=r"list\.jsonl:1: expected a JSON object, got list"):
         read_jsonl(path)
+
+
+# --- math problems with a gold final answer (MATH, MATH-500, GSM8K) ----------------------------------------------
+PAPER = FIXTURES / "paper"
+
+
+def test_math_takes_the_last_boxed_answer_of_a_worked_solution():
+    """MATH's layout (MATH-lighteval): problem, level, type, solution ending in \\boxed{}; nested braces kept."""
+    records = load_math(PAPER / "math_train.jsonl")
+    first, fraction = records[0], records[1]
+    assert (first["prompt"], first["answer"]) == ("What is the value of $x$ if $2x + 3 = 11$?", "4")
+    assert fraction["answer"] == "\\frac{3}{4}" and fraction["response"].endswith("$\\boxed{\\frac{3}{4}}$.")
+    assert (first["type"], first["level"], first["family"]) == ("Algebra", "Level 1", "math")   # extra columns kept
+    assert not {"problem", "solution"} & set(first)                        # held as prompt and response
+    assert json.loads(first["entry"]) == {"verifier": "math_verify", "answer": "4"}
+
+
+def test_math_500_takes_the_answer_field_and_its_unique_id():
+    record = load_math(PAPER / "math_500.jsonl")[6]
+    assert (record["id"], record["answer"], record["subject"]) == ("test/algebra/106.json", "(1,3)", "Algebra")
+    assert record["response"].startswith("Setting $2x + 1 = -x + 4$")     # the worked solution is the SFT target
+
+
+def test_gsm8k_takes_the_number_after_the_last_hashes_and_keeps_the_reasoning(tmp_path):
+    path = tmp_path / "gsm8k.jsonl"
+    answer = "She sold 48 / 2 = 24 clips in May.\nShe sold 48 + 24 = 1,072 clips in all.\n#### 1,072"
+    path.write_text(json.dumps({"question": "How many clips did she sell?", "answer": answer}) + "\n"
+                    + json.dumps({"problem": "What is 2 + 2?", "answer": 4}) + "\n")
+    gsm8k, bare = load_records("math", path)
+    assert (gsm8k["prompt"], gsm8k["answer"], gsm8k["response"]) == ("How many clips did she sell?", "1072", answer)
+    assert (bare["answer"], bare["response"]) == ("4", "$\\boxed{4}$")    # no solution: the answer alone, boxed
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("so $x = \\boxed{\\frac{1}{2}}$.", "\\frac{1}{2}"),
+    ("first \\boxed{1}, then \\boxed{2}", "2"),                            # the last one
+    ("\\fbox{7}", "7"),
+    ("\\boxed {x^{2}}", "x^{2}"),
+    ("\\boxed{\\frac{1}{2}", None),                                         # unbalanced
+    ("no box here: 5", None),
+])
+def test_boxed_answer_balances_braces(text, expected):
+    assert boxed_answer(text) == expected
+
+
+@pytest.mark.parametrize("row, expected", [
+    ({"solution": "\\boxed{1}"}, r"line 1: missing field 'problem' \(or 'question'"),
+    ({"problem": "1 + 1?"}, r"line 1: missing field 'answer' or 'solution'"),
+    ({"problem": "1 + 1?", "solution": "It is 2."},
+     r"line 1: field 'solution' has no complete \\boxed\{\.\.\.\} final answer"),
+    ({"problem": "1 + 1?", "solution": "\\boxed{ }"}, r"line 1: field 'solution' gives an empty final answer"),
+    ({"question": "1 + 1?", "answer": "It is two. ####"}, r"line 1: field 'answer' gives an empty final answer"),
+    ({"problem": "1 + 1?", "answer": [2]}, r"line 1: field 'answer' must be a string or a number"),
+    ({"problem": 12, "answer": "2"}, r"line 1: field 'problem' must be a non-empty string"),
+])
+def test_a_bad_math_row_names_file_row_and_field(tmp_path, row, expected):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    with pytest.raises(DataError, match=rf"bad\.jsonl: {expected}"):
+        load_math(path)

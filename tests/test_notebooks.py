@@ -13,15 +13,14 @@ from omegaconf import OmegaConf
 
 from studykit.claims import load_claims
 from studykit.cli import main
-from studykit.config import CONF_DIR, compose, list_studies, study_overrides
+from studykit.config import CONF_DIR, compose, list_studies
 from studykit.runner import target_directory
 
 PREDICTION_COLUMNS = {"condition", "seed", "id", "family", "reply", "extracted", "strict", "lenient"}
 SCORING_STUDIES = {"nuggets_sensitivity"}
 # sampling studies: the per-item data are per-prompt measurements over K samples (the samples in samples.csv)
 DIVERSITY_COLUMNS = {"condition", "seed", "id", "family", "ead", "embedding_diversity", "vendi", "quality"}
-# every study but the hub-only ones (study.hub_only) has a smoke test
-SMOKE_STUDIES = [s for s in list_studies() if not compose(study_overrides(s)).study.get("hub_only", False)]
+SMOKE_STUDIES = list_studies()   # every study has a smoke test
 
 
 @pytest.fixture(scope="module")
@@ -90,9 +89,11 @@ def test_study_notebook_meets_the_evidence_contract(study, tmp_path, monkeypatch
     assert (out / "README.md").is_file() and (tmp_path / "README.md").is_file() is not sweep  # result page, index
 
 
-# Each paper profile's smoke twin: the paper-scale code path (real-data loaders, LoRA, a judge) on CPU with tiny
-# models and local files.  study → (the twin profile, the claims file its notebook reads).
-PAPER_TWINS = {"nuggets": ("paper_nuggets_smoke", "nuggets_paper")}
+# Each paper profile's smoke twin: the paper-scale code path (real-data loaders, LoRA or full fine-tuning as its paper
+# profile, a judge or the verifier) on CPU with tiny models and local files.  study → (the twin profile, the claims
+# file its notebook reads).
+PAPER_TWINS = {"nuggets": ("paper_nuggets_smoke", "nuggets_paper"), "rewardrank": ("paper_zephyr_smoke", "rewardrank"),
+               "rl_post_training": ("paper_math_smoke", "rl_math_paper")}
 
 
 @pytest.mark.parametrize("study", sorted(PAPER_TWINS))
@@ -105,11 +106,17 @@ def test_paper_profile_smoke_twin_runs_the_paper_code_path(study, tmp_path, monk
     out, sweep = target_directory(study, [f"profile={profile}"])
     assert not sweep and out == tmp_path / study / profile
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["config"]["peft"]["method"] == "lora" and manifest["config"]["data"]["source"]
+    paper = OmegaConf.load(CONF_DIR / "profile" / f"{profile}.yaml").defaults[0]   # the profile it is the twin of
+    paper_peft = compose([f"study={study}", f"profile={paper}"]).peft
+    assert (manifest["config"]["peft"] or {}).get("method") == (paper_peft or {}).get("method")   # LoRA or full
+    assert manifest["config"]["data"]["source"]
     predictions = pd.concat([pd.read_csv(p) for p in (out / "predictions").glob("*.csv")])
-    assert {"condition", "seed", "id", "family", "reply", "reference_reply", "win"} <= set(predictions.columns)
-    assert predictions["win"].isin([0.0, 0.5, 1.0]).all()
-    assert predictions["family"].nunique() > 1          # the eval set's sources are its families
+    judged = manifest["config"]["eval"]["judge"] != "verifier"   # a judge's win rate, or the verifier's accuracy
+    score, columns = (("win", {"reference_reply", "win"}) if judged else
+                      ("lenient", {"gold", "extracted", "strict", "lenient"}))
+    assert {"condition", "seed", "id", "family", "reply", *columns} <= set(predictions.columns)
+    assert predictions[score].isin([0.0, 0.5, 1.0] if judged else [True, False]).all()
+    assert predictions["family"].nunique() > 1          # the eval set's sources (subjects) are its families
     counts = predictions.groupby(["condition", "seed"])["id"].nunique()
     assert counts.nunique() == 1                        # every model judged on the same prompts
     claims = pd.read_csv(out / "claims.csv")

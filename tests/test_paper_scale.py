@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from omegaconf import OmegaConf
 
 from studykit import guards
+from studykit.answers import judge
 from studykit.config import compose
 from studykit.data import is_local, load_splits, source_path
 from studykit.errors import ConfigError, DataError
@@ -29,7 +31,7 @@ def test_pool_and_eval_sizes_cut_the_splits_and_too_few_items_is_one_error():
     cfg = compose([*TWIN, "data.pool_size=5", "data.eval_size=3"])
     splits = load_splits(cfg.data)
     assert (len(splits["pool"]), len(splits["eval"])) == (5, 3)
-    with pytest.raises(DataError, match=r"24 pool items, expected at least data.dev_size \+ data.pool_size = 104"):
+    with pytest.raises(DataError, match=r"alpaca_pool.json: 24 items, expected at least data.dev_size \+ data.pool_size = 104"):
         load_splits(compose([*TWIN, "data.pool_size=100"]).data)
 
 
@@ -129,3 +131,47 @@ def test_the_registrys_names_are_the_modules_own():
     from studykit.registry import DATA_FORMATS, EVAL_JUDGES
 
     assert set(DATA_FORMATS) == set(LOADERS) and set(EVAL_JUDGES) == {"verifier", *JUDGES}
+
+
+# --- RL with verifiable rewards on real math: paper_math and its smoke twin ---------------------------------------
+MATH_PAPER, MATH_TWIN = (["study=rl_post_training", f"profile={p}"] for p in ("paper_math", "paper_math_smoke"))
+
+
+def test_the_math_profile_is_the_papers_recipe_where_it_matters():
+    cfg = compose(MATH_PAPER)
+    assert (cfg.model.path, cfg.data.source.pool.path, cfg.data.source.eval.path) == (
+        "Qwen/Qwen2.5-Math-1.5B", "DigitalLearningGmbH/MATH-lighteval", "HuggingFaceH4/MATH-500")
+    assert cfg.grpo.num_generations >= 8 and cfg.grpo.max_completion_length >= 1024 and cfg.grpo.temperature == 1.0
+    assert cfg.grpo.learning_rate == 1e-6 and cfg.grpo.max_steps > 0
+    assert cfg.eval.judge == "verifier" and cfg.eval.max_new_tokens >= 1024      # Math-Verify judges MATH-500
+    assert dict(cfg.rl.rewards) == {"verifier": 1.0, "format": 0.0}
+    twin = compose(MATH_TWIN)
+    assert (twin.study.notebook, twin.eval.judge, twin.rl.rewards, twin.peft) == (
+        "rl_math_paper.ipynb", cfg.eval.judge, cfg.rl.rewards, cfg.peft)           # the same code path
+    assert twin.data.source.pool.format == twin.data.source.eval.format == "math"
+
+
+def test_the_math_deviations_are_rendered_from_the_config():
+    cfg = compose(MATH_PAPER)
+    here = {row["what"]: row["here"] for row in OmegaConf.to_container(cfg.study.deviations, resolve=True)}
+    g = cfg.grpo
+    assert f"{g.max_steps} GRPO steps of {g.per_device_train_batch_size} x {g.gradient_accumulation_steps} rollouts " \
+           f"(G = {g.num_generations} per prompt) at lr {g.learning_rate}" in here["RL scale"]
+    assert cfg.data.source.eval.path in here["data"] and cfg.model.weights == here["model"]
+
+
+def test_math_splits_are_verifiable_records_per_subject_with_the_prompt_suffix():
+    cfg = compose(MATH_TWIN)
+    splits = load_splits(cfg.data)
+    assert (len(splits["pool"]), len(splits["dev"]), len(splits["eval"])) == (16, 0, 12)
+    subjects = {"Algebra", "Number Theory", "Prealgebra"}
+    assert {r["family"] for r in splits["pool"]} == {r["family"] for r in splits["eval"]} == subjects  # type, subject
+    records = splits["pool"] + splits["eval"]
+    assert all(r["prompt"].endswith("\n" + cfg.data.instruction_suffix) for r in records)
+    assert all(judge(r, r["response"]).lenient for r in records)           # every worked solution verifies
+
+
+def test_the_verifier_judges_real_data_only_of_a_verifiable_format():
+    assert compose(MATH_TWIN).eval.judge == "verifier"
+    with pytest.raises(ConfigError, match=r"^eval.judge=verifier is not allowed with real data of format alpaca"):
+        compose([*MATH_TWIN, "data.source.eval.format=alpaca"])

@@ -152,3 +152,19 @@ def test_a_lora_checkpoint_loads_as_its_base_with_the_adapter_merged(tiny, lora_
     final = dict(trainer.model.named_parameters())
     for name, param in loaded.named_parameters():
         torch.testing.assert_close(param, final[name], rtol=0, atol=1e-6)
+
+
+def test_the_estimates_adapter_size_is_peft_s_count_on_every_linear_layer():
+    """benchmarks/memory_estimate.py sizes a LoRA adapter from the architecture: r·(in + out) per projection."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from studykit.trainers import lora_params, memory_estimate
+
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=3,
+                         num_attention_heads=4, num_key_value_heads=2)
+    wrapped = get_peft_model(LlamaForCausalLM(config), LoraConfig(r=RANK, target_modules="all-linear"))
+    trainable = sum(p.numel() for p in wrapped.parameters() if p.requires_grad)
+    assert lora_params({"hidden": 32, "kv": 16, "intermediate": 48, "layers": 3}, RANK) == trainable
+    # an adapter: the frozen base at its dtype plus 16 B per adapter parameter, and no separate DPO reference
+    assert memory_estimate(1e9, dtype_bytes=2, adapter_params=1e7) == {"sft_gb": pytest.approx(2.16),
+                                                                        "dpo_gb": pytest.approx(2.16)}

@@ -362,14 +362,19 @@ def test_pair_sources_refuse_own_pairs_without_samples_or_a_verifier():
     assert pair_sources(gold) == {"own": False, "kinds": ["gold_vs_wrong"]}
 
 
-def test_zephyr_recipe_loads_ultrachat_and_ultrafeedback_formats_from_local_files():
-    """The GPU Zephyr config reads the hub datasets through the same loaders; here they point at local fixtures."""
-    cfg = compose(["study=rewardrank_zephyr", "profile=zephyr", f"study.sft_data.source={FIXTURES / 'chat.jsonl'}",
+@pytest.mark.parametrize("profile", ["paper_zephyr", "paper_zephyr_lora"])
+def test_zephyr_recipe_loads_ultrachat_and_ultrafeedback_formats_from_local_files(profile):
+    """The GPU Zephyr profiles read the hub datasets through the same loaders; here they point at local fixtures."""
+    cfg = compose(["study=rewardrank", f"profile={profile}", f"study.sft_data.source={FIXTURES / 'chat.jsonl'}",
                    f"study.preference_data.source={FIXTURES / 'preferences.jsonl'}",
                    "study.sft_data.validation=0.5", "study.preference_data.metric_pairs=0.5"])
-    assert cfg.train.save_steps == 100 and cfg.dpo.beta == 0.01 and cfg.dpo.learning_rate == 5e-7
-    assert cfg.train.num_train_epochs == 1 and cfg.train.max_steps == -1 and cfg.dpo.max_steps == -1
-    assert cfg.model.name == "mistral-7b-v0.1" and cfg.model.dtype == "float32"
+    assert cfg.train.save_steps == 100 and cfg.dpo.beta == 0.01 and cfg.train.num_train_epochs == 1
+    assert cfg.train.max_steps == -1 and cfg.dpo.max_steps == -1 and cfg.model.name == "mistral-7b-v0.1"
+    full = profile == "paper_zephyr"   # the recipe: full fine-tuning, fp32 masters; LoRA: an fp32 adapter on a bf16 base
+    assert (cfg.get("peft") is None, cfg.model.dtype, cfg.dpo.learning_rate) == \
+        ((True, "float32", 5e-7) if full else (False, "bfloat16", 5e-6))
+    global_batch = cfg.train.per_device_train_batch_size * cfg.train.gradient_accumulation_steps * cfg.profile.gpus
+    assert global_batch == 128 and cfg.eval.judge == "reward_model" and cfg.data.name == "alpaca_eval2"
     # no verifier for UltraFeedback: no own pairs; the metric under test and DPO use its chosen-vs-rejected pairs
     assert (cfg.study.rewardrank_pairs, cfg.study.dpo_pairs, cfg.study.self_sampled.samples) == \
         ("gold_vs_wrong", "gold_vs_wrong", 0)
@@ -380,19 +385,16 @@ def test_zephyr_recipe_loads_ultrachat_and_ultrafeedback_formats_from_local_file
     assert (data["metric_pairs"][0]["chosen"], data["dpo_pairs"][0]["rejected"]) == ("12", "cat")
 
 
-def test_zephyr_recipe_renders_zephyrs_chat_template_and_needs_its_profile(smoke_cfg):
-    from studykit.config import ConfigError
+def test_zephyr_recipe_renders_zephyrs_chat_template(smoke_cfg):
     from studykit.models import load_tokenizer
 
-    template = compose(["study=rewardrank_zephyr", "profile=zephyr"]).model.chat_template
+    template = compose(["study=rewardrank", "profile=paper_zephyr"]).model.chat_template
     tokenizer = load_tokenizer(OmegaConf.merge(smoke_cfg.model, {"chat_template": template}))
     eos = tokenizer.eos_token
     rendered = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
                                               {"role": "user", "content": "Bye"}], tokenize=False,
                                              add_generation_prompt=True)
     assert rendered == f"<|user|>\nHi{eos}\n<|assistant|>\nHello{eos}\n<|user|>\nBye{eos}\n<|assistant|>\n"
-    with pytest.raises(ConfigError, match="study rewardrank_zephyr needs profile=zephyr, got profile=gpu"):
-        compose(["study=rewardrank_zephyr", "profile=gpu"])
 
 
 def test_bad_values_are_clear_errors():
@@ -433,9 +435,3 @@ def test_the_embedded_recipe_fits_checkpoints_on_its_steps():
     per_seed = len(sft_subsample(data["sft_train"], cfg.study.sft_subsample, 0))
     every = checkpoint_every(per_seed, train, cfg.study.checkpoints)
     assert [every * k for k in range(1, cfg.study.checkpoints + 1)] == [5, 10, 15] == [5, 10, cfg.train.max_steps]
-
-
-def test_run_all_skips_hub_only_studies():
-    from studykit.cli import _runnable_studies
-
-    assert "rewardrank_zephyr" not in _runnable_studies() and "rewardrank" in _runnable_studies()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from studykit import rl
 from studykit.registry import RL_METHODS
 from studykit.rewards import REWARDS, answer_format, reward_functions, verifier
 from studykit.curriculum import CurriculumSampler, UCBCurriculum
+from studykit.data import load_math
 from studykit.hybrid_rl import entropy_prefix_mask, hpt_sft_groups, prefix_length, prefix_low
 from studykit.logprobs import encode_pair, format_pair, sequence_logprobs
 from studykit.testbed import _generate, build_testbed
@@ -58,6 +60,18 @@ def test_reward_weights_come_from_the_config(smoke_cfg):
     assert [f.__name__ for f in funcs] == ["verifier"] and weights == [1.0]
     with pytest.raises(ValueError, match="rl.rewards"):
         reward_functions({"rewards": {"verifier": 0.0}})
+
+
+def test_verifier_reward_on_math_is_math_verify_on_the_final_answer(tiny):
+    """A math record's prompt row (studykit.data.load_math → grpo_dataset) carries the entry that routes the
+    verifier reward to Math-Verify: the final answer counts in any equal form, an earlier number does not."""
+    problem = load_math(Path(__file__).parent / "fixtures" / "paper" / "math_500.jsonl")[0]   # gold \frac{3}{4}
+    row = rl.grpo_dataset([problem], tiny[1], chat=True)[0]
+    assert (row["family"], row["entry"], row["solution"]) == ("math", problem["entry"], problem["response"])
+    replies = ["1/2 + 1/4 = 3/4, so the answer is $\\boxed{\\frac{3}{4}}$.", "\\boxed{0.75}", "\\boxed{3/4}.",
+               "First 3/4, then \\boxed{1}", "", "I do not know."]
+    chat = [[{"role": "assistant", "content": text}] for text in replies]
+    assert rewards(verifier, row, chat) == [1.0, 1.0, 1.0, 0.0, 0.0, 0.0]
 
 
 def test_hpt_switches_to_sft_exactly_for_groups_with_at_most_gamma_solved():
