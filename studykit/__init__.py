@@ -28,6 +28,7 @@ methods, training and evidence
   report    – the accuracy sections and tables every study notebook shows
   score     – sharded response scoring over JSONL (accelerate-launchable)
   results   – metrics / tables / figures / predictions written by notebooks, logs to a file
+  distributed – one study under `accelerate launch`: rank, shards of the eval items, gathered predictions
   provenance – the generated results/README.md (evidence / analysis staleness, the BH ledger) and README's table
   cache     – the run cache: trained runs stored under the key of their code, model, seed, eval items and recipe
 orchestration

@@ -13,6 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .answers import judge
+from .errors import ModelSourceError
 from .logprobs import format_prompt
 
 METRICS = ("strict", "lenient")
@@ -62,6 +63,49 @@ def generate(model, tokenizer, prompts: list[str], *, chat: bool, max_new_tokens
     ids = generate_ids(model, tokenizer, prompts, chat=chat, max_new_tokens=max_new_tokens, batch_size=batch_size,
                        progress=progress, do_sample=do_sample, temperature=temperature)
     return tokenizer.batch_decode([sequences[0] for sequences in ids], skip_special_tokens=True)
+
+
+VLLM_MEMORY_SHARE = 0.4   # of the GPU's memory vLLM may take beside the study's own models
+
+
+def check_vllm(device: torch.device) -> None:
+    """``eval.backend=vllm`` and ``grpo.use_vllm`` need a CUDA device and the ``vllm`` package (``pip install -e
+    '.[gpu]'``): one clear error before any work otherwise."""
+    import importlib.util
+
+    if torch.device(device).type != "cuda" or importlib.util.find_spec("vllm") is None:
+        raise ModelSourceError(f"vLLM generation (eval.backend=vllm or grpo.use_vllm=true) needs a CUDA device and the "
+                               f"vllm package; this run has device {torch.device(device).type} and vllm "
+                               f"{'installed' if importlib.util.find_spec('vllm') else 'not installed'} "
+                               "(use eval.backend=hf, or pip install -e '.[gpu]' on a GPU machine)")
+
+
+def vllm_generate(model, tokenizer, prompts: list[str], *, chat: bool, max_new_tokens: int) -> list[str]:
+    """Greedy replies to raw prompts through vLLM (Kwon et al., 2023, PagedAttention), the GPU path of
+    ``eval.backend=vllm``: ``model`` is saved to a temporary directory and served by an offline ``vllm.LLM`` for
+    this call; prompts are formatted as :func:`generate` formats them (:func:`studykit.logprobs.format_prompt`) and
+    replies decoded with special tokens stripped, so the two backends differ only in their kernels."""
+    import tempfile
+
+    from vllm import LLM, SamplingParams
+
+    texts = [format_prompt(tokenizer, p, chat) for p in prompts]
+    with tempfile.TemporaryDirectory(prefix="vllm-") as directory:
+        model.save_pretrained(directory)
+        tokenizer.save_pretrained(directory)
+        engine = LLM(model=directory, dtype="bfloat16", gpu_memory_utilization=VLLM_MEMORY_SHARE, seed=0)
+        outputs = engine.generate(texts, SamplingParams(temperature=0.0, max_tokens=max_new_tokens))
+        del engine
+    return [output.outputs[0].text for output in outputs]
+
+
+def replies(model, tokenizer, prompts: list[str], *, backend: str, chat: bool, max_new_tokens: int,
+            batch_size: int = 16) -> list[str]:
+    """Greedy replies by ``backend``: ``hf`` (:func:`generate`, every device) or ``vllm`` (:func:`vllm_generate`,
+    CUDA only)."""
+    if backend == "vllm":
+        return vllm_generate(model, tokenizer, prompts, chat=chat, max_new_tokens=max_new_tokens)
+    return generate(model, tokenizer, prompts, chat=chat, max_new_tokens=max_new_tokens, batch_size=batch_size)
 
 
 def judge_replies(records: list[dict], replies: list[str]) -> pd.DataFrame:

@@ -1,7 +1,8 @@
 """Where a notebook writes what it found: metrics JSON, CSV tables and PNG figures in one output directory.
 
 Under ``studykit run`` the directory is a temporary one that the runner moves to ``results/<study>/<profile>/``
-only when the whole notebook succeeded.  Run interactively (``output_dir=None``) a notebook writes to
+only when the whole notebook succeeded.  Under ``accelerate launch`` only the main process writes (every process
+computes the same results; :mod:`studykit.distributed`); each process logs to its own file.  Run interactively (``output_dir=None``) a notebook writes to
 ``results/<study>/<profile>-interactive/``, which git ignores.
 """
 from __future__ import annotations
@@ -11,6 +12,7 @@ import math
 from pathlib import Path
 
 from .config import results_root
+from .distributed import is_main, rank
 
 
 def output_directory(output_dir: str | None, cfg) -> Path:
@@ -40,6 +42,8 @@ def save_metrics(output_dir: Path, metrics: dict, name: str = "metrics") -> Path
     if name == "timings" and torch.cuda.is_available() and torch.cuda.is_initialized():
         metrics = {**metrics, "peak_gpu_memory_gb": torch.cuda.max_memory_allocated() / 1e9}
     path = Path(output_dir) / f"{name}.json"
+    if not is_main():
+        return path
     current = json.loads(path.read_text()) if path.exists() else {}
     current.update(_jsonable(metrics))
     path.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
@@ -48,13 +52,15 @@ def save_metrics(output_dir: Path, metrics: dict, name: str = "metrics") -> Path
 
 def save_table(output_dir: Path, name: str, frame) -> Path:
     path = Path(output_dir) / f"{name}.csv"
-    frame.to_csv(path, index=False, float_format="%.6g")
+    if is_main():
+        frame.to_csv(path, index=False, float_format="%.6g")
     return path
 
 
 def save_figure(output_dir: Path, name: str, figure) -> Path:
     path = Path(output_dir) / f"{name}.png"
-    figure.savefig(path, dpi=120, bbox_inches="tight")
+    if is_main():
+        figure.savefig(path, dpi=120, bbox_inches="tight")
     return path
 
 
@@ -62,6 +68,8 @@ def save_predictions(output_dir: Path, predictions) -> list[Path]:
     """Per-item predictions (``condition, seed, id, family, reply, extracted, strict, lenient`` …) as one CSV per
     evaluated model under ``predictions/<condition>-seed<seed>.csv``, so any comparison can be re-analysed paired."""
     folder = Path(output_dir) / "predictions"
+    if not is_main():
+        return []
     folder.mkdir(exist_ok=True)
     paths = []
     for (condition, seed), frame in predictions.groupby(["condition", "seed"], sort=False):
@@ -83,14 +91,15 @@ def load_predictions(output_dir: Path):
 
 def log_to_file(output_dir: Path, name: str = "run.log") -> Path:
     """Send training, tokenization and progress logs (transformers, TRL, datasets, warnings) to a file in the
-    results directory, so the executed notebook stays readable top to bottom."""
+    results directory, so the executed notebook stays readable top to bottom (``run.rank<r>.log`` for the other
+    processes of a launch)."""
     import logging
     import warnings
 
     import datasets
     import transformers
 
-    path = Path(output_dir) / name
+    path = Path(output_dir) / (name if is_main() else name.replace(".log", f".rank{rank()}.log"))
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     for logger_name in ("transformers", "trl", "datasets", "accelerate", "py.warnings", "studykit"):

@@ -13,7 +13,9 @@ place.  A failed run leaves the previous results untouched and no partial direct
 killed with SIGKILL (no handler runs) are swept by the next run, which recognizes them by their dead process id.
 Two runs never write the same directory: each holds an exclusive lock (``.<name>.lock`` beside it) for the whole
 run, and a second one refuses at once (or waits, ``wait=True``); ``results/README.md`` is written under
-``results/.index.lock``.
+``results/.index.lock``.  Under ``accelerate launch`` every process executes the notebook into one shared
+directory; only the main process locks it, keeps its executed notebook, writes the manifest, the analysis and the
+index (:mod:`studykit.distributed`).
 
 Before any work a run checks what would otherwise fail only inside the notebook: the model source, the device
 (``device=cuda`` without a GPU) and the testbed's split sizes (:func:`preflight`).  While the notebook runs, the
@@ -40,16 +42,18 @@ import sys
 import tempfile
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from . import distributed
 from .analysis import INPUTS, analyze
 from .config import NOTEBOOK_DIR, ROOT, compose, device, list_studies, results_root
 from .data import is_local, load_splits
 from .errors import ConfigError, DataError
+from .evaluate import check_vllm
 from .models import check_available, check_quantizable, is_qlora
 from .provenance import git_state, write_results_index
 from .study import PROGRESS_FILE
@@ -167,6 +171,30 @@ def sweep_dead_runs(directory: Path) -> list[Path]:
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed
+
+
+def _run_directory(parent: Path, label: str) -> Path:
+    """The temporary directory a run writes into, beside its final one: private to this process, or under
+    ``accelerate launch`` one shared by the launch's processes (named after the launcher, their common parent, so
+    a dead launch's directory is swept like a dead run's)."""
+    if distributed.world_size() == 1:
+        tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".tmp-{label}-{os.getpid()}-"))
+    else:
+        tmp = parent / f".tmp-{label}-{os.getppid()}-launch"
+        tmp.mkdir(exist_ok=True)
+    tmp.chmod(0o755)
+    return tmp
+
+
+@contextmanager
+def _executed_path(tmp: Path, notebook: Path):
+    """Where papermill writes the executed notebook: the run directory, or for another process of a launch a
+    private temporary file (the main process's copy is the one kept)."""
+    if distributed.is_main():
+        yield tmp / notebook.name
+        return
+    with tempfile.TemporaryDirectory(prefix="studykit-rank-") as private:
+        yield Path(private) / notebook.name
 
 
 def _replace_dir(new: Path, final: Path) -> None:
@@ -327,13 +355,16 @@ def _check_device(cfg) -> None:
 
 
 def preflight(cfg) -> None:
-    """What would otherwise fail only inside the notebook, checked before any work: the device exists (and QLoRA's
-    needs), the judge model is available, real data on this machine loads (``data.source``; hub data loads in the
+    """What would otherwise fail only inside the notebook, checked before any work: the device exists (and what
+    QLoRA and vLLM need), the judge model is available, real data on this machine loads (``data.source``; hub data loads in the
     run), and the testbed (when the config has ``data.families``) can be drawn at the configured split sizes.
     Raises :class:`ConfigError` / :class:`DataError` / :class:`ModelSourceError`."""
     _check_device(cfg)
     if is_qlora(cfg):
         check_quantizable(device(cfg))
+    if OmegaConf.select(cfg, "eval.backend", default="hf") == "vllm" or OmegaConf.select(cfg, "grpo.use_vllm",
+                                                                                          default=False):
+        check_vllm(device(cfg))
     if OmegaConf.select(cfg, "eval.judge_model", default=None) is not None:
         check_available(cfg.eval.judge_model)
     sources = OmegaConf.select(cfg, "data.source", default=None)
@@ -485,8 +516,9 @@ def run_study(study: str, overrides: list[str] = (), *, log_output: bool = False
         raise ConfigError(f"conf/study/{study}.yaml names notebook '{cfg.study.notebook}', not found in {NOTEBOOK_DIR}")
     preflight(cfg)
     _refuse_dirty(git_state(), allow_dirty)
-    with exclusive_lock(lock_path(final), display_path(final), wait=wait):
-        if sweep:
+    main = distributed.is_main()   # under accelerate launch only the main process locks, writes and analyzes
+    with exclusive_lock(lock_path(final), display_path(final), wait=wait) if main else nullcontext():
+        if sweep and main:
             why = (f"differs from the canonical config in {', '.join(differences[:6])}"
                    f"{f' and {len(differences) - 6} more' if len(differences) > 6 else ''}" if differences
                    else "tagged")
@@ -496,29 +528,31 @@ def run_study(study: str, overrides: list[str] = (), *, log_output: bool = False
         git = git_state()  # the code the run starts from (after any wait for another run)
         _refuse_dirty(git, allow_dirty)
         final.parent.mkdir(parents=True, exist_ok=True)
-        sweep_dead_runs(final.parent)
-        tmp = Path(tempfile.mkdtemp(dir=final.parent,
-                                    prefix=f".tmp-{'sweep' if sweep else cfg.profile.name}-{os.getpid()}-"))
-        tmp.chmod(0o755)
+        if main:
+            sweep_dead_runs(final.parent)
+        tmp = _run_directory(final.parent, "sweep" if sweep else cfg.profile.name)
         started = datetime.now(timezone.utc)
         t0 = time.perf_counter()
         try:
             try:
-                with kernel_environment(), ProgressTailer(tmp / PROGRESS_FILE, study):
-                    pm.execute_notebook(str(notebook), str(tmp / notebook.name), cwd=str(NOTEBOOK_DIR),
+                with kernel_environment(), (ProgressTailer(tmp / PROGRESS_FILE, study) if main
+                                            else nullcontext()), _executed_path(tmp, notebook) as executed:
+                    pm.execute_notebook(str(notebook), str(executed), cwd=str(NOTEBOOK_DIR),
                                         parameters={"config": OmegaConf.to_container(cfg, resolve=True),
                                                     "overrides": overrides, "output_dir": str(tmp)},
                                         kernel_name="python3", progress_bar=False, log_output=log_output)
             except pm.PapermillExecutionError as err:
                 raise StudyError(f"notebook {notebook.relative_to(ROOT)} failed in cell {err.exec_count}: "
                                  f"{err.ename}: {err.evalue}") from None
+            if not main:
+                return final
             _strip_widgets_file(tmp / notebook.name)
             manifest = {
                 "study": study, "profile": cfg.profile.name, "notebook": str(notebook.relative_to(ROOT)),
                 "model": {"name": cfg.model.name, "weights": cfg.model.get("weights")},
                 "command": [Path(sys.argv[0]).name, *sys.argv[1:]], "overrides": overrides,
                 "sweep": {"tag": final.name, "differences": differences} if sweep else None,
-                "seeds": used_seeds(cfg),
+                "seeds": used_seeds(cfg), "processes": distributed.world_size(),
                 "started_at": started.isoformat(timespec="seconds"), "wall_time_s": round(time.perf_counter() - t0, 1),
                 "git": {**git, "allow_dirty": allow_dirty}, "packages": _versions(), "hardware": _hardware(),
                 "config": OmegaConf.to_container(cfg, resolve=True),
@@ -528,7 +562,8 @@ def run_study(study: str, overrides: list[str] = (), *, log_output: bool = False
                 analyze(tmp)  # the guarded analysis of the run's evidence, with the evidence commit in its manifest
             _replace_dir(tmp, final)
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    if not sweep:
+            if main:
+                shutil.rmtree(tmp, ignore_errors=True)
+    if not sweep and main:
         write_index()
     return final

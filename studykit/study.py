@@ -24,6 +24,7 @@ a single-seed study and the seed of the session's own draws.  :attr:`Study.seeds
 """
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 from contextlib import contextmanager
@@ -34,12 +35,12 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoModelForCausalLM
 
-from . import cache
+from . import cache, distributed
 from .claims import predictions_frame
 from .config import compose, device, seed_everything
 from .data import load_splits
 from .errors import ConfigError
-from .evaluate import evaluate_records, generate
+from .evaluate import judge_replies, replies
 from .guards import UNTRAINED
 from .judges import JUDGES, judge_records
 from .models import is_qlora, load_judge, load_model_and_tokenizer
@@ -128,6 +129,25 @@ class Run:
         return cache.checkpoint_dir(self._entry, step)
 
 
+@contextmanager
+def _scratch(name: str, key: str):
+    """A run's scratch directory: a private temporary one, or under ``accelerate launch`` one shared by the
+    processes (the trainer's checkpoints are saved by the main process and read by all), removed by the main
+    process once every process is done with it."""
+    if distributed.world_size() == 1:
+        with tempfile.TemporaryDirectory(prefix=f"{name}-") as scratch:
+            yield scratch
+        return
+    shared = cache.runs_root() / ".scratch" / key
+    shared.mkdir(parents=True, exist_ok=True)
+    try:
+        yield str(shared)
+    finally:
+        distributed.barrier()
+        if distributed.is_main():
+            shutil.rmtree(shared, ignore_errors=True)
+
+
 class Study:
     """A study notebook's session (see the module docstring)."""
 
@@ -145,7 +165,8 @@ class Study:
         self._started = time.perf_counter()
         self._tokenizer = None
         self._judge = None   # (model, tokenizer) of eval.judge_model, loaded on first use
-        (out / PROGRESS_FILE).touch()
+        if distributed.is_main():
+            (out / PROGRESS_FILE).touch()
 
     @classmethod
     def open(cls, name: str, config: dict | None = None, output_dir: str | None = None,
@@ -198,20 +219,25 @@ class Study:
         return "lenient" if judge == "verifier" else JUDGES[judge].metric
 
     def evaluate(self, model, records: list[dict] | None = None) -> pd.DataFrame:
-        """Greedy replies of ``model`` to ``records`` (default: the eval items), judged per item by ``eval.judge``:
+        """Greedy replies of ``model`` to ``records`` (default: the eval items) by ``eval.backend`` (``hf``, or
+        ``vllm`` on a GPU), judged per item by ``eval.judge``:
         the testbed's verifier, or a judge of :data:`studykit.judges.JUDGES` against each item's reference reply
         (its ``response``), run by ``eval.judge_model`` (loaded once, on the study's device)."""
         records = self.eval_records if records is None else records
-        settings = dict(max_new_tokens=int(self.cfg.eval.max_new_tokens), batch_size=int(self.cfg.eval.batch_size))
+        own = distributed.shard(records)   # under accelerate launch: this process's share, gathered below
         judge = self.cfg.eval.get("judge", "verifier")
+        answers = replies(model, self.tokenizer, [r["prompt"] for r in own], backend=self.cfg.eval.get("backend", "hf"),
+                          chat=self.chat, max_new_tokens=int(self.cfg.eval.max_new_tokens),
+                          batch_size=int(self.cfg.eval.batch_size))
         if judge == "verifier":
-            return evaluate_records(model, self.tokenizer, records, chat=self.chat, **settings)
-        replies = generate(model, self.tokenizer, [r["prompt"] for r in records], chat=self.chat, **settings)
-        if self._judge is None:
-            self._judge = load_judge(self.cfg.eval.judge_model, self.device, reward=judge == "reward_model")
-        return judge_records(records, replies, [r.get("response") for r in records] if JUDGES[judge].pairwise
-                             else None, judge=judge, model=self._judge[0],
-                             tokenizer=self._judge[1], batch_size=int(self.cfg.eval.batch_size))
+            judged = judge_replies(own, answers)
+        else:
+            if self._judge is None:
+                self._judge = load_judge(self.cfg.eval.judge_model, self.device, reward=judge == "reward_model")
+            judged = judge_records(own, answers, [r.get("response") for r in own] if JUDGES[judge].pairwise
+                                   else None, judge=judge, model=self._judge[0], tokenizer=self._judge[1],
+                                   batch_size=int(self.cfg.eval.batch_size))
+        return distributed.gather_frame(judged)
 
     def evaluation(self, model, condition: str, seed: int = UNTRAINED, records: list[dict] | None = None
                    ) -> pd.DataFrame:
@@ -261,7 +287,7 @@ class Study:
         entry = cache.lookup(key)
         self._progress(f"{name} seed {seed}" + (" (cached)" if entry else ""))
         start = time.perf_counter()
-        with tempfile.TemporaryDirectory(prefix=f"{name}-") as scratch:
+        with _scratch(name, key) as scratch:
             run = Run(name, int(seed), key, Path(scratch), _device=self.device)
             if entry is not None:
                 stored = cache.load(entry)
@@ -276,9 +302,12 @@ class Study:
                 run.model.eval()
                 run.predictions = self.evaluate(run.model, records) if evaluate else pd.DataFrame()
                 run.seconds = time.perf_counter() - start
-                run._entry = cache.store(key, {"study": self.name, "name": name, "seed": int(seed),
-                                               "seconds": run.seconds}, run.predictions, run.log, run.extra,
-                                         run.model if keep_model else None, checkpoints=run._checkpoints)
+                if distributed.is_main():   # every process holds the same run; the main one stores it
+                    cache.store(key, {"study": self.name, "name": name, "seed": int(seed), "seconds": run.seconds},
+                                run.predictions, run.log, run.extra, run.model if keep_model else None,
+                                checkpoints=run._checkpoints)
+                distributed.barrier()
+                run._entry = cache.runs_root() / key
         if evaluate:
             self._predictions.append(predictions_frame(run.predictions, name, seed))
         self._runs.append({"run": name, "seed": int(seed), "steps": run.steps, "tokens": run.tokens,
@@ -292,8 +321,9 @@ class Study:
         if self._planned and self._runs:
             remaining = elapsed / len(self._runs) * (self._planned - len(self._runs))
             line += f" (about {remaining / 60:.0f} min to go)"
-        with open(self.out / PROGRESS_FILE, "a", encoding="utf-8") as progress:
-            progress.write(line + "\n")
+        if distributed.is_main():
+            with open(self.out / PROGRESS_FILE, "a", encoding="utf-8") as progress:
+                progress.write(line + "\n")
 
     # --- what the study found -------------------------------------------------------------------------------------
     @property

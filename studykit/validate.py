@@ -334,6 +334,7 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
                     "[0, 1), target_modules: all-linear or a list of module names}"),
     ("eval.batch_size", *CHECKS["positive_int"]),
     ("eval.max_new_tokens", *CHECKS["positive_int"]),
+    ("eval.backend", one_of("hf", "vllm"), "hf (transformers' generate) or vllm (a CUDA GPU with the vllm package)"),
     ("eval.judge", one_of(*EVAL_JUDGES), "verifier or a judge of studykit.judges.JUDGES (reward_model, llm_pairwise, llm_single)"),
     ("profile.seeds", *CHECKS["int_list"]),
     ("profile.anchors", *CHECKS["positive_int"]),

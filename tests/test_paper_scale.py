@@ -175,3 +175,44 @@ def test_the_verifier_judges_real_data_only_of_a_verifiable_format():
     assert compose(MATH_TWIN).eval.judge == "verifier"
     with pytest.raises(ConfigError, match=r"^eval.judge=verifier is not allowed with real data of format alpaca"):
         compose([*MATH_TWIN, "data.source.eval.format=alpaca"])
+
+
+@pytest.mark.parametrize("override", ["eval.backend=vllm", "+grpo.use_vllm=true"])
+def test_vllm_without_cuda_is_one_clear_error_before_any_work(override):
+    from studykit.errors import ModelSourceError
+    from studykit.runner import preflight
+
+    with pytest.raises(ModelSourceError, match=r"vLLM generation .* needs a CUDA device and the vllm package"):
+        preflight(compose(["profile=smoke", override]))
+
+
+def test_vllm_generation_serves_the_saved_model_greedily_with_the_hf_paths_prompts(tiny, monkeypatch):
+    """The vLLM backend's plumbing, against a stand-in `vllm` module (vLLM itself needs a GPU): the model it serves
+    is the one given (saved whole), the prompts are the ones transformers' generate would see, decoding is greedy
+    and the replies come back in prompt order."""
+    import sys
+    import types
+    from pathlib import Path
+
+    from studykit.evaluate import vllm_generate
+    from studykit.logprobs import format_prompt
+
+    model, tokenizer = tiny
+    seen = {}
+
+    class LLM:
+        def __init__(self, model, **kwargs):
+            seen["files"] = sorted(p.name for p in Path(model).iterdir())
+            seen["kwargs"] = kwargs
+
+        def generate(self, texts, params):
+            seen["texts"], seen["params"] = texts, params
+            return [types.SimpleNamespace(outputs=[types.SimpleNamespace(text=f"reply {i}")]) for i in range(len(texts))]
+
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(
+        LLM=LLM, SamplingParams=lambda **kwargs: kwargs))
+    prompts = ["What is 2 + 2?", "Name a color."]
+    assert vllm_generate(model, tokenizer, prompts, chat=True, max_new_tokens=7) == ["reply 0", "reply 1"]
+    assert seen["texts"] == [format_prompt(tokenizer, p, True) for p in prompts]
+    assert seen["params"] == {"temperature": 0.0, "max_tokens": 7}
+    assert "config.json" in seen["files"] and "model.safetensors" in seen["files"] and "tokenizer.json" in seen["files"]

@@ -1,0 +1,75 @@
+"""A study under `accelerate launch` (2 CPU processes, gloo): the processes train together and evaluate their
+shares of the items; one result directory comes out, written once, with the same per-item predictions a single
+process gives."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from studykit import distributed
+from studykit.config import CONF_DIR
+
+
+def test_shards_are_contiguous_and_cover_every_item_once(monkeypatch):
+    items = list(range(7))
+    shares = []
+    for rank in range(3):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "3")
+        shares.append(distributed.shard(items))
+    assert shares == [[0, 1], [2, 3], [4, 5, 6]] and sum(shares, []) == items
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("RANK", "0")
+    assert distributed.shard(items) == items and distributed.is_main()
+
+
+def _run(cmd: list[str], env: dict) -> None:
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+    assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-4000:])
+
+
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory):
+    """quickstart on the smoke profile, once in one process and once under a 2-process launch (own caches)."""
+    root = tmp_path_factory.mktemp("launch")
+    out = {}
+    for name, prefix in (("one", [sys.executable, "-m", "studykit.cli"]),
+                         ("two", [str(Path(sys.executable).with_name("accelerate")), "launch", "--config_file",
+                                  str(CONF_DIR / "accelerate" / "cpu_2proc.yaml"), "-m", "studykit.cli"])):
+        env = {**os.environ, "STUDYKIT_RESULTS": str(root / name / "results"), "STUDYKIT_CACHE": str(root / name / "cache"),
+               "STUDYKIT_RUNS": str(root / name / "runs")}
+        _run([*prefix, "run", "quickstart", "profile=smoke", "--allow-dirty"], env)
+        out[name] = root / name / "results"
+    return out
+
+
+def test_a_launched_study_writes_one_result_directory_once(launched):
+    results = launched["two"]
+    study = results / "quickstart" / "smoke"
+    manifest = json.loads((study / "manifest.json").read_text())
+    assert manifest["processes"] == 2
+    assert (study / "run.log").is_file() and (study / "run.rank1.log").is_file()
+    assert [p.name for p in study.parent.iterdir() if p.name.startswith(".tmp-")] == []   # nothing left behind
+    assert (results / "README.md").is_file() and (study / "claims.csv").is_file()
+    assert len((study / "progress.log").read_text().splitlines()) == len(pd.read_csv(study / "runs.csv"))
+
+
+def test_a_launched_study_evaluates_every_item_once_and_as_one_process_does(launched):
+    """Each process evaluates its share; the gathered predictions cover every eval item once per model.  Greedy
+    replies of the trained models match one process's only up to the order of float sums in the DDP all-reduce, so
+    the untrained base model's replies are compared exactly and the trained ones by their item sets."""
+    def predictions(results: Path) -> pd.DataFrame:
+        files = sorted((results / "quickstart" / "smoke" / "predictions").glob("*.csv"))
+        return pd.concat([pd.read_csv(f, keep_default_na=False) for f in files], ignore_index=True)
+
+    one, two = predictions(launched["one"]), predictions(launched["two"])
+    assert not two.duplicated(["condition", "seed", "id"]).any()
+    assert sorted(map(tuple, two[["condition", "seed", "id"]].values)) == sorted(map(tuple, one[["condition", "seed", "id"]].values))
+    base = [frame[frame["condition"] == "base"].sort_values("id")["reply"].tolist() for frame in (one, two)]
+    assert base[0] == base[1]
