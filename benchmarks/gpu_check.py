@@ -30,6 +30,7 @@ import torch
 from transformers import TrainerCallback
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from nuggets_precision import compare  # noqa: E402  (bf16 vs fp32 golden scores)
 from nuggets_scoring import flops_per_pass  # noqa: E402  (the benchmark's FLOP count of one scoring pass)
 
 from studykit.config import ROOT, compose, list_studies  # noqa: E402
@@ -134,7 +135,8 @@ def training_fraction(model, tok, cfg, device: torch.device, peak: float, steps:
 
 
 def cpu_vs_gpu_golden(cfg, device: torch.device) -> dict:
-    """The same small pool scored on the CPU and on ``device``."""
+    """The same small pool scored on the CPU and on ``device`` in fp32, and on ``device`` in bf16 autocast
+    (benchmarks/nuggets_precision.py's comparison)."""
     scores = {}
     for where in ("cpu", device):
         model, tok = load_model_and_tokenizer(cfg.model, where)
@@ -143,10 +145,12 @@ def cpu_vs_gpu_golden(cfg, device: torch.device) -> dict:
     cpu, gpu = scores["cpu"], scores[str(device)]
     differ = {tol: int((golden_scores(cpu["one_shot"], cpu["zero_shot"], tol)
                         != golden_scores(gpu["one_shot"], gpu["zero_shot"], tol)).sum()) for tol in (0.0, 1e-3)}
+    bf16 = score_pool(model, tok, pool[:32], pool[32:], "faithful", progress=False, precision="bfloat16")
     return {"max_abs_one_shot_diff": float(np.abs(cpu["one_shot"] - gpu["one_shot"]).max()),
             "max_abs_zero_shot_diff": float(np.abs(cpu["zero_shot"] - gpu["zero_shot"]).max()),
             "golden_scores_differing_strict": differ[0.0], "golden_scores_differing_tol_1e-3": differ[1e-3],
-            "candidates": len(cpu["golden"])}
+            "candidates": len(cpu["golden"]),
+            "gpu_bf16_vs_fp32": compare(gpu, bf16)}   # what bf16 scoring would change, per tie tolerance
 
 
 def report_markdown(report: dict) -> str:

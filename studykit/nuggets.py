@@ -305,10 +305,12 @@ class ScoreCache:
 def score_pool(model, tokenizer, candidates: list[dict], anchors: list[dict], mode: str, *,
                cache_dir: str | Path | None = None, pairs_per_batch: int = 64, batch_size: int = 16,
                progress: bool = True, rank: int = 0, world_size: int = 1,
-               tie_tolerance: float = 0.0) -> dict[str, np.ndarray] | None:
+               tie_tolerance: float = 0.0, precision: str = "float32") -> dict[str, np.ndarray] | None:
     """Zero-shot, one-shot and golden scores (:func:`golden_scores` with ``tie_tolerance``) of ``candidates``
     against ``anchors``, with what the call cost: ``scored_pairs`` (the one-shot pairs computed now; the others
-    came from the cache) and ``seconds``.
+    came from the cache) and ``seconds``.  ``precision`` (:func:`scoring_precision`): ``float32`` (no TF32) or
+    ``bfloat16`` autocast, the GPU's fast path, whose rounding moves golden scores (measured against fp32 by
+    ``benchmarks/nuggets_precision.py`` and ``make gpu-check``).
 
     With ``cache_dir``, one-shot chunks are stored under ``cache_dir/<fingerprint>/`` and reused, so a killed run
     resumes without rescoring.  With ``world_size > 1`` (accelerate), process ``rank`` scores every
@@ -317,10 +319,10 @@ def score_pool(model, tokenizer, candidates: list[dict], anchors: list[dict], mo
     """
     _check_mode(mode)
     start = time.perf_counter()
-    with fp32_matmul():
+    with scoring_precision(precision, next(model.parameters()).device):
         scores = _score_pool(model, tokenizer, candidates, anchors, mode, cache_dir=cache_dir,
                              pairs_per_batch=pairs_per_batch, batch_size=batch_size, progress=progress, rank=rank,
-                             world_size=world_size, tie_tolerance=tie_tolerance)
+                             world_size=world_size, tie_tolerance=tie_tolerance, precision=precision)
     if scores is not None:
         scores["seconds"] = time.perf_counter() - start
     return scores
@@ -340,6 +342,19 @@ def torch_threads(threads: int | None):
         torch.set_num_threads(saved)
 
 
+PRECISIONS = ("float32", "bfloat16")
+
+
+def scoring_precision(precision: str, device: torch.device):
+    """The numerics of a scoring pass: ``float32`` (:func:`fp32_matmul`) or ``bfloat16`` autocast on ``device``
+    (log-probs are still summed in fp32)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"nuggets scoring precision must be one of {PRECISIONS}, got '{precision}'")
+    if precision == "float32":
+        return fp32_matmul()
+    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+
+
 @contextlib.contextmanager
 def fp32_matmul():
     """Full fp32 matrix products on CUDA while scoring (no TF32, whose 10-bit mantissa would move golden-score
@@ -353,11 +368,12 @@ def fp32_matmul():
 
 
 def _score_pool(model, tokenizer, candidates, anchors, mode, *, cache_dir, pairs_per_batch, batch_size, progress,
-                rank, world_size, tie_tolerance):
+                rank, world_size, tie_tolerance, precision):
     pad_id = pad_token_id(tokenizer)
     anchor_ids = [encode_anchor(tokenizer, a, mode) for a in anchors]
     demos = [encode_demonstration(tokenizer, c, mode) for c in candidates]
-    cache = ScoreCache(Path(cache_dir) / _fingerprint(model, mode, demos, anchor_ids)) if cache_dir else None
+    fingerprint = _fingerprint(model, mode, demos, anchor_ids) + ("" if precision == "float32" else f"-{precision}")
+    cache = ScoreCache(Path(cache_dir) / fingerprint) if cache_dir else None
     one_shot, done = cache.load(len(demos), len(anchors)) if cache else (np.zeros((len(demos), len(anchors))),
                                                                       np.zeros(len(demos), dtype=bool))
     todo = [i for i in range(len(demos)) if not done[i]][rank::world_size]
@@ -599,7 +615,8 @@ def score_seed_pools(model, tokenizer, pools: dict[int, list[dict]], study, cach
         out[seed] = score_anchor_sets(model, tokenizer, pool, sets, ncfg.mode,
                                       exclude_from_pool=bool(ncfg.anchors.exclude_from_pool),
                                       tie_tolerance=float(ncfg.tie_tolerance), cache_dir=cache_dir,
-                                      pairs_per_batch=int(ncfg.pairs_per_batch), progress=False)
+                                      pairs_per_batch=int(ncfg.pairs_per_batch), progress=False,
+                                      precision=str(ncfg.get("precision", "float32")))
         out[seed]["anchor_seconds"] = seconds
     return out
 

@@ -263,6 +263,7 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "shares": (_shares, "a non-empty list of distinct shares in [0, 1]"),
     "stage_steps": (_stage_steps, "a mapping {sft, dpo, grpo} of integers ≥ 1"),
     "nuggets_mode": (one_of("faithful", "clean"), "faithful or clean"),
+    "scoring_precision": (one_of("float32", "bfloat16"), "float32 (TF32 off) or bfloat16 (autocast)"),
     "anchor_method": (one_of("kmeans", "random"), "kmeans or random"),
     "anchor_embedding": (one_of("model", "minilm"), "model or minilm"),
     "tie_tolerances": (_tie_tolerances, "a non-empty list of golden-score tie tolerances ≥ 0 (nats)"),

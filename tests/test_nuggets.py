@@ -481,3 +481,19 @@ def test_numeric_check_rescores_evenly_spaced_items_against_the_headline_anchors
     np.testing.assert_allclose(pairs["gain_first"] + pairs["gain_difference"],
                                (check["second"]["one_shot"] - check["second"]["zero_shot"][None, :]).ravel(), atol=1e-9)
     assert pairs["gain_difference"].abs().max() < 1e-4
+
+
+def test_bf16_scoring_is_a_separate_cached_pass_that_moves_scores(tiny, pool, tmp_path):
+    """precision=bfloat16 autocasts the scoring pass (log-probs still summed in fp32): its scores are not the fp32
+    ones, and it never reads or writes the fp32 pass's cached chunks."""
+    model, tok = tiny
+    candidates, anchors = pool[:6], pool[6:10]
+    fp32 = nuggets.score_pool(model, tok, candidates, anchors, "faithful", cache_dir=tmp_path, progress=False)
+    bf16 = nuggets.score_pool(model, tok, candidates, anchors, "faithful", cache_dir=tmp_path, progress=False,
+                              precision="bfloat16")
+    assert bf16["scored_pairs"] == fp32["scored_pairs"] == 24          # bf16 rescored everything itself
+    assert len([p for p in tmp_path.iterdir() if p.is_dir()]) == 2     # two caches
+    assert not np.array_equal(fp32["one_shot"], bf16["one_shot"])
+    np.testing.assert_allclose(fp32["one_shot"], bf16["one_shot"], atol=2.0)   # the same scores, rounded
+    with pytest.raises(ValueError, match="precision must be one of"):
+        nuggets.score_pool(model, tok, candidates, anchors, "faithful", progress=False, precision="float16")
