@@ -13,7 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .answers import judge
-from .errors import ModelSourceError
+from .models import require_gpu_extra
 from .logprobs import format_prompt
 
 METRICS = ("strict", "lenient")
@@ -69,15 +69,9 @@ VLLM_MEMORY_SHARE = 0.4   # of the GPU's memory vLLM may take beside the study's
 
 
 def check_vllm(device: torch.device) -> None:
-    """``eval.backend=vllm`` and ``grpo.use_vllm`` need a CUDA device and the ``vllm`` package (``pip install -e
-    '.[gpu]'``): one clear error before any work otherwise."""
-    import importlib.util
-
-    if torch.device(device).type != "cuda" or importlib.util.find_spec("vllm") is None:
-        raise ModelSourceError(f"vLLM generation (eval.backend=vllm or grpo.use_vllm=true) needs a CUDA device and the "
-                               f"vllm package; this run has device {torch.device(device).type} and vllm "
-                               f"{'installed' if importlib.util.find_spec('vllm') else 'not installed'} "
-                               "(use eval.backend=hf, or pip install -e '.[gpu]' on a GPU machine)")
+    """``eval.backend=vllm`` and ``grpo.use_vllm`` need a CUDA device and the ``vllm`` package."""
+    require_gpu_extra("vLLM generation (eval.backend=vllm or grpo.use_vllm=true)", "vllm", device,
+                      "eval.backend=hf and grpo.use_vllm=false")
 
 
 def vllm_generate(model, tokenizer, prompts: list[str], *, chat: bool, max_new_tokens: int) -> list[str]:

@@ -229,16 +229,21 @@ def is_qlora(cfg) -> bool:
     return (cfg.get("peft") or {}).get("method") == "qlora"
 
 
-def check_quantizable(device: torch.device) -> None:
-    """QLoRA's 4-bit base needs a CUDA device and ``bitsandbytes`` (``pip install -e ".[gpu]"``): one clear error
-    before any work otherwise."""
+def require_gpu_extra(what: str, package: str, device: torch.device, instead: str) -> None:
+    """One clear error before any work when ``what`` (a GPU-only option) lacks a CUDA ``device`` or its ``package``
+    (the ``gpu`` extra: ``pip install -e ".[gpu]"``); ``instead`` says which setting works without them."""
     import importlib.util
 
-    if torch.device(device).type != "cuda" or importlib.util.find_spec("bitsandbytes") is None:
-        raise ModelSourceError(f"peft.method=qlora loads the base model in 4 bits, which needs a CUDA device and the "
-                               f"bitsandbytes package; this run has device {torch.device(device).type} and bitsandbytes "
-                               f"{'installed' if importlib.util.find_spec('bitsandbytes') else 'not installed'} "
-                               "(use peft.method=lora, or pip install -e '.[gpu]' on a GPU machine)")
+    installed = importlib.util.find_spec(package) is not None
+    if torch.device(device).type != "cuda" or not installed:
+        raise ModelSourceError(f"{what} needs a CUDA device and the {package} package; this run has device "
+                               f"{torch.device(device).type} and {package} {'installed' if installed else 'not installed'}"
+                               f" (use {instead}, or pip install -e '.[gpu]' on a GPU machine)")
+
+
+def check_quantizable(device: torch.device) -> None:
+    """QLoRA's 4-bit base needs a CUDA device and ``bitsandbytes``."""
+    require_gpu_extra("peft.method=qlora (a 4-bit base model)", "bitsandbytes", device, "peft.method=lora")
 
 
 def quantization_config(dtype: torch.dtype):

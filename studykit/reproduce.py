@@ -108,7 +108,7 @@ def report(pairs: list[tuple[Path, Path]]) -> str:
                   f"(lenient judgement identical on {items['same lenient']:.1%})",
                   f"- committed: {env['commit committed']} on {env['machine committed']}; re-run: "
                   f"{env['commit re-run']} on {env['machine re-run']}",
-                  f"- packages that differ: " + (", ".join(f"{k} {a} → {b}" for k, (a, b) in
+                  "- packages that differ: " + (", ".join(f"{k} {a} → {b}" for k, (a, b) in
                                                            env["packages changed"].items()) or "none"), ""]
         claims["verdict committed"] = claims["verdict committed"].str.split(":").str[0]
         claims["verdict re-run"] = claims["verdict re-run"].str.split(":").str[0]

@@ -7,7 +7,6 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from trl import GRPOTrainer
@@ -228,8 +227,6 @@ def test_rl_settings_are_checked_before_any_work():
 
 
 def test_signal_log_is_one_minus_the_share_of_groups_with_one_reward_per_logged_step():
-    from types import SimpleNamespace
-
     history = [{"loss": 0.1, "frac_reward_zero_std": 0.25, "step": 1},
                {"loss": 0.2, "frac_reward_zero_std": 1.0, "step": 2}, {"train_runtime": 3.0, "step": 2}]
     assert rl.signal_log(history, "grpo", 3) == [
