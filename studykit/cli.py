@@ -35,6 +35,7 @@ import sys
 from . import cache
 from .analysis import analyze, result_directories, verdict_counts
 from .config import CONF_DIR, list_studies
+from .distributed import is_main
 from .errors import INPUT_ERRORS
 from .reproduce import reproduce
 from .runner import RunLocked, StudyError, display_path, exclusive_lock, lock_path, run_study, write_index
@@ -136,10 +137,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[studykit] reproduction report: {display_path(report)}", flush=True)
             return 0
         studies = list_studies() if args.study == "all" else [args.study]
-        for study in studies:
-            print(f"[studykit] running {study} {' '.join(args.overrides)}", flush=True)
+        for study in studies:   # under accelerate launch only the main process speaks
+            if is_main():
+                print(f"[studykit] running {study} {' '.join(args.overrides)}", flush=True)
             path = run_study(study, args.overrides, allow_dirty=args.allow_dirty, tag=args.tag, wait=args.wait)
-            print(f"[studykit] {study}: results in {path}", flush=True)
+            if is_main():
+                print(f"[studykit] {study}: results in {path}", flush=True)
     except (*INPUT_ERRORS, RunLocked) as err:
         print(f"studykit: error: {err}", file=sys.stderr)
         return 2

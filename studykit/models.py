@@ -27,6 +27,7 @@ import importlib.metadata
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -108,10 +109,19 @@ def _concat_gguf(cfg) -> Path:
     return target
 
 
-def _atomic_save(save, target: Path) -> Path:
+def _atomic_save(save, target: Path, wait_s: float = 600.0) -> Path:
     """Write a directory with ``save(tmpdir)`` and move it into place, so a killed conversion never leaves
-    a half-written cache entry behind."""
+    a half-written cache entry behind.  Under ``accelerate launch`` only the main process writes it (transformers'
+    ``save_pretrained`` writes nothing on another rank once the process group is up); the others wait for it."""
     if target.is_dir():
+        return target
+    if int(os.environ.get("RANK", "0")) != 0:
+        deadline = time.monotonic() + wait_s
+        while not target.is_dir():
+            if time.monotonic() > deadline:
+                raise ModelSourceError(f"{target}: the main process did not write this model cache entry within "
+                                       f"{wait_s:.0f} s")
+            time.sleep(0.5)
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))

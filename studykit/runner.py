@@ -362,6 +362,10 @@ def preflight(cfg) -> None:
     _check_device(cfg)
     if is_qlora(cfg):
         check_quantizable(device(cfg))
+    if OmegaConf.select(cfg, "eval.backend", default="hf") == "vllm" and distributed.world_size() > 1:
+        raise ConfigError("eval.backend=vllm is not allowed under accelerate launch: every process would serve a "
+                          "model copy it cannot save (transformers saves on rank 0 only); expected eval.backend=hf "
+                          "(the eval items are then sharded over the processes)")
     if OmegaConf.select(cfg, "eval.backend", default="hf") == "vllm" or OmegaConf.select(cfg, "grpo.use_vllm",
                                                                                           default=False):
         check_vllm(device(cfg))

@@ -73,3 +73,30 @@ def test_a_launched_study_evaluates_every_item_once_and_as_one_process_does(laun
     assert sorted(map(tuple, two[["condition", "seed", "id"]].values)) == sorted(map(tuple, one[["condition", "seed", "id"]].values))
     base = [frame[frame["condition"] == "base"].sort_values("id")["reply"].tolist() for frame in (one, two)]
     assert base[0] == base[1]
+
+
+def test_a_paper_twin_under_launch_shares_model_caches_and_judges_every_prompt_once(tmp_path):
+    """The paper path under 2 processes: LoRA training, the reward-model judge built into the model cache once
+    (transformers saves on rank 0 only: the other process waits for it) and every eval prompt judged once."""
+    env = {**os.environ, "STUDYKIT_RESULTS": str(tmp_path / "results"), "STUDYKIT_CACHE": str(tmp_path / "cache"),
+           "STUDYKIT_RUNS": str(tmp_path / "runs")}
+    _run([str(Path(sys.executable).with_name("accelerate")), "launch", "--config_file",
+          str(CONF_DIR / "accelerate" / "cpu_2proc.yaml"), "-m", "studykit.cli", "run", "nuggets",
+          "profile=paper_nuggets_smoke", "--allow-dirty"], env)
+    study = tmp_path / "results" / "nuggets" / "paper_nuggets_smoke"
+    assert (tmp_path / "cache" / "models" / "tiny-random-reward" / "config.json").is_file()
+    files = sorted((study / "predictions").glob("*.csv"))
+    predictions = pd.concat([pd.read_csv(f, keep_default_na=False) for f in files], ignore_index=True)
+    assert not predictions.duplicated(["condition", "seed", "id"]).any()
+    assert predictions.groupby(["condition", "seed"])["id"].nunique().nunique() == 1
+    assert predictions["win"].isin([0.0, 0.5, 1.0]).all()
+
+
+def test_vllm_evaluation_under_a_launch_is_refused_before_any_work(monkeypatch):
+    from studykit.config import compose
+    from studykit.errors import ConfigError
+    from studykit.runner import preflight
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="eval.backend=vllm is not allowed under accelerate launch"):
+        preflight(compose(["profile=smoke", "eval.backend=vllm"]))
