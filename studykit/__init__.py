@@ -15,6 +15,7 @@ core
   objectives – SFT objectives as token weights (registry OBJECTIVES); rewards – RLVR rewards (registry REWARDS)
   stats     – seeds-and-items t intervals, McNemar, permutation correlations, AUROC, MDE, Holm / BH, the verdict rule
   placebo   – placebo arms: the same budget with the learning signal destroyed
+  distributed – one study under `accelerate launch`: rank, shards of the eval items, gathered predictions
 methods, training and evidence
   trainers  – the shared TRL plumbing: training arguments per device, fp32 check, logs to a file, TRL rows
   train / preference / rl (+ hybrid_rl, curriculum) – SFT, the preference losses, GRPO and its variants
@@ -28,7 +29,6 @@ methods, training and evidence
   report    – the accuracy sections and tables every study notebook shows
   score     – sharded response scoring over JSONL (accelerate-launchable)
   results   – metrics / tables / figures / predictions written by notebooks, logs to a file
-  distributed – one study under `accelerate launch`: rank, shards of the eval items, gathered predictions
   provenance – the generated results/README.md (evidence / analysis staleness, the BH ledger) and README's table
   cache     – the run cache: trained runs stored under the key of their code, model, seed, eval items and recipe
 orchestration

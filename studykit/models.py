@@ -34,6 +34,7 @@ import torch
 from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, LlamaConfig,
                           LlamaForCausalLM, LlamaForSequenceClassification)
 
+from . import distributed
 from .errors import ModelSourceError
 
 
@@ -115,7 +116,7 @@ def _atomic_save(save, target: Path, wait_s: float = 600.0) -> Path:
     ``save_pretrained`` writes nothing on another rank once the process group is up); the others wait for it."""
     if target.is_dir():
         return target
-    if int(os.environ.get("RANK", "0")) != 0:
+    if not distributed.is_main():
         deadline = time.monotonic() + wait_s
         while not target.is_dir():
             if time.monotonic() > deadline:
@@ -294,8 +295,8 @@ def load_judge(cfg, device: str | torch.device, *, reward: bool):
         raise ModelSourceError(f"cannot load judge model '{cfg.name}' from '{path}' as "
                                f"{loader.__name__}: {err}") from err
     tokenizer = load_tokenizer(cfg)
-    model.config.pad_token_id = model.config.pad_token_id if model.config.pad_token_id is not None \
-        else tokenizer.pad_token_id
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
     return model.to(device).eval(), tokenizer
 
 

@@ -59,7 +59,7 @@ from .errors import ConfigError, one_line_errors
 from .logprobs import batch_response_logprobs, collate_left, pad_token_id, pair_logprobs, prefix_cache, tiled_prefix
 from .models import cache_root, copy_model, load_model_and_tokenizer, resolve_model_path
 from .placebo import placebo_sft_records
-from .registry import SUBSET_RULES
+from .registry import SCORING_PRECISIONS, SUBSET_RULES
 from .selectors import keep_scores, pool_statistics
 from .stats import auroc, rank_correlation
 from .testbed import build_testbed, inject_noise
@@ -342,14 +342,11 @@ def torch_threads(threads: int | None):
         torch.set_num_threads(saved)
 
 
-PRECISIONS = ("float32", "bfloat16")
-
-
 def scoring_precision(precision: str, device: torch.device):
     """The numerics of a scoring pass: ``float32`` (:func:`fp32_matmul`) or ``bfloat16`` autocast on ``device``
     (log-probs are still summed in fp32)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"nuggets scoring precision must be one of {PRECISIONS}, got '{precision}'")
+    if precision not in SCORING_PRECISIONS:
+        raise ValueError(f"nuggets scoring precision must be one of {SCORING_PRECISIONS}, got '{precision}'")
     if precision == "float32":
         return fp32_matmul()
     return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)

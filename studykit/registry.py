@@ -59,6 +59,9 @@ PREFERENCE_LOSSES: dict[str, PreferenceLoss] = {
 DATA_FORMATS = ("alpaca", "chat", "preferences", "math")
 VERIFIABLE_FORMATS = ("math",)
 EVAL_JUDGES = ("verifier", "reward_model", "llm_pairwise", "llm_single")
+# peft.method (studykit.trainers.peft_config) and study.nuggets.precision (studykit.nuggets.scoring_precision)
+PEFT_METHODS = ("lora", "qlora")
+SCORING_PRECISIONS = ("float32", "bfloat16")
 
 # Nuggets' subset rules (studykit.nuggets.select_subsets): every condition of a nuggets study names one
 SUBSET_RULES = ("all", "above", "at_most", "top_share", "size_of")

@@ -216,7 +216,7 @@ def _override_key(override: str) -> str:
 
 def canonical_overrides(study: str, overrides: list[str] | tuple[str, ...] = ()) -> list[str]:
     """The study's own overrides plus only the ``profile=`` / ``device=`` of ``overrides``."""
-    return [*[f"study={study}"], *(o for o in overrides if "=" in o and _override_key(o) in CANONICAL_KEYS)]
+    return [f"study={study}", *(o for o in overrides if "=" in o and _override_key(o) in CANONICAL_KEYS)]
 
 
 def _flat(tree, prefix: str = "") -> dict:
@@ -271,7 +271,7 @@ def target_directory(study: str, overrides: list[str] | tuple[str, ...] = (), ta
     ``results/<study>/<profile>/`` for the canonical config, ``runs/<study>/<profile>/<tag>/`` for any other (or
     when a tag is given).  Composes (and validates) the config; raises :class:`ConfigError`."""
     overrides = list(overrides)
-    cfg = compose([*[f"study={study}"], *overrides])
+    cfg = compose([f"study={study}", *overrides])
     directory, sweep, _ = _target(study, cfg, overrides, tag)
     return directory, sweep
 
@@ -362,12 +362,12 @@ def preflight(cfg) -> None:
     _check_device(cfg)
     if is_qlora(cfg):
         check_quantizable(device(cfg))
-    if OmegaConf.select(cfg, "eval.backend", default="hf") == "vllm" and distributed.world_size() > 1:
+    vllm_eval = OmegaConf.select(cfg, "eval.backend", default="hf") == "vllm"
+    if vllm_eval and distributed.world_size() > 1:
         raise ConfigError("eval.backend=vllm is not allowed under accelerate launch: every process would serve a "
                           "model copy it cannot save (transformers saves on rank 0 only); expected eval.backend=hf "
                           "(the eval items are then sharded over the processes)")
-    if OmegaConf.select(cfg, "eval.backend", default="hf") == "vllm" or OmegaConf.select(cfg, "grpo.use_vllm",
-                                                                                          default=False):
+    if vllm_eval or OmegaConf.select(cfg, "grpo.use_vllm", default=False):
         check_vllm(device(cfg))
     if OmegaConf.select(cfg, "eval.judge_model", default=None) is not None:
         check_available(cfg.eval.judge_model)
@@ -512,7 +512,7 @@ def run_study(study: str, overrides: list[str] = (), *, log_output: bool = False
     if study not in list_studies():
         raise ConfigError(f"unknown study '{study}'; available: {', '.join(list_studies())}")
     overrides = list(overrides)
-    cfg = compose([*[f"study={study}"], *overrides])  # fail fast on bad overrides, before any work
+    cfg = compose([f"study={study}", *overrides])  # fail fast on bad overrides, before any work
     final, sweep, differences = _target(study, cfg, overrides, tag)
     check_available(cfg.model)
     notebook = NOTEBOOK_DIR / cfg.study.notebook

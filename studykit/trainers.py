@@ -37,9 +37,6 @@ def check_master_weights(model) -> None:
                          "set model.dtype=float32 (bf16 autocast is switched on for GPUs)")
 
 
-PEFT_METHODS = ("lora", "qlora")
-
-
 def peft_config(cfg):
     """The adapter every trainer of the kit trains when ``cfg.peft`` is set, else None (full fine-tuning): LoRA
     (Hu et al., 2022, eq. 3: W + (α/r)·BA with B zero-initialized, so training starts at the model it adapts) on

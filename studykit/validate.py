@@ -24,7 +24,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from .errors import ConfigError
 from .objectives import OBJECTIVES
-from .registry import DATA_FORMATS, EVAL_JUDGES, PREFERENCE_LOSSES, RL_METHODS, SUBSET_RULES, VERIFIABLE_FORMATS
+from .registry import (DATA_FORMATS, EVAL_JUDGES, PEFT_METHODS, PREFERENCE_LOSSES, RL_METHODS, SCORING_PRECISIONS,
+                       SUBSET_RULES, VERIFIABLE_FORMATS)
 from .rewards import REWARDS
 from .testbed import NOISE_KINDS, task_of
 
@@ -263,7 +264,7 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "shares": (_shares, "a non-empty list of distinct shares in [0, 1]"),
     "stage_steps": (_stage_steps, "a mapping {sft, dpo, grpo} of integers ≥ 1"),
     "nuggets_mode": (one_of("faithful", "clean"), "faithful or clean"),
-    "scoring_precision": (one_of("float32", "bfloat16"), "float32 (TF32 off) or bfloat16 (autocast)"),
+    "scoring_precision": (one_of(*SCORING_PRECISIONS), "float32 (TF32 off) or bfloat16 (autocast)"),
     "anchor_method": (one_of("kmeans", "random"), "kmeans or random"),
     "anchor_embedding": (one_of("model", "minilm"), "model or minilm"),
     "tie_tolerances": (_tie_tolerances, "a non-empty list of golden-score tie tolerances ≥ 0 (nats)"),
@@ -301,7 +302,7 @@ def _null_or_positive_int(v) -> bool:
 def _peft(v) -> bool:
     if v is None:
         return True
-    if not _mapping(v) or v.get("method") not in ("lora", "qlora") or not positive_int(v.get("r")):
+    if not _mapping(v) or v.get("method") not in PEFT_METHODS or not positive_int(v.get("r")):
         return False
     modules = v.get("target_modules", "all-linear")
     return (_number(v.get("lora_alpha", 8)) and v.get("lora_alpha", 8) > 0

@@ -216,3 +216,11 @@ def test_vllm_generation_serves_the_saved_model_greedily_with_the_hf_paths_promp
     assert seen["texts"] == [format_prompt(tokenizer, p, True) for p in prompts]
     assert seen["params"] == {"temperature": 0.0, "max_tokens": 7}
     assert "config.json" in seen["files"] and "model.safetensors" in seen["files"] and "tokenizer.json" in seen["files"]
+
+
+def test_the_judged_score_columns_are_named_alike_everywhere():
+    """The guards, the claims tables and the judges name the same per-item judge scores."""
+    from studykit.claims import JUDGED
+    from studykit.judges import JUDGES
+
+    assert set(guards.JUDGED) == set(JUDGED) == {judge.metric for judge in JUDGES.values()}

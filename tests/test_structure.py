@@ -9,7 +9,7 @@ import networkx as nx
 
 PACKAGE = Path(__file__).resolve().parent.parent / "studykit"
 CORE = {"__init__", "errors", "registry", "config", "validate", "stats", "answers", "testbed", "data", "models",
-        "logprobs", "device_check", "objectives", "rewards", "placebo"}
+        "logprobs", "device_check", "objectives", "rewards", "placebo", "distributed"}
 ORCHESTRATION = {"study", "runner", "cli", "reproduce"}
 
 
