@@ -17,7 +17,8 @@ FastChat's ``fastchat/llm_judge/common.py`` (shipped in the same package) does. 
 model, template, prompt, reply A, reply B) → the raw score or judgment text — is stored as one JSON line under
 ``cache_dir`` (default ``<cache_root>/judgments``), so judging the same replies again makes no model call.
 
-The length-controlled AlpacaEval win rate is not here: it needs the optional ``alpaca-eval`` package.
+:func:`length_controlled_win_rates` adds AlpacaEval's length-controlled win rate per model (the optional
+``alpaca-eval`` package's own GLM: ``pip install -e ".[alpaca-eval]"``) for an eval set of AlpacaEval prompts.
 """
 from __future__ import annotations
 
@@ -298,3 +299,60 @@ def judge_records(records: list[dict], replies: list[str], reference_replies: li
     columns = entry.columns(ask, prompts, list(replies), references, tie_tolerance)
     return pd.DataFrame({"id": [r["id"] for r in records], "family": [r.get("family", "all") for r in records],
                          "reply": list(replies), "reference_reply": references, **columns})
+
+
+ALPACA_EVAL_PROMPTS = 805        # AlpacaEval's eval set: each item id ends in its row of the prompt file
+
+
+def alpaca_eval_index(ids: pd.Series) -> pd.Series:
+    """AlpacaEval's instruction index of each item: the row number its id ends in (``eval/<row>``, as
+    :func:`studykit.data.load_splits` names the rows of ``alpaca_eval_gpt4_baseline.json``, whose rows have no id
+    field); a :class:`DataError` naming the first id that has none in 0–804."""
+    index = pd.to_numeric(ids.str.rsplit("/", n=1).str[-1], errors="coerce")
+    bad = ids[~index.between(0, ALPACA_EVAL_PROMPTS - 1) | (index % 1 != 0)]
+    if len(bad):
+        raise DataError(f"length-controlled win rate: item id {bad.iloc[0]!r} does not end in an AlpacaEval row "
+                        f"(expected <split>/<0..{ALPACA_EVAL_PROMPTS - 1}>, the ids data.source gives the rows of "
+                        "AlpacaEval's prompt file)")
+    return index.astype(int)
+
+
+def length_control():
+    """alpaca-eval's ``get_length_controlled_winrate``; a :class:`ModelSourceError` saying how to install it when
+    the package (or the ``pkg_resources`` it imports) is missing — checked in preflight with eval.length_controlled."""
+    try:
+        from alpaca_eval.metrics.glm_winrate import get_length_controlled_winrate
+    except ImportError as error:
+        raise ModelSourceError(f"eval.length_controlled=true needs the alpaca-eval package ({error}); run "
+                               '`pip install -e ".[alpaca-eval]"` or set eval.length_controlled=false') from None
+    return get_length_controlled_winrate
+
+
+def length_controlled_win_rates(predictions: pd.DataFrame) -> pd.DataFrame:
+    """Per model (``condition``, ``seed``) of judged ``predictions``: the win rate against the reference replies
+    and AlpacaEval 2's length-controlled win rate (Dubois et al., 2024, *Length-Controlled AlpacaEval*, §3: a
+    logistic GLM of the judge's preference on the standardized length difference, the instruction's difficulty and
+    the model, regularized towards AlpacaEval's gamed baselines, read out at zero length difference), computed by
+    ``alpaca_eval.metrics.glm_winrate.get_length_controlled_winrate`` itself — the per-item ``win`` (1 / 0.5 / 0)
+    is its preference 2 / 1.5 / 1 for the model over the reference (``output_1``).  The GLM's instruction
+    difficulties and gamed baselines are AlpacaEval's (``df_gamed.csv`` of the hub dataset ``tatsu-lab/alpaca_eval``,
+    fetched by the package), so the items must be AlpacaEval prompts (:func:`alpaca_eval_index`).  Columns:
+    ``condition``, ``seed``, ``items``, ``win_rate``, ``lc_win_rate``, ``lc_standard_error`` (proportions)."""
+    get_length_controlled_winrate = length_control()
+    missing = {"condition", "seed", "id", "reply", "reference_reply", "win"} - set(predictions.columns)
+    if missing:
+        raise DataError(f"length-controlled win rate: predictions lack columns {sorted(missing)} (expected a pairwise "
+                        "judge's predictions: eval.judge=reward_model or llm_pairwise)")
+    rows = []
+    for (condition, seed), group in predictions.groupby(["condition", "seed"], sort=False):
+        annotations = pd.DataFrame({"index": alpaca_eval_index(group["id"]).to_numpy(),
+                                    "output_1": group["reference_reply"].to_numpy(),
+                                    "output_2": group["reply"].to_numpy(),
+                                    "preference": 1.0 + group["win"].to_numpy(dtype=float),
+                                    "generator_1": "reference", "generator_2": f"{condition}/seed{seed}"})
+        metrics = get_length_controlled_winrate(annotations, save_weights_dir=None,
+                                                is_add_glm_preference_inplace=False)
+        rows.append({"condition": condition, "seed": seed, "items": len(group), "win_rate": group["win"].mean(),
+                     "lc_win_rate": metrics["length_controlled_winrate"] / 100,
+                     "lc_standard_error": metrics["lc_standard_error"] / 100})
+    return pd.DataFrame(rows)

@@ -17,13 +17,17 @@
 from __future__ import annotations
 
 import math
+import os
 import random
+from pathlib import Path
 
 import numpy as np
 import torch
+from datasets import Dataset, load_from_disk
 from omegaconf import OmegaConf
 from trl import DPOConfig, DPOTrainer
 
+from . import distributed
 from .config import device
 from .logprobs import batch_response_logprobs, collate_left, encode_pair, pad_token_id
 from .registry import PREFERENCE_LOSSES, resolve
@@ -57,6 +61,14 @@ class _ExploreCollator:
         return batch
 
 
+def _refuse_precompute(why: str, config) -> None:
+    """One clear error, before any reference log-prob is computed, for a trainer that needs its reference model in
+    every step (``why``) asked to keep none: ``dpo.precompute_ref_log_probs`` (:func:`train_preference`)."""
+    if getattr(config, "precompute_ref_log_probs", False):
+        raise ValueError(f"{why}: dpo.precompute_ref_log_probs=true (no reference model kept) is not supported "
+                         "with this loss; set dpo.precompute_ref_log_probs=false")
+
+
 class SELMTrainer(DPOTrainer):
     """DPO with SELM's optimistic term (module docstring); ``alpha`` is its α.  Needs a reference model and a
     ``reference_response`` column (the model's own reply to each prompt, e.g. greedy, generated before training)."""
@@ -64,6 +76,7 @@ class SELMTrainer(DPOTrainer):
     def __init__(self, *args, alpha: float = 0.001, **kwargs):
         if alpha < 0:
             raise ValueError(f"SELM: alpha must be ≥ 0, got {alpha}")
+        _refuse_precompute("SELM scores its own reply y₀ with the reference model in every step", kwargs.get("args"))
         self.alpha = alpha
         super().__init__(*args, **kwargs)
         if list(self.loss_types) != ["sigmoid"] or self.ref_model is None:
@@ -134,10 +147,13 @@ class DiscriminativeFTTrainer(DPOTrainer):
         if self.tau <= 0 or not 0 < self.gamma <= 1:
             raise ValueError(f"Discriminative FT: tau must be > 0 and gamma in (0, 1], got {self.tau}, {self.gamma}")
         self.reference_free = reference_free
+        if not reference_free:
+            _refuse_precompute("Discriminative FT (DFT; DFT2, reference_free=True, needs none) scores its negatives "
+                               "with the reference model in every step", kwargs.get("args"))
         super().__init__(*args, **kwargs)
         if not reference_free and self.ref_model is None:
             raise ValueError("Discriminative FT (DFT) scores its negatives with a reference model in every step: pass "
-                             "ref_model (precompute_ref_log_probs is not supported); reference_free=True is DFT2")
+                             "ref_model; reference_free=True is DFT2")
         self.u = torch.zeros(max(self.train_dataset["example_id"]) + 1)   # u_init = 0, as the official config
         self.data_collator = _IdCollator(self.data_collator)
 
@@ -238,12 +254,40 @@ def self_contrast_pairs(records: list[dict], samples: list[list[str]], embed, k:
     return pairs
 
 
+def _fsdp(config) -> bool:
+    """Whether a trainer on ``config`` will shard with FSDP (``Trainer.is_fsdp_enabled``, known before it exists):
+    ``accelerate launch`` with an FSDP config sets ``ACCELERATE_USE_FSDP``, or the config's own ``fsdp`` option;
+    accelerate ignores both on the CPU (``use_cpu``: plain DDP)."""
+    return not config.use_cpu and (bool(config.fsdp) or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true")
+
+
+def _shared(dataset: Dataset, directory: Path) -> Dataset:
+    """``dataset`` backed by Arrow files in ``directory``, which every process of a launch shares (the run's output
+    directory; the main process writes them).  TRL's precompute (1.16) writes the reference log-probs as a cache
+    file next to the dataset's files on the main process and every process reads it; an in-memory dataset's cache
+    path is random and in a per-process temporary directory, so the other processes would not find it."""
+    if distributed.is_main():
+        dataset.save_to_disk(str(directory))
+    distributed.barrier()
+    return load_from_disk(str(directory))
+
+
 def train_preference(model, ref_model, tokenizer, pairs: list[dict], cfg, output_dir, *, loss: str = "sigmoid",
                      callbacks=None, **args):
     """Train ``model`` on preference ``pairs`` with one loss of :data:`studykit.registry.PREFERENCE_LOSSES` and ``cfg.dpo`` (+ ``args``:
     config overrides such as ``beta``, ``max_steps``, ``simpo_gamma``, or the loss's trainer options such as SELM's
     ``alpha``); ``ref_model`` is the frozen reference (passed to DPOTrainer and its subclasses, which DFT2 does not
-    use; SimPO has none).  Returns the trainer after training."""
+    use; SimPO has none).  Returns the trainer after training.
+
+    With ``dpo.precompute_ref_log_probs`` (DPOConfig losses, full fine-tuning) no reference copy is held: TRL gets
+    ``ref_model=None`` and scores every pair once with ``model`` before training, so ``ref_model`` must be
+    ``model``'s start (as every caller of the kit passes it) and is not used.  Under FSDP TRL would instead load a
+    reference from ``model.config._name_or_path``, which need not be this start (a copied or checkpointed model), so
+    there ``ref_model`` is still passed: TRL shards it like the policy, precomputes with it and keeps it (only
+    the per-step reference forward is saved).  Under a launch the pairs are written to ``output_dir``/pairs, which
+    every process must share (:func:`_shared`).  With an adapter the reference is its start, adapters disabled (no
+    copy either way); SELM and DFT refuse the key (they need the reference in every step); SimPO's config has no
+    such field and ignores it."""
     if loss not in PREFERENCE_LOSSES:
         raise ValueError(f"train_preference: unknown loss '{loss}'; expected one of {sorted(PREFERENCE_LOSSES)}")
     spec = PREFERENCE_LOSSES[loss]
@@ -256,10 +300,14 @@ def train_preference(model, ref_model, tokenizer, pairs: list[dict], cfg, output
                                 if k in config_class.__dataclass_fields__}
     config = training_args(config_class, section, output_dir, int(cfg.seed), {**extra, **spec.settings, **args}, device(cfg))
     adapter = peft_config(cfg)
-    common = dict(model=model, args=config, processing_class=tokenizer, callbacks=callbacks,
-                  train_dataset=dpo_dataset(pairs, bool(cfg.model.chat_template)), peft_config=adapter)
+    data = dpo_dataset(pairs, bool(cfg.model.chat_template))
+    if getattr(config, "precompute_ref_log_probs", False) and distributed.world_size() > 1:
+        data = _shared(data, Path(output_dir) / "pairs")
+    common = dict(model=model, args=config, processing_class=tokenizer, callbacks=callbacks, train_dataset=data,
+                  peft_config=adapter)
     if config_class is DPOConfig:   # with an adapter the reference is its start, adapters disabled (TRL's way)
-        common["ref_model"] = None if adapter is not None else ref_model
+        precomputed = config.precompute_ref_log_probs and not _fsdp(config)   # TRL precomputes with the start policy
+        common["ref_model"] = None if adapter is not None or precomputed else ref_model
     trainer = prepare_trainable(trainer_class(**common, **spec.fixed, **options))
     log_to_file(trainer).train()
     return finish(trainer, common.get("ref_model"))

@@ -59,6 +59,7 @@ PREFERENCE_LOSSES: dict[str, PreferenceLoss] = {
 DATA_FORMATS = ("alpaca", "chat", "preferences", "math")
 VERIFIABLE_FORMATS = ("math",)
 EVAL_JUDGES = ("verifier", "reward_model", "llm_pairwise", "llm_single")
+PAIRWISE_JUDGES = ("reward_model", "llm_pairwise")   # those that judge against a reference reply (win)
 # peft.method (studykit.trainers.peft_config) and study.nuggets.precision (studykit.nuggets.scoring_precision)
 PEFT_METHODS = ("lora", "qlora")
 SCORING_PRECISIONS = ("float32", "bfloat16")

@@ -54,6 +54,7 @@ from .config import NOTEBOOK_DIR, ROOT, compose, device, list_studies, results_r
 from .data import is_local, load_splits
 from .errors import ConfigError, DataError
 from .evaluate import check_vllm
+from .judges import length_control
 from .models import check_available, check_quantizable, is_qlora
 from .provenance import git_state, write_results_index
 from .study import PROGRESS_FILE
@@ -371,6 +372,8 @@ def preflight(cfg) -> None:
         check_vllm(device(cfg))
     if OmegaConf.select(cfg, "eval.judge_model", default=None) is not None:
         check_available(cfg.eval.judge_model)
+    if OmegaConf.select(cfg, "eval.length_controlled", default=False):
+        length_control()
     sources = OmegaConf.select(cfg, "data.source", default=None)
     if sources is not None and all(is_local(spec.path) for spec in sources.values()):
         load_splits(cfg.data)   # real data on this machine: every file read and checked before any work

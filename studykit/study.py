@@ -42,6 +42,7 @@ from .data import load_splits
 from .errors import ConfigError
 from .evaluate import judge_replies, replies
 from .guards import UNTRAINED
+from .harness import COLUMNS as HARNESS_COLUMNS, harness_items
 from .judges import JUDGES, judge_records
 from .models import is_qlora, load_judge, load_model_and_tokenizer
 from .results import log_to_file, output_directory, save_metrics, save_predictions, save_table
@@ -160,6 +161,7 @@ class Study:
         seed_everything(int(cfg.seed))
         self.timings: dict[str, float] = {}
         self._predictions: list[pd.DataFrame] = []
+        self._harness: list[pd.DataFrame] = []   # lm-eval per-item scores (Study.harness)
         self._runs: list[dict] = []
         self._planned: int | None = None
         self._started = time.perf_counter()
@@ -246,9 +248,26 @@ class Study:
         untrained model)."""
         start = time.perf_counter()
         predictions = self.evaluate(model, records)
+        self._record_harness(self.harness(model), condition, seed)
         self.timings[f"eval {condition} seed {seed}"] = time.perf_counter() - start
         self._predictions.append(predictions_frame(predictions, condition, seed))
         return predictions
+
+    def harness(self, model) -> pd.DataFrame:
+        """``model``'s per-item scores on the lm-evaluation-harness tasks of ``eval.lm_eval``
+        (:func:`studykit.harness.harness_items`, with its ``limit``, ``batch_size`` and ``include_path``); an empty
+        frame when no tasks are configured.  Every evaluation of the session (:meth:`evaluation`, and each run's
+        :meth:`run`, whose cache entry keeps them) records them beside its predictions; :meth:`save` writes them to
+        ``harness_predictions.csv``."""
+        spec = OmegaConf.select(self.cfg, "eval.lm_eval", default=None) or {}
+        if not spec.get("tasks"):
+            return pd.DataFrame(columns=HARNESS_COLUMNS)
+        return harness_items(model, self.tokenizer, list(spec["tasks"]), limit=spec.get("limit"),
+                             batch_size=spec.get("batch_size", 8), include_path=spec.get("include_path"))
+
+    def _record_harness(self, items: pd.DataFrame, condition: str, seed: int) -> None:
+        if len(items):
+            self._harness.append(predictions_frame(items, condition, seed))
 
     # --- runs -----------------------------------------------------------------------------------------------------
     def recipe(self, method: str, data, *, start: str = "base", section: str = "train", **overrides) -> dict:
@@ -301,6 +320,9 @@ class Study:
                                      "run.model)")
                 run.model.eval()
                 run.predictions = self.evaluate(run.model, records) if evaluate else pd.DataFrame()
+                harness = self.harness(run.model) if evaluate else pd.DataFrame()
+                if len(harness):   # lm-eval's per-item scores, kept with the run in the cache
+                    run.extra["harness"] = harness.to_dict(orient="records")
                 run.seconds = time.perf_counter() - start
                 if distributed.is_main():   # every process holds the same run; the main one stores it
                     cache.store(key, {"study": self.name, "name": name, "seed": int(seed), "seconds": run.seconds},
@@ -310,6 +332,7 @@ class Study:
                 run._entry = cache.runs_root() / key
         if evaluate:
             self._predictions.append(predictions_frame(run.predictions, name, seed))
+            self._record_harness(pd.DataFrame(run.extra.get("harness", []), columns=HARNESS_COLUMNS), name, seed)
         self._runs.append({"run": name, "seed": int(seed), "steps": run.steps, "tokens": run.tokens,
                            "train_seconds": round(run.train_seconds, 1), "seconds": round(run.seconds, 1),
                            "cached": run.done, "key": key[:12]})
@@ -330,6 +353,14 @@ class Study:
     def predictions(self) -> pd.DataFrame:
         """Every recorded evaluation, one row per (condition, seed, item)."""
         return pd.concat(self._predictions, ignore_index=True)
+
+    @property
+    def harness_predictions(self) -> pd.DataFrame:
+        """Every recorded lm-eval score (:meth:`harness`), one row per (condition, seed, task item); empty without
+        ``eval.lm_eval.tasks``."""
+        if not self._harness:
+            return pd.DataFrame(columns=[*HARNESS_COLUMNS, "condition", "seed"])
+        return pd.concat(self._harness, ignore_index=True)
 
     @property
     def runs(self) -> pd.DataFrame:
@@ -360,6 +391,8 @@ class Study:
             save_predictions(self.out, self.predictions)
         if self._runs:
             save_table(self.out, "runs", self.runs)
+        if self._harness:
+            save_table(self.out, "harness_predictions", self.harness_predictions)
         if metrics:
             save_metrics(self.out, metrics)
         save_metrics(self.out, {**self.timings, "total_seconds": time.perf_counter() - self._started}, name="timings")

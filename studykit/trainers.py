@@ -10,8 +10,9 @@ from pathlib import Path
 import torch
 from datasets import Dataset
 from omegaconf import OmegaConf
-from transformers import PrinterCallback, TrainerCallback
+from transformers import AutoModelForCausalLM, PrinterCallback, TrainerCallback
 
+from .distributed import barrier
 from .logprobs import completion_text, format_prompt
 from .models import restore_forward
 
@@ -73,10 +74,26 @@ def merged(model):
     return model.merge_and_unload() if isinstance(model, PeftModel) else model
 
 
+def gathered(trainer):
+    """The policy an FSDP run trained, whole, as a plain model on this process's device (in its dtype): each process
+    holds only its shard (flat parameters), so generating from ``trainer.model`` would be wrong.  The accelerate way:
+    ``save_model`` writes the full weights from the main process (the FULL_STATE_DICT of
+    conf/accelerate/fsdp_zephyr.yaml) to ``<output_dir>/final``, and after a barrier every process reloads them.
+    Full fine-tuning (the kit's FSDP profile).  Not tested by the suite: accelerate enables FSDP only on GPU-like
+    devices (a CPU launch runs as plain DDP), so this path needs a multi-GPU launch."""
+    final = Path(trainer.args.output_dir) / "final"
+    dtype = trainer.accelerator.unwrap_model(trainer.model).dtype
+    trainer.save_model(str(final))
+    barrier()
+    return AutoModelForCausalLM.from_pretrained(final, dtype=dtype).to(trainer.accelerator.device)
+
+
 def finish(trainer, *frozen):
-    """After ``trainer.train()``: merge a trained adapter into ``trainer.model`` (:func:`merged`) and give it and the
-    ``frozen`` models it used (a reference) their class's forward back (:func:`studykit.models.restore_forward`).
-    Returns ``trainer``."""
+    """After ``trainer.train()``: under FSDP replace ``trainer.model`` by the whole trained policy (:func:`gathered`);
+    merge a trained adapter into ``trainer.model`` (:func:`merged`) and give it and the ``frozen`` models it used (a
+    reference) their class's forward back (:func:`studykit.models.restore_forward`).  Returns ``trainer``."""
+    if trainer.is_fsdp_enabled:
+        trainer.model = gathered(trainer)
     trainer.model = merged(trainer.model)
     for model in (trainer.model, *frozen):
         if model is not None:

@@ -24,8 +24,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from .errors import ConfigError
 from .objectives import OBJECTIVES
-from .registry import (DATA_FORMATS, EVAL_JUDGES, PEFT_METHODS, PREFERENCE_LOSSES, RL_METHODS, SCORING_PRECISIONS,
-                       SUBSET_RULES, VERIFIABLE_FORMATS)
+from .registry import (DATA_FORMATS, EVAL_JUDGES, PAIRWISE_JUDGES, PEFT_METHODS, PREFERENCE_LOSSES, RL_METHODS,
+                       SCORING_PRECISIONS, SUBSET_RULES, VERIFIABLE_FORMATS)
 from .rewards import REWARDS
 from .testbed import NOISE_KINDS, task_of
 
@@ -311,6 +311,14 @@ def _peft(v) -> bool:
                                              and all(isinstance(m, str) for m in modules))))
 
 
+def _names(v) -> bool:
+    return _list(v) and all(isinstance(x, str) and x for x in v)
+
+
+def _task_folder(v) -> bool:
+    return v is None or (isinstance(v, str) and (Path(__file__).resolve().parent.parent / v).is_dir())
+
+
 RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("seed", _int, "an integer"),
     ("data.seed", _int, "an integer"),
@@ -338,6 +346,11 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("eval.max_new_tokens", *CHECKS["positive_int"]),
     ("eval.backend", one_of("hf", "vllm"), "hf (transformers' generate) or vllm (a CUDA GPU with the vllm package)"),
     ("eval.judge", one_of(*EVAL_JUDGES), "verifier or a judge of studykit.judges.JUDGES (reward_model, llm_pairwise, llm_single)"),
+    ("eval.lm_eval.tasks", _names, "a list of lm-evaluation-harness task names (empty: none)"),
+    ("eval.lm_eval.limit", _null_or_positive_int, "null (every item) or an integer ≥ 1"),
+    ("eval.lm_eval.batch_size", *CHECKS["positive_int"]),
+    ("eval.lm_eval.include_path", _task_folder, "null or a folder of lm-eval task YAMLs (relative: to the repository)"),
+    ("eval.length_controlled", *CHECKS["bool"]),
     ("profile.seeds", *CHECKS["int_list"]),
     ("profile.anchors", *CHECKS["positive_int"]),
     ("train.learning_rate", *CHECKS["positive"]),
@@ -438,6 +451,9 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"eval.judge_model={_shown(OmegaConf.select(cfg, 'eval.judge_model', default=None))!r} is "
                           f"not allowed with eval.judge={judge}: expected a model config (a conf/model entry) that "
                           "runs the judge")
+    if OmegaConf.select(cfg, "eval.length_controlled", default=False) and judge not in PAIRWISE_JUDGES:
+        raise ConfigError(f"eval.length_controlled=true is not allowed with eval.judge={judge}: expected a pairwise "
+                          f"judge ({', '.join(PAIRWISE_JUDGES)}), whose per-item wins the length control refits")
     eval_format = OmegaConf.select(cfg, "data.source.eval.format", default=None)
     if eval_format is not None and eval_format not in VERIFIABLE_FORMATS and judge == "verifier":
         raise ConfigError(f"eval.judge=verifier is not allowed with real data of format {eval_format} "

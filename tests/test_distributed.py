@@ -100,3 +100,42 @@ def test_vllm_evaluation_under_a_launch_is_refused_before_any_work(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ConfigError, match="eval.backend=vllm is not allowed under accelerate launch"):
         preflight(compose(["profile=smoke", "eval.backend=vllm"]))
+
+
+def test_dpo_with_precomputed_reference_log_probs_under_a_launch_holds_no_reference(tmp_path):
+    """dpo.precompute_ref_log_probs under 2 processes: each rank's trainer holds no reference model, and the
+    reference log-probs TRL stored are the start model's summed completion log-probs (checked on each rank by
+    tests/launch_dpo_precompute.py against the kit's scorer; the first loss is log 2)."""
+    script = Path(__file__).with_name("launch_dpo_precompute.py")
+    _run([str(Path(sys.executable).with_name("accelerate")), "launch", "--config_file",
+          str(CONF_DIR / "accelerate" / "cpu_2proc.yaml"), str(script), str(tmp_path)], dict(os.environ))
+    stored = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert stored[0] == stored[1] and len(stored[0]["chosen"]) == len(stored[0]["rejected"]) == 4
+
+
+@pytest.mark.parametrize("loss", ["selm", "dft"])
+def test_a_loss_needing_its_reference_every_step_refuses_precomputed_log_probs(tiny, smoke_cfg, tmp_path, loss):
+    from omegaconf import OmegaConf
+
+    from studykit.preference import train_preference
+    from studykit.testbed import build_testbed
+
+    model, tokenizer = tiny
+    pairs = [{**p, "reference_response": p["rejected"]} for p in build_testbed(smoke_cfg.data)["preference"][:2]]
+    cfg = OmegaConf.merge(smoke_cfg, {"dpo": {"precompute_ref_log_probs": True}})
+    with pytest.raises(ValueError, match=r"in every step: dpo\.precompute_ref_log_probs=true .* is not supported"):
+        train_preference(model, model, tokenizer, pairs, cfg, tmp_path, loss=loss)
+
+
+def test_simpo_ignores_precomputed_log_probs_it_has_no_reference_for(tiny, smoke_cfg, tmp_path):
+    from omegaconf import OmegaConf
+
+    from studykit.models import copy_model
+    from studykit.preference import train_preference
+    from studykit.testbed import build_testbed
+
+    model, tokenizer = tiny
+    cfg = OmegaConf.merge(smoke_cfg, {"dpo": {"precompute_ref_log_probs": True}})
+    trainer = train_preference(copy_model(model), None, tokenizer, build_testbed(smoke_cfg.data)["preference"][:2], cfg,
+                               tmp_path, loss="simpo", max_steps=1)
+    assert trainer.state.global_step == 1

@@ -3,6 +3,7 @@ judgments, the verdict parsers, the cache, and the claims metrics they feed."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -206,3 +207,37 @@ def test_judged_frames_feed_a_win_rate_claim(tmp_path):
     row = claims_table(claims, pd.concat(frames), Evidence(trained=[])).iloc[0]
     assert row["metric"] == "win rate vs reference" and row["verdict"] == "kit: treatment higher"
     assert JUDGES["llm_single"].pairwise is False
+
+
+DF_GAMED = Path(__file__).parent / "fixtures" / "paper" / "alpaca_eval_df_gamed.csv"   # AlpacaEval's format, 10 rows
+
+
+def _lc_predictions(win_when_longer: bool) -> pd.DataFrame:
+    """Ten AlpacaEval items where the model's reply is longer than the reference on half of them and wins exactly
+    there (or exactly where it is shorter)."""
+    longer = np.arange(10) % 2 == 0
+    return pd.DataFrame({"condition": "m", "seed": 0, "id": [f"eval/{i}" for i in range(10)],
+                         "reference_reply": ["r" * 40] * 10,
+                         "reply": ["x" * (120 + 7 * i) if l else "x" * (10 + i) for i, l in enumerate(longer)],
+                         "win": np.where(longer == win_when_longer, 1.0, 0.0)})
+
+
+def test_length_control_discounts_wins_bought_with_length(monkeypatch):
+    """AlpacaEval's own GLM (Dubois et al., 2024) read at zero length difference: a model that wins only where it is
+    longer than the reference gets a lower length-controlled win rate than one that wins only where it is shorter,
+    at the same raw win rate — and the raw win rate is the mean per-item win, as alpaca-eval counts it."""
+    from alpaca_eval.metrics import glm_winrate as glm
+    monkeypatch.setattr(glm, "hf_hub_download", lambda **kwargs: str(DF_GAMED))   # offline: AlpacaEval's file format
+    verbose = judges.length_controlled_win_rates(_lc_predictions(win_when_longer=True)).iloc[0]
+    concise = judges.length_controlled_win_rates(_lc_predictions(win_when_longer=False)).iloc[0]
+    assert verbose["win_rate"] == concise["win_rate"] == 0.5 and verbose["items"] == 10
+    assert verbose["lc_win_rate"] < 0.5 < concise["lc_win_rate"]
+    raw = glm.get_winrate(pd.DataFrame({"preference": 1.0 + _lc_predictions(True)["win"]}))
+    assert raw["win_rate"] / 100 == pytest.approx(verbose["win_rate"])
+
+
+def test_length_control_needs_alpaca_eval_items_and_pairwise_judgments():
+    with pytest.raises(DataError, match=r"item id 'eval/805' does not end in an AlpacaEval row"):
+        judges.length_controlled_win_rates(_lc_predictions(True).assign(id=[f"eval/{i}" for i in range(796, 806)]))
+    with pytest.raises(DataError, match=r"lack columns \['win'\]"):
+        judges.length_controlled_win_rates(_lc_predictions(True).drop(columns="win"))

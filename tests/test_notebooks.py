@@ -5,6 +5,8 @@ runs on the configured device (``studykit.device_check``)."""
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import nbformat
 import pandas as pd
@@ -96,9 +98,26 @@ PAPER_TWINS = {"nuggets": ("paper_nuggets_smoke", "nuggets_paper"), "rewardrank"
                "rl_post_training": ("paper_math_smoke", "rl_math_paper")}
 
 
+DF_GAMED = Path(__file__).parent / "fixtures" / "paper" / "alpaca_eval_df_gamed.csv"
+
+
+def offline_hub_with_alpaca_eval_glm_data(root: Path) -> dict[str, str]:
+    """An offline hub cache holding AlpacaEval's ``df_gamed.csv`` (a 10-row fixture in its format) where
+    alpaca-eval's length-controlled GLM downloads it: the environment a notebook kernel needs to find it."""
+    repo = root / "datasets--tatsu-lab--alpaca_eval"
+    snapshot = repo / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    shutil.copy(DF_GAMED, snapshot / "df_gamed.csv")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    return {"HF_HUB_CACHE": str(root), "HF_HUB_OFFLINE": "1"}
+
+
 @pytest.mark.parametrize("study", sorted(PAPER_TWINS))
 def test_paper_profile_smoke_twin_runs_the_paper_code_path(study, tmp_path, monkeypatch, run_cache):
     profile, claims_name = PAPER_TWINS[study]
+    for name, value in offline_hub_with_alpaca_eval_glm_data(tmp_path / "hub").items():
+        monkeypatch.setenv(name, value)
     monkeypatch.setenv("STUDYKIT_RESULTS", str(tmp_path))
     monkeypatch.setenv("STUDYKIT_CACHE", str(run_cache))
     monkeypatch.setenv("STUDYKIT_DEVICE_CHECK", "cpu")
@@ -121,3 +140,9 @@ def test_paper_profile_smoke_twin_runs_the_paper_code_path(study, tmp_path, monk
     assert counts.nunique() == 1                        # every model judged on the same prompts
     claims = pd.read_csv(out / "claims.csv")
     assert set(claims["id"].str.split(" = ").explode()) == {c["id"] for c in load_claims(claims_name)}
+    assert manifest["config"]["eval"]["length_controlled"] == (study == "rewardrank")   # the paper's metric: LC
+    if manifest["config"]["eval"]["length_controlled"]:   # the length-controlled win rate, per model
+        lc = pd.read_csv(out / "length_controlled.csv")
+        assert len(lc) == len(counts) and lc["lc_win_rate"].between(0, 1).all()
+        assert lc.set_index(["condition", "seed"])["win_rate"].to_dict() == pytest.approx(
+            predictions.groupby(["condition", "seed"])["win"].mean().to_dict())

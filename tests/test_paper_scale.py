@@ -71,10 +71,13 @@ def test_a_remote_json_file_is_read_through_datasets_json_builder(monkeypatch, t
     ("eval.judge=gpt4", r"^eval.judge='gpt4' is not allowed: expected verifier or a judge"),
     ("eval.judge=verifier", r"eval.judge=verifier is not allowed with real data"),
     ("data.pool_size=0", r"^data.pool_size=0 is not allowed"),
+    ("eval.length_controlled=yes", r"^eval.length_controlled='yes' is not allowed: expected true or false"),
+    ("eval.judge=llm_single eval.length_controlled=true",
+     r"eval.length_controlled=true is not allowed with eval.judge=llm_single: expected a pairwise judge"),
 ])
 def test_bad_paper_settings_are_one_clear_error(override, message):
     with pytest.raises(ConfigError, match=message):
-        compose([*TWIN, override])
+        compose([*TWIN, *override.split()])
 
 
 def test_a_model_judge_needs_a_judge_model():
@@ -128,9 +131,10 @@ def test_the_registrys_names_are_the_modules_own():
     """validate checks data.source and eval.judge by the names of studykit.registry, without importing the modules."""
     from studykit.data import LOADERS
     from studykit.judges import JUDGES
-    from studykit.registry import DATA_FORMATS, EVAL_JUDGES
+    from studykit.registry import DATA_FORMATS, EVAL_JUDGES, PAIRWISE_JUDGES
 
     assert set(DATA_FORMATS) == set(LOADERS) and set(EVAL_JUDGES) == {"verifier", *JUDGES}
+    assert set(PAIRWISE_JUDGES) == {name for name, judge in JUDGES.items() if judge.pairwise}
 
 
 # --- RL with verifiable rewards on real math: paper_math and its smoke twin ---------------------------------------

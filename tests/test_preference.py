@@ -133,7 +133,7 @@ def test_discriminative_ft_needs_a_reference_unless_reference_free_and_valid_set
     with pytest.raises(ValueError, match="gamma in \\(0, 1\\]"):
         DiscriminativeFTTrainer(model=copy_model(model), ref_model=copy_model(model), processing_class=tokenizer,
                                 gamma=0.0, args=_args_for(smoke_cfg, tmp_path, 2), train_dataset=data)
-    with pytest.raises(ValueError, match="precompute_ref_log_probs is not supported"):
+    with pytest.raises(ValueError, match=r"dpo.precompute_ref_log_probs=true \(no reference model kept\) is not supported"):
         DiscriminativeFTTrainer(model=copy_model(model), processing_class=tokenizer, train_dataset=data,
                                 args=_args(DPOConfig, smoke_cfg.dpo, tmp_path / "p", 0,
                                            {"precompute_ref_log_probs": True}, torch.device("cpu")))
