@@ -15,8 +15,8 @@ import numpy as np
 from accelerate.utils import gather_object
 from scipy.special import softmax
 from torch.utils.data import Sampler
-from trl import GRPOTrainer
 
+from .grpo import SharedPromptGRPOTrainer
 
 
 class UCBCurriculum:
@@ -74,7 +74,7 @@ class CurriculumSampler(Sampler):
         return (self.n_items // self.batch_size) * self.batch_size * self.mini_repeat_count * self.repeat_count
 
 
-class DUMPTrainer(GRPOTrainer):
+class DUMPTrainer(SharedPromptGRPOTrainer):
     """GRPO whose prompts come from DUMP's UCB curriculum over the ``arm`` column (the testbed family, e.g.
     ``knights_knaves:3``).  ``history`` holds, per generation batch, the step and each arm's probability,
     ``μ`` and ``n``.  The data loader draws one batch ahead, so a draw uses the statistics up to the batch

@@ -18,8 +18,8 @@ import math
 import random
 
 import torch
-from trl import GRPOTrainer
 
+from .grpo import SharedPromptGRPOTrainer
 from .logprobs import batch_response_logprobs, collate_left, encode_pair, format_pair, pad_token_id
 
 
@@ -44,7 +44,7 @@ def hpt_sft_groups(solved: torch.Tensor, num_generations: int, switch_gate: int)
     return (per_group <= switch_gate).repeat_interleave(num_generations)
 
 
-class HPTTrainer(GRPOTrainer):
+class HPTTrainer(SharedPromptGRPOTrainer):
     """HPT's switch (arXiv 2509.04419): groups with ≤ ``switch_gate`` (γ) solved rollouts train the
     demonstration with SFT (coefficient ``sft_coef``), the others train with GRPO.
 
@@ -125,7 +125,7 @@ def entropy_prefix_mask(entropies: torch.Tensor, prefix_lengths: torch.Tensor, t
     return keep.float()
 
 
-class PrefixRFTTrainer(GRPOTrainer):
+class PrefixRFTTrainer(SharedPromptGRPOTrainer):
     """Prefix-RFT (arXiv 2507.01679): in every group the first rollout is a hybrid — a demonstration prefix of
     ``⌊l·|y*|⌋`` tokens (``l ~ U(low, high)``, ``low`` cosine-decayed from ``high`` to 0 over ``max_steps``)
     followed by the policy's own continuation.  ``y*`` is the demonstration's content tokens (no end-of-turn), so

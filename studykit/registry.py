@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from hydra.utils import get_class
 
 RL_METHODS: dict[str, str] = {
-    "grpo": "trl.GRPOTrainer",                               # Shao et al., 2024, DeepSeekMath §4.1
+    "grpo": "studykit.grpo.SharedPromptGRPOTrainer",         # Shao et al., 2024, DeepSeekMath §4.1 (TRL's)
     "hpt": "studykit.hybrid_rl.HPTTrainer",                  # Lv et al., 2025, HPT
     "prefix_rft": "studykit.hybrid_rl.PrefixRFTTrainer",     # Huang et al., 2025, Prefix-RFT
     "dump": "studykit.curriculum.DUMPTrainer",               # Wang et al., 2025, DUMP

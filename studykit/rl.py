@@ -9,8 +9,9 @@ to every completion token.  This module adds only what the testbed needs:
   ``format``: the answer alone on one line), weighted by ``rl.rewards``;
 * **data**: :func:`grpo_dataset` turns testbed records into prompt rows that carry what the rewards and the
   hybrid trainers need (family, verifier entry, demonstration, curriculum arm);
-* **the trainer**: :func:`build_grpo_trainer` builds GRPO or a registered variant (:data:`studykit.registry.RL_METHODS`: HPT and
-  Prefix-RFT in :mod:`studykit.hybrid_rl`, the DUMP curriculum in :mod:`studykit.curriculum`) with ``cfg.grpo``
+* **the trainer**: :func:`build_grpo_trainer` builds GRPO or a registered variant (:data:`studykit.registry.RL_METHODS`:
+  TRL's trainer with one prompt pass per group, :mod:`studykit.grpo`, and its subclasses HPT and Prefix-RFT in
+  :mod:`studykit.hybrid_rl` and the DUMP curriculum in :mod:`studykit.curriculum`) with ``cfg.grpo``
   passed to ``GRPOConfig`` as it is, and the device's settings added (:func:`studykit.trainers.hardware_args`);
   ``placebo=True`` builds the same run with its learning signal destroyed (:mod:`studykit.placebo`);
 * **the signal log**: :func:`signal_log`, the per-step share of prompt groups that gave GRPO a gradient (the

@@ -269,3 +269,66 @@ def test_the_instance_filter_drops_exactly_the_prompts_whose_rollouts_all_fail(t
     assert [r["id"] for r in kept] == [r["id"] for r in pool if r["id"] in solved_once]
     with pytest.raises(ValueError, match="rollouts must be ≥ 1"):
         rl.learnable_prompts(pool, model, tokenizer, rollouts=0, chat=True, max_new_tokens=4)
+
+
+def test_one_prompt_pass_per_group_gives_trls_log_probs_entropies_and_gradients(tiny, smoke_cfg, pool, tmp_path):
+    """SharedPromptGRPOTrainer runs each distinct prompt once (studykit.grpo): on a batch of two left-padded prompts
+    of different lengths, each with G = 3 right-padded completions of different lengths, its per-token log-probs,
+    entropies and the gradient of a loss on them equal those of TRL's own pass over every row whole."""
+    from studykit.grpo import SharedPromptGRPOTrainer
+
+    model, tokenizer = tiny
+    trainer = rl.build_grpo_trainer(copy.deepcopy(model), tokenizer, pool, smoke_cfg, tmp_path)
+    assert isinstance(trainer, SharedPromptGRPOTrainer)
+    pad = tokenizer.pad_token_id
+    prompts = [[5, 17, 230, 41, 9], [88, 12, 7]]                       # 5 and 3 tokens, left-padded to 5
+    completions = [[3, 4, 5, 6], [7, 8], [9], [10, 11, 12], [13], [14, 15, 16, 17]]
+    rows = [(prompts[i // 3], c) for i, c in enumerate(completions)]
+    ids = torch.tensor([[pad] * (5 - len(p)) + p + c + [pad] * (4 - len(c)) for p, c in rows])
+    mask = torch.tensor([[0] * (5 - len(p)) + [1] * (len(p) + len(c)) + [0] * (4 - len(c)) for p, c in rows])
+    policy = trainer.model
+    shapes = []   # what the backbone runs: the distinct prompts once, then each row's last prompt token + completion
+    policy.base_model.register_forward_hook(lambda module, args, kwargs, out: shapes.append(
+        tuple(kwargs["input_ids"].shape)), with_kwargs=True)
+    results = {}
+    for name, method in (("shared", trainer._get_per_token_logps_and_entropies),
+                         ("trl", lambda *a, **k: GRPOTrainer._get_per_token_logps_and_entropies(trainer, *a, **k))):
+        policy.zero_grad()
+        logps, entropies, _ = method(policy, ids, mask, 4, compute_entropy=True)
+        completion_mask = mask[:, 5:].bool()
+        (logps[completion_mask] * torch.linspace(0.5, 1.5, int(completion_mask.sum()))).sum().backward()
+        results[name] = (logps.detach(), entropies.detach(), [p.grad.clone() for p in policy.parameters()])
+    (logps, entropies, grads), (trl_logps, trl_entropies, trl_grads) = results["shared"], results["trl"]
+    completion_mask = mask[:, 5:].bool()
+    torch.testing.assert_close(logps[completion_mask], trl_logps[completion_mask], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(entropies[completion_mask], trl_entropies[completion_mask], atol=1e-5, rtol=1e-5)
+    for grad, trl_grad in zip(grads, trl_grads):
+        torch.testing.assert_close(grad, trl_grad, atol=1e-5, rtol=1e-4)
+    assert logps.shape == trl_logps.shape == (6, 4)
+    assert shapes == [(2, 4), (6, 5), (6, 9)]   # shared: 8 + 30 token positions; TRL: 54
+
+
+@pytest.mark.parametrize("sample", [False, True], ids=["greedy", "sampled"])
+def test_one_prefill_per_group_generates_trls_rollouts(tiny, smoke_cfg, pool, tmp_path, sample):
+    """Rollouts from each distinct prompt's shared prefill (studykit.grpo) are TRL's own: the same tokens, greedy or
+    sampled from the same seed, for left-padded prompts of different lengths; the prefill runs on 2 rows, not 6."""
+    from transformers import GenerationConfig
+
+    model, tokenizer = tiny
+    trainer = rl.build_grpo_trainer(copy.deepcopy(model), tokenizer, pool, smoke_cfg, tmp_path)
+    trainer.generation_config = GenerationConfig(do_sample=sample, max_new_tokens=6, temperature=1.0, top_k=0,
+                                                 pad_token_id=tokenizer.pad_token_id,
+                                                 eos_token_id=trainer.eos_token_ids)
+    prompts = [[5, 17, 230, 41, 9], [88, 12, 7]]
+    prompt_ids = [prompts[0]] * 3 + [prompts[1]] * 3
+    shapes = []
+    trainer.model.base_model.register_forward_hook(lambda module, args, kwargs, out: shapes.append(
+        tuple(kwargs["input_ids"].shape)), with_kwargs=True)
+    torch.manual_seed(3)
+    shared, _ = trainer._generate_single_turn(prompt_ids, None, {}, 3)
+    first_shapes, shapes[:] = list(shapes), []
+    torch.manual_seed(3)
+    trl, _ = GRPOTrainer._generate_single_turn(trainer, prompt_ids, None, {}, 3)
+    assert shared == trl and {len(c) for c in shared} != {0}
+    assert first_shapes[:2] == [(2, 4), (6, 1)] and shapes[0] == (6, 5)   # shared prefill; then TRL's whole one
+    assert "generate" not in trainer.model.__dict__                       # the model's own generate again

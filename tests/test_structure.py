@@ -58,13 +58,14 @@ def test_class_registries_resolve_and_list_every_kit_trainer():
 
     from trl import GRPOTrainer
 
-    from studykit import curriculum, hybrid_rl
+    from studykit import curriculum, grpo, hybrid_rl
     from studykit.registry import PREFERENCE_LOSSES, RL_METHODS, resolve
 
     assert all(issubclass(resolve(path), GRPOTrainer) for path in RL_METHODS.values())
-    kit_rl = {f"studykit.{m.__name__.split('.')[-1]}.{name}" for m in (curriculum, hybrid_rl)
-              for name, obj in inspect.getmembers(m, inspect.isclass) if issubclass(obj, GRPOTrainer) and obj is not GRPOTrainer}
-    assert kit_rl <= set(RL_METHODS.values())
+    kit_rl = {f"{m.__name__}.{name}" for m in (curriculum, grpo, hybrid_rl)
+              for name, obj in inspect.getmembers(m, inspect.isclass)
+              if issubclass(obj, GRPOTrainer) and obj.__module__ == m.__name__}
+    assert kit_rl == set(RL_METHODS.values())
     for spec in PREFERENCE_LOSSES.values():
         resolve(spec.trainer), resolve(spec.config)
 
