@@ -1,20 +1,20 @@
 """GRPO (Shao et al., 2024, DeepSeekMath §4.1) through TRL's ``GRPOTrainer``, with one forward pass of each prompt
 shared by its group of G rollouts, in the rollouts' generation and in the log-prob passes of the update.
 
-Every prompt of a GRPO batch appears G times, once per rollout, and TRL scores each row whole: prompt and
-completion tokens through the policy (with gradients) and, where the settings need them, the old policy and the
-reference.  On the testbed a prompt is ~75 tokens for a completion of ≤ 24, so about three quarters of that
-forward and backward computes the same prompt activations G times over (``benchmarks/rl_step.py --breakdown``).
-:class:`SharedPromptGRPOTrainer` runs the distinct prompts once (all but their last token, caching keys and
-values), hands each row its prompt's cache (an index into the distinct prompts: a differentiable gather, so every
-rollout's gradient flows back into the one prompt pass) and runs only the last prompt token and the completion
-through TRL's fused log-prob head.  Positions and masks are TRL's own (its forward numbers the positions of a
-left-padded row from 0 across the padding, as the cache continues them), so the per-token log-probs and entropies
-are TRL's up to floating-point error (``tests/test_rl.py``).  Generation likewise prefills each distinct prompt
-once (but its last token, at the positions ``generate`` gives a left-padded prompt) and hands ``generate`` every
-rollout's copy of that cache, so it decodes from the last prompt token on (transformers' prompt-cache reuse).  Batches without a repeated prompt, adapters
-(``peft``), vision inputs, MoE auxiliary losses and a model wrapped for several processes (DDP's reducer needs its
-own forward) take TRL's own path.
+Every prompt of a GRPO batch appears G times, once per rollout, and TRL scores each row whole: prompt and completion
+tokens through the policy (with gradients) and, where the settings need them, the old policy and the reference. On
+the testbed a prompt is ~75 tokens for a completion of ≤ 24, so about three quarters of that forward and backward
+computes the same prompt activations G times over (``benchmarks/rl_step.py --breakdown``).
+:class:`SharedPromptGRPOTrainer` runs the distinct prompts once (all but their last token, caching keys and values),
+hands each row its prompt's cache (an index into the distinct prompts: a differentiable gather, so every rollout's
+gradient flows back into the one prompt pass) and runs only the last prompt token and the completion through TRL's
+fused log-prob head. Positions and masks are TRL's own (its forward numbers the positions of a left-padded row from
+0 across the padding, as the cache continues them), so the per-token log-probs and entropies are TRL's up to
+floating-point error (``tests/test_rl.py``). Generation likewise prefills each distinct prompt once (but its last
+token, at the positions ``generate`` gives a left-padded prompt) and hands ``generate`` every rollout's copy of that
+cache, so it decodes from the last prompt token on (transformers' prompt-cache reuse). Batches without a repeated
+prompt, adapters (``peft``), vision inputs, MoE auxiliary losses and a model wrapped for several processes (DDP's
+reducer needs its own forward) take TRL's own path.
 """
 from __future__ import annotations
 

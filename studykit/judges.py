@@ -319,7 +319,8 @@ def alpaca_eval_index(ids: pd.Series) -> pd.Series:
 
 def length_control():
     """alpaca-eval's ``get_length_controlled_winrate``; a :class:`ModelSourceError` saying how to install it when
-    the package (or the ``pkg_resources`` it imports) is missing — checked in preflight with eval.length_controlled."""
+    the package (or the ``pkg_resources`` it imports) is missing — checked in preflight with
+    ``eval.length_controlled``."""
     try:
         from alpaca_eval.metrics.glm_winrate import get_length_controlled_winrate
     except ImportError as error:

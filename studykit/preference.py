@@ -258,7 +258,8 @@ def _fsdp(config) -> bool:
     """Whether a trainer on ``config`` will shard with FSDP (``Trainer.is_fsdp_enabled``, known before it exists):
     ``accelerate launch`` with an FSDP config sets ``ACCELERATE_USE_FSDP``, or the config's own ``fsdp`` option;
     accelerate ignores both on the CPU (``use_cpu``: plain DDP)."""
-    return not config.use_cpu and (bool(config.fsdp) or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true")
+    launched = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    return not config.use_cpu and (bool(config.fsdp) or launched)
 
 
 def _shared(dataset: Dataset, directory: Path) -> Dataset:
