@@ -47,7 +47,7 @@ from .stats import ALPHA, DIRECTIONS, auroc_difference, holm, paired_difference,
 CLAIMS_DIR = CONF_DIR / "claims"
 BIBLIOGRAPHY = ROOT / "references.bib"
 ACCURACY = ("strict", "lenient")
-PER_PROMPT = ("ead", "embedding_diversity", "vendi", "quality", "crc_valid", "crc_distinct")
+PER_PROMPT = ("ead", "ead_unigram", "embedding_diversity", "vendi", "quality", "crc_valid", "crc_distinct")
 JUDGED = {"win": "win rate vs reference", "mt_bench_score": "MT-Bench score"}   # studykit.judges' columns
 SCORE = "score"   # the evaluation's own per-item score: lenient accuracy under the verifier, else the judge's column
 METRICS = (*ACCURACY, *PER_PROMPT, *JUDGED, SCORE, "auroc")

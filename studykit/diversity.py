@@ -6,7 +6,9 @@ For K replies per prompt at temperature 1:
 * **EAD** (expectation-adjusted distinct n-grams, Liu et al., 2022): distinct word n-grams divided by the number
   expected among as many uniform draws from a vocabulary of V, ``V·(1 − ((V − 1)/V)^C)`` for C n-grams, clipped to
   [0, 1]; averaged over n = 1..5.  As the official code: "." and newlines are removed and words split on
-  whitespace, and V is the *tokenizer's* vocabulary size for every n (not Vⁿ);
+  whitespace, and V is the *tokenizer's* vocabulary size for every n (not Vⁿ).  Beside it, ``ead_unigram`` (n = 1
+  alone): replies of one or two words have no 2–5-grams, so their averaged EAD is at most a fifth of the unigram
+  term and mostly measures reply length;
 * **embedding diversity**: 1 − the mean pairwise cosine similarity of the replies' sentence embeddings (the paper:
   all-mpnet-base-v2; here the offline all-MiniLM-L6-v2 of :func:`studykit.nuggets.minilm_embeddings`);
 * **Vendi** (Friedman & Dieng, 2023): the exponential of the Shannon entropy of the eigenvalues of K/m, K the
@@ -99,7 +101,7 @@ def sample_replies(model, tokenizer, prompts: list[str], samples: int, *, chat: 
 
 def diversity_per_prompt(records: list[dict], replies: list[list[str]], embed: Callable[[list[str]], np.ndarray],
                          vocab_size: int) -> pd.DataFrame:
-    """One row per prompt: id, family, EAD, embedding diversity, Vendi and quality (the share of its samples the
+    """One row per prompt: id, family, EAD (and its unigram term), embedding diversity, Vendi and quality (the share of its samples the
     verifier accepts, lenient; NaN for a prompt without a verifier), from one embedding pass over every reply."""
     if len(records) != len(replies) or any(len(r) != len(replies[0]) for r in replies):
         raise ValueError(f"diversity_per_prompt: need the same number of replies for each of {len(records)} records, "
@@ -110,6 +112,7 @@ def diversity_per_prompt(records: list[dict], replies: list[list[str]], embed: C
     for i, (record, group) in enumerate(zip(records, replies)):
         e = embeddings[i * k:(i + 1) * k]
         rows.append({"id": record["id"], "family": record["family"], "ead": mean_ead(group, vocab_size),
+                     "ead_unigram": ead(group, 1, vocab_size),
                      "embedding_diversity": embedding_diversity(e), "vendi": vendi(e),
                      "quality": float(np.mean([judge(record, text).lenient for text in group]))
                      if "entry" in record else float("nan")})
@@ -121,7 +124,8 @@ def diversity_across_prompts(replies: list[list[str]], embed: Callable[[list[str
     """The metrics over each prompt's first reply (how different the answers to different prompts are)."""
     first = [group[0] for group in replies if group]
     e = np.asarray(embed(first))
-    return {"ead": mean_ead(first, vocab_size), "embedding_diversity": embedding_diversity(e), "vendi": vendi(e)}
+    return {"ead": mean_ead(first, vocab_size), "ead_unigram": ead(first, 1, vocab_size),
+            "embedding_diversity": embedding_diversity(e), "vendi": vendi(e)}
 
 
 def crc_prompts(n: int, *, seed: int, split: str, alphabet_size: int = 8, length: int = 1) -> list[dict]:

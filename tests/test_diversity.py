@@ -95,3 +95,18 @@ def test_mt_bench_prompts_are_balanced_over_the_open_ended_categories():
     assert len({r["id"] for r in records}) == 8 and all(r["prompt"].strip() for r in records)
     with pytest.raises(DataError, match="asked for 1000"):
         load_mt_bench(1000)
+
+
+def test_one_word_replies_have_only_a_unigram_ead_term_reported_beside_the_mean():
+    """Replies of one word have no 2–5-grams: the paper's averaged EAD is a fifth of the unigram EAD, which is
+    reported beside it per prompt and across prompts."""
+    records = [{"id": "a", "family": "open"}, {"id": "b", "family": "open"}]
+    replies = [["yes", "no", "maybe"], ["yes", "yes", "yes"]]
+    embed = lambda texts: np.eye(len(texts))   # noqa: E731 — orthogonal embeddings
+    table = diversity.diversity_per_prompt(records, replies, embed, vocab_size=50)
+    for row, group in zip(table.itertuples(), replies):
+        assert row.ead_unigram == diversity.ead(group, 1, 50) and row.ead == pytest.approx(row.ead_unigram / 5)
+    assert table["ead_unigram"].iloc[0] > table["ead_unigram"].iloc[1]
+    across = diversity.diversity_across_prompts(replies, embed, vocab_size=50)
+    assert across["ead_unigram"] == diversity.ead(["yes", "yes"], 1, 50) and across["ead"] == pytest.approx(
+        across["ead_unigram"] / 5)
