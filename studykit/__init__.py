@@ -18,11 +18,14 @@ core
   distributed – one study under `accelerate launch`: rank, shards of the eval items, gathered predictions
 methods, training and evidence
   trainers  – the shared TRL plumbing: training arguments per device, fp32 check, logs to a file, TRL rows
-  train / preference / rl (+ hybrid_rl, curriculum) – SFT, the preference losses, GRPO and its variants
+  train / preference / rl (+ grpo, hybrid_rl, curriculum) – SFT, the preference losses, GRPO (one prompt pass per
+    group) and its variants
   nuggets, rewardrank, selectors, transforms, diversity, merging – the methods' scoring and data
   calibration – which testbed families let each method act on a model (gold skew, accuracy, RL signal share)
   evaluate  – generation, per-item judged predictions, accuracy with chance / majority baselines
-  judges    – judges of open-ended replies (registry JUDGES: reward model, MT-Bench pairwise / single), cached
+  judges    – judges of open-ended replies (registry JUDGES: reward model, MT-Bench pairwise / single), cached;
+    AlpacaEval's length-controlled win rate
+  harness   – lm-evaluation-harness tasks as an extra per-item evaluation (eval.lm_eval)
   guards    – degenerate arms, identical runs, placebo, RL-signal and movement preconditions, family effects
   claims    – the claims YAML of a study → guarded claims table with verdicts
   analysis  – the analysis step: committed evidence → claims.csv and analysis/ (`studykit analyze`)

@@ -48,10 +48,13 @@ class HPTTrainer(SharedPromptGRPOTrainer):
     """HPT's switch (arXiv 2509.04419): groups with ≤ ``switch_gate`` (γ) solved rollouts train the
     demonstration with SFT (coefficient ``sft_coef``), the others train with GRPO.
 
-    A switched group's rollouts get advantage 0 (no RL signal); its demonstration enters the loss once, on the
-    group's first row, weighted by G, so under ``loss_type: grpo`` (the mean over rows of each row's token-mean
-    loss) a group weighs the same whether it is trained by RL or by SFT.  "Solved" is the ``verifier`` reward
-    = 1."""
+    As the official code (``hpt/verl/verl/mix_src/mix_actor.py``, ``offline_loss_type: sft``: ``pg_loss =
+    sft_loss * sft_loss_coef + pg_loss``) in each micro-batch: the SFT term is the token-mean NLL of the switched
+    groups' demonstrations (their tokens pooled, each demonstration once; ``compute_sft_pure_loss``), at the fixed
+    coefficient — not weighted by the switched share of the batch — and the RL term is the policy loss of the
+    rollouts that were not switched alone: TRL's loss with the switched rollouts' advantages 0 (so their terms are
+    0), rescaled from all rows to those rows (exact under ``loss_type: grpo`` with β = 0, the kit's settings: the
+    mean over rows of each row's token-mean loss).  "Solved" is the ``verifier`` reward = 1."""
 
     def __init__(self, *args, switch_gate: int = 0, sft_coef: float = 1.0, **kwargs):
         super().__init__(*args, **kwargs)
@@ -74,26 +77,27 @@ class HPTTrainer(SharedPromptGRPOTrainer):
         local = switched[rows].to(output["advantages"].device)
         output["advantages"] = output["advantages"].masked_fill(local, 0.0)
         first = (rows % self.num_generations == 0).to(local.device)
-        weight = (local & first).float() * self.num_generations
         pairs = [demonstration_ids(self.processing_class, x) for x in inputs]
         batch = collate_left(pairs, pad_token_id(self.processing_class))
-        output.update({f"demo_{k}": v.to(local.device) for k, v in batch.items()}, demo_weight=weight)
+        # demo_rows: the first row of each switched group carries its demonstration; switched: every switched row
+        output.update({f"demo_{k}": v.to(local.device) for k, v in batch.items()}, demo_rows=local & first,
+                      switched=local)
         self._metrics["train" if self.model.training else "eval"]["hpt/sft_group_fraction"].append(
             switched.float().mean().item())
         return output
 
     def _compute_loss(self, model, inputs):
         loss = super()._compute_loss(model, inputs)
-        weight = inputs["demo_weight"]
-        chosen = weight > 0
+        switched, chosen = inputs["switched"], inputs["demo_rows"]
+        on_policy = int((~switched).sum())
+        loss = loss * (len(switched) / on_policy) if on_policy else loss * 0.0   # the RL term over its own rows
         if not chosen.any():
             return loss
-        batch = {k[len("demo_"):]: v[chosen] for k, v in inputs.items() if k.startswith("demo_") and k != "demo_weight"}
+        batch = {k[len("demo_"):]: v[chosen] for k, v in inputs.items() if k.startswith("demo_") and k != "demo_rows"}
         width = int(batch["response_mask"].sum(-1).max())
         batch["response_ids"], batch["response_mask"] = batch["response_ids"][:, -width:], batch["response_mask"][:, -width:]
         logp = batch_response_logprobs(model, batch)
-        nll = -(logp.sum(-1) / batch["response_mask"].sum(-1))  # token-mean NLL of each demonstration
-        sft = (nll * weight[chosen]).sum() / weight.numel()
+        sft = -logp.sum() / batch["response_mask"].sum()   # token-mean NLL over the demonstrations' pooled tokens
         accumulation = self.current_gradient_accumulation_steps if self.model.training else 1
         return loss + self.sft_coef * sft / accumulation
 

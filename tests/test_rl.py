@@ -157,13 +157,16 @@ def test_hpt_trains_the_switched_groups_demonstration_with_sft(tiny, pool, tmp_p
     rows = pool[:2]
     output = trainer._generate_and_score_completions(_generation_batch(trainer, rows))
     assert output["advantages"][2:].abs().sum() == 0 and output["advantages"][:2].abs().sum() > 0
-    assert output["demo_weight"].tolist() == [0.0, 0.0, 2.0, 0.0]  # once per switched group, weight G
+    assert output["demo_rows"].tolist() == [False, False, True, False]   # once per switched group
+    assert output["switched"].tolist() == [False, False, True, True]
 
-    rl_only = GRPOTrainer._compute_loss(trainer, trainer.model, output)
+    rl_all_rows = GRPOTrainer._compute_loss(trainer, trainer.model, output)
     total = trainer._compute_loss(trainer.model, output)
     demo = sequence_logprobs(trainer.model, tokenizer, [rows[1]["prompt"]], [rows[1]["response"]], chat=chat)
-    expected = -demo["mean"][0] * 2 / 4  # token-mean NLL × G / rows in the batch
-    assert (total - rl_only).item() == pytest.approx(expected, rel=1e-4)
+    # the official code: the RL loss over the unswitched rows (2 of 4) + sft_coef × the demonstration's token-mean NLL,
+    # not weighted by the switched share
+    expected = rl_all_rows.item() * 4 / 2 - demo["mean"][0]
+    assert total.item() == pytest.approx(expected, rel=1e-4)
 
 
 @pytest.mark.parametrize("chat", [True, False], ids=["chat", "plain"])
@@ -332,3 +335,25 @@ def test_one_prefill_per_group_generates_trls_rollouts(tiny, smoke_cfg, pool, tm
     assert shared == trl and {len(c) for c in shared} != {0}
     assert first_shapes[:2] == [(2, 4), (6, 1)] and shapes[0] == (6, 5)   # shared prefill; then TRL's whole one
     assert "generate" not in trainer.model.__dict__                       # the model's own generate again
+
+
+def test_hpt_pools_the_demonstrations_tokens_when_every_group_switches(tiny, pool, tmp_path, monkeypatch):
+    """No group solves a rollout: no RL term, and the SFT term is the token-mean NLL over both demonstrations'
+    pooled tokens (the official compute_sft_pure_loss), not the mean of their per-demonstration means."""
+    from studykit.config import compose
+
+    model, tokenizer = tiny
+    cfg = compose(["profile=smoke"])
+    monkeypatch.setitem(REWARDS, "verifier", _pattern_reward([0.0, 0.0, 0.0, 0.0]))
+    trainer = rl.build_grpo_trainer(copy.deepcopy(model), tokenizer, pool, cfg, tmp_path, method="hpt")
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1
+    rows = sorted(pool, key=lambda r: len(r["response"]))[::len(pool) - 1][:2]   # the shortest and the longest
+    output = trainer._generate_and_score_completions(_generation_batch(trainer, rows))
+    assert output["switched"].all() and output["demo_rows"].tolist() == [True, False, True, False]
+    demo = sequence_logprobs(trainer.model, tokenizer, [r["prompt"] for r in rows], [r["response"] for r in rows],
+                             chat=True)
+    assert demo["n_tokens"][0] != demo["n_tokens"][1]
+    pooled = -demo["sum"].sum() / demo["n_tokens"].sum()
+    assert trainer._compute_loss(trainer.model, output).item() == pytest.approx(pooled, rel=1e-4)
+    assert abs(pooled + demo["mean"].mean()) > 5e-4 * pooled   # the other reading differs beyond that tolerance
