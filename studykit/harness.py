@@ -7,7 +7,8 @@ evaluated item, so two conditions can be compared paired on the same items (:fun
 recomputed here: the per-item value is the one lm-eval logs for the task's primary metric (the first of its
 ``metric_list``), under the first of its filters; for a metric aggregated by its mean (``acc``, ``exact_match``)
 the items' mean is lm-eval's reported number.  Prompts are the tasks' own (no chat template, lm-eval's default);
-generation is greedy.  lm-eval seeds Python's, NumPy's and torch's generators as its own runs do.
+generation is greedy.  lm-eval seeds Python's, NumPy's and torch's generators as its own runs do, and their states
+are restored afterwards, so scoring a model changes no draw of the session after it.
 
 Under ``accelerate launch`` the harness runs on the main process only (:func:`studykit.distributed.is_main`): the
 others check the input, then return an empty frame with the same columns.
@@ -15,9 +16,12 @@ others check the input, then return an empty frame with the same columns.
 from __future__ import annotations
 
 import numbers
+import random
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from . import distributed
@@ -34,6 +38,21 @@ def task_folder(include_path: str | None) -> str | None:
     elsewhere)."""
     return None if include_path is None else str(Path(include_path) if Path(include_path).is_absolute()
                                                  else ROOT / include_path)
+
+
+@contextmanager
+def _generators_restored():
+    """Python's, NumPy's and torch's (CPU and CUDA) generator states as they were on entry, on exit."""
+    import torch
+
+    states = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    try:
+        yield
+    finally:
+        random.setstate(states[0]), np.random.set_state(states[1]), torch.random.set_rng_state(states[2])
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
 
 
 @lru_cache(maxsize=4)
@@ -76,9 +95,10 @@ def harness_items(model, tokenizer, tasks: list[str], *, limit: int | None = Non
                           + (f" --include_path {folder}`" if folder else "`"))
     if not distributed.is_main():
         return pd.DataFrame(columns=COLUMNS)
-    results = simple_evaluate(HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size), tasks=list(tasks),
-                              limit=limit, task_manager=manager, log_samples=True, bootstrap_iters=0,
-                              gen_kwargs={"do_sample": False, "temperature": 0.0})
+    with _generators_restored():
+        results = simple_evaluate(HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size),
+                                  tasks=list(tasks), limit=limit, task_manager=manager, log_samples=True,
+                                  bootstrap_iters=0, gen_kwargs={"do_sample": False, "temperature": 0.0})
     rows = []
     for task, samples in results["samples"].items():
         configured = [m.get("metric") for m in results["configs"][task].get("metric_list") or []]

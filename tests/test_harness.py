@@ -62,6 +62,19 @@ def test_one_row_per_item_whose_mean_is_lm_evals_own_accuracy(tiny, task_dir, sc
 
 
 @torch.no_grad()
+def test_scoring_leaves_the_sessions_random_draws_as_they_were(tiny, task_dir):
+    import random
+
+    model, tokenizer = tiny
+    draws = []
+    for score in (False, True):
+        random.seed(7), np.random.seed(7), torch.manual_seed(7)
+        if score:
+            harness_items(model, tokenizer, [TASK], include_path=task_dir, limit=2)
+        draws.append((random.random(), float(np.random.rand()), float(torch.rand(1))))
+    assert draws[0] == draws[1]
+
+
 def test_multiple_choice_accuracy_is_the_gold_choice_having_the_highest_log_likelihood(tiny, scored):
     """Independently of lm-eval: each choice's summed log-probability after the prompt, from one forward pass."""
     model, tokenizer = tiny
