@@ -37,11 +37,16 @@ class UCBCurriculum:
             self.recent[arm].append(float(advantage))
             self.seen[arm] += 1
 
-    def scores(self) -> np.ndarray:
+    def terms(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per arm: μ, the mean |advantage| over its window, and the exploration bonus √(2 ln(Σn + 1) / (n + 1))."""
         total = sum(self.seen.values())
         mean = np.array([np.mean(self.recent[a]) if self.recent[a] else 0.0 for a in self.arms])
         counts = np.array([self.seen[a] for a in self.arms], dtype=float)
-        return mean + np.sqrt(2.0 * np.log(total + 1.0) / (counts + 1.0))
+        return mean, np.sqrt(2.0 * np.log(total + 1.0) / (counts + 1.0))
+
+    def scores(self) -> np.ndarray:
+        mean, bonus = self.terms()
+        return mean + bonus
 
     def probabilities(self) -> np.ndarray:
         return softmax(self.scores() / self.temperature)
@@ -77,7 +82,7 @@ class CurriculumSampler(Sampler):
 class DUMPTrainer(SharedPromptGRPOTrainer):
     """GRPO whose prompts come from DUMP's UCB curriculum over the ``arm`` column (the testbed family, e.g.
     ``knights_knaves:3``).  ``history`` holds, per generation batch, the step and each arm's probability,
-    ``μ`` and ``n``.  The data loader draws one batch ahead, so a draw uses the statistics up to the batch
+    ``μ``, exploration bonus and ``n`` (so a run shows whether μ or the bonus drove its draws).  The data loader draws one batch ahead, so a draw uses the statistics up to the batch
     before the one being trained."""
 
     def __init__(self, *args, window: int = 300, temperature: float = 0.1, **kwargs):
@@ -100,10 +105,9 @@ class DUMPTrainer(SharedPromptGRPOTrainer):
             arms = gather_object([x["arm"] for x in inputs])
             advantages = self.accelerator.gather(output["advantages"]).cpu().numpy()
             self.curriculum.update(arms, advantages)
-            p = self.curriculum.probabilities()
-            self.history.append({"step": self.state.global_step,
-                                 **{f"p[{a}]": float(q) for a, q in zip(self.curriculum.arms, p)},
-                                 **{f"mu[{a}]": float(np.mean(self.curriculum.recent[a]) if self.curriculum.recent[a]
-                                                      else 0.0) for a in self.curriculum.arms},
-                                 **{f"n[{a}]": self.curriculum.seen[a] for a in self.curriculum.arms}})
+            p, (mu, bonus), arms = self.curriculum.probabilities(), self.curriculum.terms(), self.curriculum.arms
+            self.history.append({"step": self.state.global_step, **{f"p[{a}]": float(q) for a, q in zip(arms, p)},
+                                 **{f"mu[{a}]": float(m) for a, m in zip(arms, mu)},
+                                 **{f"bonus[{a}]": float(b) for a, b in zip(arms, bonus)},
+                                 **{f"n[{a}]": self.curriculum.seen[a] for a in arms}})
         return output

@@ -107,6 +107,8 @@ def test_dump_probabilities_follow_the_ucb_formula_on_a_hand_computed_case():
     score_b = 0.5 + math.sqrt(2 * math.log(5) / 2)
     p_b = 1 / (1 + math.exp((score_a - score_b) / 0.1))
     assert curriculum.scores() == pytest.approx([score_a, score_b])
+    mu, bonus = curriculum.terms()
+    assert mu == pytest.approx([2.5, 0.5]) and bonus == pytest.approx([score_a - 2.5, score_b - 0.5])
     assert curriculum.probabilities() == pytest.approx([1 - p_b, p_b], rel=1e-9)
 
 
@@ -211,7 +213,8 @@ def test_every_rl_trainer_takes_a_grpo_step_on_the_smoke_profile(method, tiny, s
     assert own is None or own in logged
     assert [(r["step"], 0 <= r["signal_share"] <= 1) for r in rl.signal_log(trainer.state.log_history, method, 0)] == [(1, True)]
     if method == "dump":
-        assert trainer.history and set(trainer.history[0]) >= {"step", "p[chain_sum]", "mu[chain_sum]"}
+        assert trainer.history and set(trainer.history[0]) >= {"step", "p[chain_sum]", "mu[chain_sum]",
+                                                               "bonus[chain_sum]"}
 
 
 def test_rl_settings_are_checked_before_any_work():
