@@ -142,6 +142,16 @@ def checkpoint_metrics(ckpt: dict[str, np.ndarray], base: dict[str, np.ndarray])
             "rank_margin_norm": float(margin_norm.mean()), "reward_margin": float(reward_margin.mean())}
 
 
+def pair_movement(trained: dict[str, np.ndarray], start: dict[str, np.ndarray]) -> dict[str, float]:
+    """How a preference run moved the log-probs of a set of pairs (:func:`preference_logprobs` after and before):
+    :func:`checkpoint_metrics` with its start as the reference (``reward_acc`` / ``reward_margin``: DPO's implicit
+    reward, Rafailov et al., 2023, Eq. 5, up to β) and the mean change of the chosen and of the rejected log-prob —
+    whether a margin grew by raising the chosen reply or by pushing the rejected one down."""
+    return {**checkpoint_metrics(trained, start),
+            "chosen_logprob_change": float(np.mean(trained["chosen"] - start["chosen"])),
+            "rejected_logprob_change": float(np.mean(trained["rejected"] - start["rejected"]))}
+
+
 def pair_metrics(ckpt: dict[str, np.ndarray], base: dict[str, np.ndarray], kind: str, min_pairs: int = 1) -> dict:
     """:func:`checkpoint_metrics` on pairs of ``kind`` as ``<metric>@<kind>`` columns, with ``pairs@<kind>`` (how
     many pairs) — all NaN, and a ``note``, when there are fewer than ``min_pairs`` (too few to rank anything)."""

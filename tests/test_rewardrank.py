@@ -435,3 +435,15 @@ def test_the_embedded_recipe_fits_checkpoints_on_its_steps():
     per_seed = len(sft_subsample(data["sft_train"], cfg.study.sft_subsample, 0))
     every = checkpoint_every(per_seed, train, cfg.study.checkpoints)
     assert [every * k for k in range(1, cfg.study.checkpoints + 1)] == [5, 10, 15] == [5, 10, cfg.train.max_steps]
+
+
+def test_pair_movement_splits_a_margin_gain_into_the_chosen_and_the_rejected_change():
+    from studykit.rewardrank import pair_movement
+
+    start = {"chosen": np.array([-5.0, -6.0]), "rejected": np.array([-4.0, -7.0]),
+             "chosen_tokens": np.array([2, 3]), "rejected_tokens": np.array([2, 3])}
+    trained = {**start, "chosen": np.array([-4.0, -6.0]), "rejected": np.array([-6.0, -8.0])}
+    moved = pair_movement(trained, start)
+    assert moved["chosen_logprob_change"] == 0.5 and moved["rejected_logprob_change"] == -1.5
+    assert moved["reward_margin"] == 2.0 and moved["reward_acc"] == 1.0   # (+1 + 2) and (0 + 1) nats, both > 0
+    assert moved["rank_acc"] == 1.0 and moved["rank_margin"] == 2.0       # −4 vs −6, −6 vs −8
