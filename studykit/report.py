@@ -9,6 +9,7 @@ import pandas as pd
 
 from .claims import ACCURACY, condition_matrix
 from .evaluate import answer_baselines
+from .guards import changed_replies
 from .stats import paired_difference, wilson_interval
 
 # Every study notebook imports this module: its protocol and claims tables show whole values (pandas would cut
@@ -75,6 +76,16 @@ def show_claims(table: pd.DataFrame) -> pd.DataFrame:
                            "difference", "ci_low", "ci_high", "per_seed", "mde", "p", "p_holm", "items", "seeds",
                            "guards", "flags", "verdict") if c in table.columns]
     return table[columns].round(3)
+
+
+def movement_table(margin_rows: list[dict], predictions: pd.DataFrame, start: str) -> pd.DataFrame:
+    """One row per (run, seed) of ``margin_rows`` (each ``run``, ``seed`` and its
+    :func:`studykit.rewardrank.pair_movement`), with the share of eval replies that differ from those of the run's
+    ``start`` condition of the same seed (:func:`studykit.guards.changed_replies`)."""
+    table = pd.DataFrame(margin_rows)
+    table[f"changed replies vs {start}"] = [changed_replies(predictions[predictions["seed"] == seed], run, start)
+                                            for run, seed in zip(table["run"], table["seed"])]
+    return table
 
 
 def metric_summary(predictions: pd.DataFrame, metrics: list[str],

@@ -42,3 +42,14 @@ def test_saved_predictions_load_back_for_paired_re_analysis(tmp_path):
     claim = {"id": "c", "paper": "studykit", "kind": "kit", "source": "s", "claim": "SFT beats base",
              "test": {"treatment": "sft", "control": "base", "direction": "greater"}}
     assert claims_table([claim], loaded).iloc[0].to_dict() == claims_table([claim], frame).iloc[0].to_dict()
+
+
+def test_movement_table_counts_replies_changed_from_the_start_of_the_same_seed():
+    from studykit.report import movement_table
+
+    rows = [{"condition": c, "seed": s, "id": i, "reply": r} for c, s, i, r in [
+        ("sft", 0, "a", "x"), ("sft", 0, "b", "y"), ("sft", 1, "a", "x"), ("sft", 1, "b", "z"),
+        ("dpo", 0, "a", "x"), ("dpo", 0, "b", "q"), ("dpo", 1, "a", "x"), ("dpo", 1, "b", "z")]]
+    table = movement_table([{"run": "dpo", "seed": 0, "reward_acc": 1.0}, {"run": "dpo", "seed": 1, "reward_acc": 0.5}],
+                           pd.DataFrame(rows), start="sft")
+    assert table["changed replies vs sft"].tolist() == [0.5, 0.0] and table["reward_acc"].tolist() == [1.0, 0.5]
