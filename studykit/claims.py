@@ -13,7 +13,9 @@ entry::
       paper_numbers: {treatment: 31.58, control: 18.01}
       kind: paper                       # paper: the paper reports it; kit: the kit's own question (never "contradicts")
       regime: {model: Qwen2.5-Math-1.5B, data: NuminaMath 100k, steps: 1 epoch}   # the paper's (paper claims)
-      requires: {signal_share: 0.5, changed_replies: 0.1}   # optional preconditions on the trained arms
+      requires: {signal_share: 0.5, changed_replies: 0.1}   # optional preconditions on the trained arms (also
+                                        # quality_gain: the lower 95% bound of the arm's paired quality gain over
+                                        # its start, e.g. 0.0: an RL-from-start arm must first have learned)
       headline: true                    # optional: the study's main question: a verdict needs ≥ 5 training seeds
       paper_effect: 0.05                # optional: the paper's effect on this comparison's scale (a difference in
                                         # the test's metric); a comparison whose MDE exceeds it and that does not
@@ -56,7 +58,7 @@ REQUIRED = ("id", "paper", "source", "claim", "kind")
 TEST_KEYS = {"treatment", "control", "metric", "direction", "families"}
 KINDS = ("paper", "kit")
 REGIME_KEYS = {"model", "data", "steps"}
-PRECONDITIONS = ("signal_share", "changed_replies")
+PRECONDITIONS = ("signal_share", "changed_replies", "quality_gain")
 HEADLINE_SEEDS = 5  # a headline claim carries a verdict only from at least this many training seeds
 
 
@@ -313,6 +315,7 @@ def _arm_checks(entry: dict, arms: tuple[str, str], predictions: pd.DataFrame, e
     for name, minimum in entry.get("requires", {}).items():
         for arm in (a for a in arms if a in trained):
             value = (guards.signal_share(evidence.rl_signal, arm) if name == "signal_share" else
+                     _quality_gain_low(predictions, arm, evidence.starts.get(arm)) if name == "quality_gain" else
                      guards.changed_replies(predictions, arm, evidence.starts.get(arm)))
             if name == "signal_share" and not np.isfinite(value):
                 continue  # no RL signal logged for this arm: the signal precondition is about the RL arms
@@ -322,6 +325,19 @@ def _arm_checks(entry: dict, arms: tuple[str, str], predictions: pd.DataFrame, e
             elif value < float(minimum):
                 withheld.append(f"{name} = {value:.2f} < {minimum} ({arm})")
     return "; ".join(notes), ("; ".join(dict.fromkeys(withheld)) or None)
+
+
+def _quality_gain_low(predictions: pd.DataFrame, arm: str, start: str | None) -> float:
+    """The lower 95% bound of ``arm``'s paired gain over its ``start`` in quality (the per-prompt ``quality``
+    column, else lenient accuracy) on the same items (:func:`studykit.stats.paired_difference`); NaN without a
+    start."""
+    metric = next((m for m in ("quality", "lenient") if m in predictions.columns), None)
+    if start is None or metric is None or start not in set(predictions["condition"]):
+        return float("nan")
+    items = sorted(predictions.loc[predictions["condition"] == arm, "id"].unique())
+    a, s = paired_matrices(condition_matrix(predictions, arm, metric, items),
+                           condition_matrix(predictions, start, metric, items))
+    return float(paired_difference(a, s).ci_low)
 
 
 def _opposite(effects: pd.DataFrame) -> str:

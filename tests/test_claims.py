@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from studykit.claims import CLAIMS_DIR, ClaimsError, Evidence, claims_table, conclusions, load_claims
+from studykit.stats import paired_difference
 
 NO_TRAINING = Evidence(trained=[])   # cases about the statistics, not about placebos
 
@@ -246,6 +247,24 @@ def test_an_unmet_rl_precondition_names_the_measured_value():
     claim = [_claim("grpo", "base", requires={"signal_share": 0.5})]
     row = claims_table(claim, frame, Evidence(trained=["grpo"], placebos={"grpo": "base"}, rl_signal=signal)).iloc[0]
     assert row["verdict"] == "not tested: signal_share = 0.12 < 0.5 (grpo)"
+
+
+def test_an_arm_without_a_quality_gain_over_its_start_cannot_carry_a_verdict():
+    """requires: {quality_gain: 0.0} — the lower 95% bound of the arm's paired quality gain over its start must be
+    ≥ 0: an arm that only drifted (its interval across 0) is withheld, one that learned is not."""
+    families = ["x"] * 30 + ["y"] * 30
+    rng = np.random.default_rng(5)
+    base = (rng.random((5, 60)) < 0.4).astype(float)
+    learned = np.maximum(base, rng.random((5, 60)) < 0.6)
+    drifted = np.where(rng.random((5, 60)) < 0.1, 1 - base, base)
+    evidence = Evidence(trained=["rl"], placebos={"rl": "placebo"}, starts={"rl": "base"})
+    claim = [_claim("rl", "base", requires={"quality_gain": 0.0})]
+    for arm, carried in ((learned, True), (drifted, False)):
+        frame = predictions({"rl": arm, "base": base, "placebo": base}, families)
+        row = claims_table(claim, frame, evidence).iloc[0]
+        expected = paired_difference(arm, base).ci_low
+        assert f"quality_gain(rl) = {expected:.2f}" in row["guards"]
+        assert (f"quality_gain = {expected:.2f} < 0.0 (rl)" in row["verdict"]) is not carried
 
 
 def test_a_one_seed_untrained_control_equal_to_every_treatment_seed_is_not_separable_not_mde_zero():
