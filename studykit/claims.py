@@ -329,12 +329,14 @@ def _arm_checks(entry: dict, arms: tuple[str, str], predictions: pd.DataFrame, e
 
 def _quality_gain_low(predictions: pd.DataFrame, arm: str, start: str | None) -> float:
     """The lower 95% bound of ``arm``'s paired gain over its ``start`` in quality (the per-prompt ``quality``
-    column, else lenient accuracy) on the same items (:func:`studykit.stats.paired_difference`); NaN without a
-    start."""
+    column, else lenient accuracy) on the same items — those with a quality (an open-ended prompt has none) —
+    (:func:`studykit.stats.paired_difference`); NaN without a start."""
     metric = next((m for m in ("quality", "lenient") if m in predictions.columns), None)
     if start is None or metric is None or start not in set(predictions["condition"]):
         return float("nan")
-    items = sorted(predictions.loc[predictions["condition"] == arm, "id"].unique())
+    predictions = predictions.assign(**{metric: pd.to_numeric(predictions[metric], errors="coerce")})
+    scored = predictions[(predictions["condition"] == arm) & predictions[metric].notna()]
+    items = sorted(scored["id"].unique())
     a, s = paired_matrices(condition_matrix(predictions, arm, metric, items),
                            condition_matrix(predictions, start, metric, items))
     return float(paired_difference(a, s).ci_low)
