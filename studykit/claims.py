@@ -162,6 +162,13 @@ def condition_matrix(predictions: pd.DataFrame, condition: str, metric: str, ite
     return table[items] if metric == "reply" else table[items].astype(float)
 
 
+def paired_scores(predictions: pd.DataFrame, treatment: str, control: str, metric: str, items: list[str]
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Two conditions' (seeds × items) values of ``metric`` on ``items``, aligned by :func:`paired_matrices`."""
+    return paired_matrices(condition_matrix(predictions, treatment, metric, items),
+                           condition_matrix(predictions, control, metric, items))
+
+
 def paired_matrices(t: pd.DataFrame, c: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """Align two conditions' (seeds × items) tables on their common training seeds; a condition whose only seed is
     :data:`UNTRAINED` is compared with every seed of the other."""
@@ -240,12 +247,10 @@ def claims_table(claims: list[dict], predictions: pd.DataFrame, evidence: Eviden
                 f"{f}: {why}" for f, why in excluded.items()) + ")"})
             continue
         items = sorted(family_of.index[family_of.isin(kept)])
-        t, c = paired_matrices(condition_matrix(predictions, treatment, metric, items),
-                               condition_matrix(predictions, control, metric, items))
+        t, c = paired_scores(predictions, treatment, control, metric, items)
         replies = (None, None)
         if "reply" in predictions.columns and predictions.loc[predictions["id"].isin(items), "reply"].notna().all():
-            replies = paired_matrices(condition_matrix(predictions, treatment, "reply", items),
-                                      condition_matrix(predictions, control, "reply", items))
+            replies = paired_scores(predictions, treatment, control, "reply", items)
         same, flags = guards.identity(t, c, *replies)
         seeds = max(t.shape[0], c.shape[0])
         if entry.get("headline") and seeds < HEADLINE_SEEDS:
@@ -306,8 +311,7 @@ def _arm_checks(entry: dict, arms: tuple[str, str], predictions: pd.DataFrame, e
         items = sorted(predictions.loc[predictions["condition"] == arm, "id"].unique())
         metric = next(m for m in ("lenient", "quality", resolve_metric(entry["test"].get("metric", "lenient"),
                                                                         predictions)) if m in predictions.columns)
-        a, p = paired_matrices(condition_matrix(predictions, arm, metric, items),
-                               condition_matrix(predictions, placebo, metric, items))
+        a, p = paired_scores(predictions, arm, placebo, metric, items)
         beats, text = guards.placebo_check(a, p)
         notes.append(f"{arm} − {placebo} {text}")
         if not beats:
@@ -337,9 +341,7 @@ def _quality_gain_low(predictions: pd.DataFrame, arm: str, start: str | None) ->
     predictions = predictions.assign(**{metric: pd.to_numeric(predictions[metric], errors="coerce")})
     scored = predictions[(predictions["condition"] == arm) & predictions[metric].notna()]
     items = sorted(scored["id"].unique())
-    a, s = paired_matrices(condition_matrix(predictions, arm, metric, items),
-                           condition_matrix(predictions, start, metric, items))
-    return float(paired_difference(a, s).ci_low)
+    return float(paired_difference(*paired_scores(predictions, arm, start, metric, items)).ci_low)
 
 
 def _opposite(effects: pd.DataFrame) -> str:

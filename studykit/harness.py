@@ -36,8 +36,7 @@ COLUMNS = ["id", "family", "metric", "harness_score"]
 def task_folder(include_path: str | None) -> str | None:
     """``include_path`` as lm-eval takes it: a relative folder is relative to the repository (notebooks run
     elsewhere)."""
-    return None if include_path is None else str(Path(include_path) if Path(include_path).is_absolute()
-                                                 else ROOT / include_path)
+    return None if include_path is None else str(ROOT / include_path)   # an absolute path replaces ROOT
 
 
 @contextmanager
