@@ -49,7 +49,8 @@ from .stats import ALPHA, DIRECTIONS, auroc_difference, holm, paired_difference,
 CLAIMS_DIR = CONF_DIR / "claims"
 BIBLIOGRAPHY = ROOT / "references.bib"
 ACCURACY = ("strict", "lenient")
-PER_PROMPT = ("ead", "ead_unigram", "embedding_diversity", "vendi", "quality", "crc_valid", "crc_distinct")
+PER_PROMPT = ("ead", "ead_unigram", "embedding_diversity", "vendi", "quality", "crc_valid", "crc_distinct",
+              "crc_distinct_valid")
 JUDGED = {"win": "win rate vs reference", "mt_bench_score": "MT-Bench score"}   # studykit.judges' columns
 SCORE = "score"   # the evaluation's own per-item score: lenient accuracy under the verifier, else the judge's column
 METRICS = (*ACCURACY, *PER_PROMPT, *JUDGED, SCORE, "auroc")
@@ -246,7 +247,11 @@ def claims_table(claims: list[dict], predictions: pd.DataFrame, evidence: Eviden
             rows.append({**row, "verdict": "not tested: degenerate arms on every family (" + "; ".join(
                 f"{f}: {why}" for f, why in excluded.items()) + ")"})
             continue
-        items = sorted(family_of.index[family_of.isin(kept)])
+        items, undefined = _defined_items(predictions, (treatment, control), metric,
+                                          sorted(family_of.index[family_of.isin(kept)]))
+        if not items:
+            rows.append({**row, "verdict": f"not tested: {metric} is undefined on every item for an arm"})
+            continue
         t, c = paired_scores(predictions, treatment, control, metric, items)
         replies = (None, None)
         if "reply" in predictions.columns and predictions.loc[predictions["id"].isin(items), "reply"].notna().all():
@@ -256,7 +261,8 @@ def claims_table(claims: list[dict], predictions: pd.DataFrame, evidence: Eviden
         if entry.get("headline") and seeds < HEADLINE_SEEDS:
             withheld = "; ".join(filter(None, [withheld, f"headline claim on {seeds} seed(s), needs ≥ "
                                                          f"{HEADLINE_SEEDS}"]))
-        row["flags"] = "; ".join(flags)
+        row["flags"] = "; ".join(flags + ([f"{undefined} item(s) left out: {metric} undefined for an arm"]
+                                          if undefined else []))
         strata = family_of[items].to_numpy()
         if same:
             inseparable.append((len(rows), entry, test, *np.broadcast_arrays(t, c), strata, None))
@@ -266,6 +272,18 @@ def claims_table(claims: list[dict], predictions: pd.DataFrame, evidence: Eviden
         _add_test(rows, tests, row, entry, test, *np.broadcast_arrays(t, c), strata, withheld, partition)
     _resolve(rows, tests)
     return _merge_identical(pd.DataFrame(rows), tests + inseparable)
+
+
+def _defined_items(predictions: pd.DataFrame, arms: tuple[str, ...], metric: str, items: list[str]
+                   ) -> tuple[list[str], int]:
+    """(the items on which ``metric`` has a value in every seed of every arm, how many were left out): a per-prompt
+    measurement can be undefined (CRC diversity among valid samples when none is valid), and pairing needs both."""
+    if metric not in PER_PROMPT or metric not in predictions.columns:
+        return items, 0
+    rows = predictions[predictions["condition"].isin(arms) & predictions["id"].isin(items)]
+    undefined = set(rows.loc[pd.to_numeric(rows[metric], errors="coerce").isna(), "id"])
+    kept = [i for i in items if i not in undefined]
+    return kept, len(items) - len(kept)
 
 
 def _partition(family_groups: dict, families: list[str]) -> dict[str, str] | None:
@@ -308,9 +326,10 @@ def _arm_checks(entry: dict, arms: tuple[str, str], predictions: pd.DataFrame, e
         if placebo is None or placebo not in set(predictions["condition"]):
             withheld.append(f"no placebo yet ({arm})")
             continue
-        items = sorted(predictions.loc[predictions["condition"] == arm, "id"].unique())
         metric = next(m for m in ("lenient", "quality", resolve_metric(entry["test"].get("metric", "lenient"),
                                                                         predictions)) if m in predictions.columns)
+        scored = predictions[(predictions["condition"] == arm) & predictions[metric].notna()]
+        items = sorted(scored["id"].unique())   # an arm's CRC prompts (say) have no accuracy
         a, p = paired_scores(predictions, arm, placebo, metric, items)
         beats, text = guards.placebo_check(a, p)
         notes.append(f"{arm} − {placebo} {text}")

@@ -154,11 +154,14 @@ def crc_answer(record: dict, reply: str) -> str | None:
 
 
 def crc_scores(records: list[dict], replies: list[list[str]]) -> pd.DataFrame:
-    """One row per CRC prompt: ``crc_valid`` (share of its samples that are valid) and ``crc_distinct`` (distinct
-    valid strings / samples, the diversity objective)."""
+    """One row per CRC prompt: ``crc_valid`` (share of its samples that are valid), ``crc_distinct`` (distinct
+    valid strings / samples: SLR's choice objective, which mixes validity and diversity) and
+    ``crc_distinct_valid`` (distinct valid strings / valid samples: diversity among the valid ones, NaN when none
+    is valid), so a change in validity is not read as one in diversity."""
     rows = []
     for record, group in zip(records, replies, strict=True):
         valid = [a for a in (crc_answer(record, reply) for reply in group) if a is not None]
         rows.append({"id": record["id"], "family": record["family"], "crc_valid": len(valid) / len(group),
-                     "crc_distinct": len(set(valid)) / len(group)})
+                     "crc_distinct": len(set(valid)) / len(group),
+                     "crc_distinct_valid": len(set(valid)) / len(valid) if valid else float("nan")})
     return pd.DataFrame(rows)

@@ -154,6 +154,32 @@ def test_claims_on_a_per_prompt_measurement_use_its_values_and_name():
     assert row["verdict"] == "supported" and (row["items"], row["seeds"]) == (40, 2)
 
 
+def test_items_where_a_per_prompt_metric_is_undefined_are_left_out_and_the_placebo_reads_the_arms_scored_items():
+    """CRC diversity among valid samples is undefined on a prompt with none valid: such prompts are left out of the
+    pairing (and counted in the flags), and an arm's placebo check reads its accuracy items, not its CRC prompts."""
+    rng = np.random.default_rng(1)
+    control = rng.integers(0, 2, (3, 60))
+    frame = predictions({"slr": control, "post": np.maximum(control, rng.random((3, 60)) < 0.7),
+                         "placebo": control}, ["x"] * 30 + ["y"] * 30)
+    crc = []
+    for condition, base in (("slr", 0.8), ("post", 0.5)):
+        for seed in range(3):
+            for i in range(20):
+                value = np.nan if (condition == "post" and i < 4 and seed == 1) else base + 0.005 * i
+                crc.append({"condition": condition, "seed": seed, "id": f"crc{i}", "family": "crc",
+                            "crc_distinct_valid": value})
+    frame = pd.concat([frame, pd.DataFrame(crc)], ignore_index=True)
+    entry = [{"id": "slr.diverse", "paper": "studykit", "kind": "paper", "source": "s", "claim": "c",
+              "test": {"treatment": "slr", "control": "post", "metric": "crc_distinct_valid", "direction": "greater",
+                       "families": "crc"}}]
+    evidence = Evidence(family_groups={"crc": ["crc"]}, trained=["post"], placebos={"post": "placebo"})
+    row = claims_table(entry, frame, evidence).iloc[0]
+    assert row["items"] == 16 and "4 item(s) left out: crc_distinct_valid undefined" in row["flags"]
+    assert row["difference"] == pytest.approx(0.3)
+    assert row["verdict"] == "fragile: carried by crc (the only family left)"   # resolved, one proxy task
+    assert row["guards"].startswith("post − placebo +")    # paired on the 60 accuracy items, not the CRC prompts
+
+
 def test_a_per_prompt_metric_of_one_condition_gets_a_t_interval_not_a_wilson_one():
     from studykit.report import condition_accuracy, metric_summary
 

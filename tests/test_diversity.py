@@ -81,6 +81,8 @@ def test_crc_counts_valid_and_distinct_valid_samples():
     row = diversity.crc_scores([record], [replies]).iloc[0]
     assert row["crc_valid"] == pytest.approx(4 / 8)          # z is not allowed; "The" and "bb" are not one letter
     assert row["crc_distinct"] == pytest.approx(3 / 8)       # b (twice), m, t
+    assert row["crc_distinct_valid"] == pytest.approx(3 / 4)  # 3 distinct among the 4 valid
+    assert np.isnan(diversity.crc_scores([record], [["z", "The"]]).iloc[0]["crc_distinct_valid"])  # none valid
     pair = {"id": "p", "family": "crc", "alphabet": "ab", "length": 2}
     assert diversity.crc_answer(pair, "ab!") == "ab" and diversity.crc_answer(pair, "a b") is None
     with pytest.raises(ValueError, match="alphabet_size"):
