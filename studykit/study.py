@@ -253,6 +253,16 @@ class Study:
         self._predictions.append(predictions_frame(predictions, condition, seed))
         return predictions
 
+    def record_as(self, source: str, condition: str, seed: int = UNTRAINED) -> None:
+        """Record what ``source`` scored on ``seed`` (its predictions and lm-eval scores) again as ``condition``:
+        the same weights under another name (the best soup ingredient as best_single) give the same greedy replies,
+        so they are not evaluated twice."""
+        for frames in (self._predictions, self._harness):
+            same = [f[(f["condition"] == source) & (f["seed"] == seed)] for f in frames]
+            if frames is self._predictions and not any(len(f) for f in same):
+                raise ValueError(f"record_as: no predictions of '{source}' seed {seed} to record as '{condition}'")
+            frames.extend(f.assign(condition=condition) for f in same if len(f))
+
     def harness(self, model) -> pd.DataFrame:
         """``model``'s per-item scores on the lm-evaluation-harness tasks of ``eval.lm_eval``
         (:func:`studykit.harness.harness_items`, with its ``limit``, ``batch_size`` and ``include_path``); an empty

@@ -101,6 +101,17 @@ def test_a_run_without_evaluation_is_stored_and_listed_but_records_no_prediction
     assert not _sft(session, model, pool, 0, []).done and len(cache.list_entries()) == 2
 
 
+def test_record_as_gives_the_same_predictions_under_another_name(session):
+    model, _ = session.base_model()
+    session.evaluation(model, "lr_a", 0)
+    session.record_as("lr_a", "best_single", 0)
+    frame = session.predictions
+    a, b = (frame[frame["condition"] == c].drop(columns="condition").reset_index(drop=True) for c in ("lr_a", "best_single"))
+    assert len(a) == len(session.eval_records) and a.equals(b)
+    with pytest.raises(ValueError, match="no predictions of 'lr_a' seed 1"):
+        session.record_as("lr_a", "best_single", 1)
+
+
 def test_prune_removes_stale_and_all_entries(session, monkeypatch):
     model, _ = session.base_model()
     _sft(session, model, session.testbed()["pool"], 0, [])
