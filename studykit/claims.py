@@ -210,7 +210,8 @@ def claims_table(claims: list[dict], predictions: pd.DataFrame, evidence: Eviden
 
     A comparison carries a verdict only when: each trained arm beats its placebo; the claim's ``requires:``
     preconditions hold; a headline claim has ≥ :data:`HEADLINE_SEEDS` training seeds; families where an arm is
-    degenerate are left out (none left: not tested); the arms are separable; no two families show significant
+    degenerate are left out (none left: not tested), and so are items where the metric is undefined for an arm
+    (counted in the flags); the arms are separable; no two families show significant
     effects of opposite sign (then one row per family group instead); and no single family carries it
     (leave-one-family-out, else *fragile*).  Supported / contradicted need Holm-adjusted
     p < 0.05 within the study; claims whose tests coincide numerically are merged into one row."""
@@ -247,10 +248,13 @@ def claims_table(claims: list[dict], predictions: pd.DataFrame, evidence: Eviden
             rows.append({**row, "verdict": "not tested: degenerate arms on every family (" + "; ".join(
                 f"{f}: {why}" for f, why in excluded.items()) + ")"})
             continue
+        if metric not in predictions.columns:
+            rows.append({**row, "verdict": f"not tested: {metric} is not in this evidence"})
+            continue
         items, undefined = _defined_items(predictions, (treatment, control), metric,
                                           sorted(family_of.index[family_of.isin(kept)]))
         if not items:
-            rows.append({**row, "verdict": f"not tested: {metric} is undefined on every item for an arm"})
+            rows.append({**row, "verdict": f"not tested: no item where both arms have {metric}"})
             continue
         t, c = paired_scores(predictions, treatment, control, metric, items)
         replies = (None, None)
@@ -276,10 +280,9 @@ def claims_table(claims: list[dict], predictions: pd.DataFrame, evidence: Eviden
 
 def _defined_items(predictions: pd.DataFrame, arms: tuple[str, ...], metric: str, items: list[str]
                    ) -> tuple[list[str], int]:
-    """(the items on which ``metric`` has a value in every seed of every arm, how many were left out): a per-prompt
-    measurement can be undefined (CRC diversity among valid samples when none is valid), and pairing needs both."""
-    if metric not in PER_PROMPT or metric not in predictions.columns:
-        return items, 0
+    """(the items on which ``metric`` has a numeric value in every seed of every arm, how many were left out): a
+    per-prompt measurement can be undefined (CRC diversity among valid samples when none is valid), and pairing
+    needs both arms."""
     rows = predictions[predictions["condition"].isin(arms) & predictions["id"].isin(items)]
     undefined = set(rows.loc[pd.to_numeric(rows[metric], errors="coerce").isna(), "id"])
     kept = [i for i in items if i not in undefined]
@@ -317,7 +320,9 @@ def _add_test(rows: list, tests: list, row: dict, entry: dict, test: dict, t: np
 
 def _arm_checks(entry: dict, arms: tuple[str, str], predictions: pd.DataFrame, evidence: Evidence,
                 trained: set[str]) -> tuple[str, str | None]:
-    """(what the placebo and precondition guards measured, the reason the verdict is withheld or None)."""
+    """(what the placebo and precondition guards measured, the reason the verdict is withheld or None).  An arm and
+    its placebo are paired on the items where both have the placebo metric (accuracy, else quality): an arm's CRC
+    prompts have no accuracy, an open-ended prompt no quality."""
     notes, withheld = [], []
     for arm in arms:
         if arm not in trained:
@@ -328,8 +333,10 @@ def _arm_checks(entry: dict, arms: tuple[str, str], predictions: pd.DataFrame, e
             continue
         metric = next(m for m in ("lenient", "quality", resolve_metric(entry["test"].get("metric", "lenient"),
                                                                         predictions)) if m in predictions.columns)
-        scored = predictions[(predictions["condition"] == arm) & predictions[metric].notna()]
-        items = sorted(scored["id"].unique())   # an arm's CRC prompts (say) have no accuracy
+        items, _ = _defined_items(predictions, (arm, placebo), metric, _scored_items(predictions, arm, metric))
+        if not items:
+            withheld.append(f"no {metric} items for the placebo check ({arm})")
+            continue
         a, p = paired_scores(predictions, arm, placebo, metric, items)
         beats, text = guards.placebo_check(a, p)
         notes.append(f"{arm} − {placebo} {text}")
@@ -358,9 +365,16 @@ def _quality_gain_low(predictions: pd.DataFrame, arm: str, start: str | None) ->
     if start is None or metric is None or start not in set(predictions["condition"]):
         return float("nan")
     predictions = predictions.assign(**{metric: pd.to_numeric(predictions[metric], errors="coerce")})
-    scored = predictions[(predictions["condition"] == arm) & predictions[metric].notna()]
-    items = sorted(scored["id"].unique())
+    items, _ = _defined_items(predictions, (arm, start), metric, _scored_items(predictions, arm, metric))
+    if not items:
+        return float("nan")
     return float(paired_difference(*paired_scores(predictions, arm, start, metric, items)).ci_low)
+
+
+def _scored_items(predictions: pd.DataFrame, arm: str, metric: str) -> list[str]:
+    """The items on which ``arm`` has a numeric ``metric``."""
+    rows = predictions[predictions["condition"] == arm]
+    return sorted(rows.loc[pd.to_numeric(rows[metric], errors="coerce").notna(), "id"].unique())
 
 
 def _opposite(effects: pd.DataFrame) -> str:

@@ -178,6 +178,11 @@ def test_items_where_a_per_prompt_metric_is_undefined_are_left_out_and_the_place
     assert row["difference"] == pytest.approx(0.3)
     assert row["verdict"] == "fragile: carried by crc (the only family left)"   # resolved, one proxy task
     assert row["guards"].startswith("post − placebo +")    # paired on the 60 accuracy items, not the CRC prompts
+    no_accuracy = frame[~((frame["condition"] == "post") & frame["id"].str.startswith("item"))]
+    withheld = claims_table(entry, no_accuracy, evidence).iloc[0]
+    assert withheld["verdict"] == "not tested: no lenient items for the placebo check (post)"
+    missing = claims_table(entry, frame.drop(columns="crc_distinct_valid"), evidence).iloc[0]
+    assert missing["verdict"] == "not tested: crc_distinct_valid is not in this evidence"
 
 
 def test_a_per_prompt_metric_of_one_condition_gets_a_t_interval_not_a_wilson_one():
