@@ -90,20 +90,23 @@ def movement_table(margin_rows: list[dict], predictions: pd.DataFrame, start: st
 
 def metric_summary(predictions: pd.DataFrame, metrics: list[str],
                    family_groups: dict[str, list[str]]) -> pd.DataFrame:
-    """One row per condition × family group: each per-prompt metric's mean with its 95% CI (bootstrap over
-    prompts and seeds, :func:`condition_accuracy`); a metric that is NaN for a group (e.g.
-    quality on open-ended prompts, which have no verifier) is averaged over the prompts that have it."""
+    """One row per condition × family group: each per-prompt metric's mean with its 95% CI (over prompts and
+    seeds, :func:`condition_accuracy`).  A metric undefined on some prompts — quality on open-ended prompts (no
+    verifier), CRC diversity among valid samples where a model wrote none — is averaged, per condition, over the
+    prompts where it is defined in every seed of that condition (``prompts``)."""
     rows = []
     for group, families in family_groups.items():
         frame = predictions[predictions["family"].isin(families)]
         for metric in metrics:
-            measured = frame[frame[metric].notna()]
-            if measured.empty:
-                continue
-            table = condition_accuracy(measured, metric)
-            rows.extend({"group": group, "metric": metric, "condition": r["condition"], "mean": r[metric],
-                         "ci_low": r["ci_low"], "ci_high": r["ci_high"], "prompts": r["items"], "seeds": r["seeds"]}
-                        for r in table.to_dict(orient="records"))
+            for condition, part in frame.groupby("condition", sort=False):
+                undefined = set(part.loc[pd.to_numeric(part[metric], errors="coerce").isna(), "id"])
+                measured = part[~part["id"].isin(undefined)]
+                if measured.empty:
+                    continue
+                r = condition_accuracy(measured, metric).iloc[0]
+                rows.append({"group": group, "metric": metric, "condition": condition, "mean": r[metric],
+                             "ci_low": r["ci_low"], "ci_high": r["ci_high"], "prompts": r["items"],
+                             "seeds": r["seeds"]})
     return pd.DataFrame(rows)
 
 

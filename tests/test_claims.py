@@ -196,6 +196,12 @@ def test_a_per_prompt_metric_of_one_condition_gets_a_t_interval_not_a_wilson_one
     summary = metric_summary(frame, ["vendi", "quality"], {"all": ["f", "g"]})
     quality = summary[summary["metric"] == "quality"].iloc[0]
     assert quality["prompts"] == 10 and quality["mean"] == pytest.approx(0.5)   # the prompts without it left out
+    crc = pd.DataFrame([{"condition": c, "seed": seed, "id": f"p{i}", "family": "crc",
+                         "crc_distinct_valid": np.nan if (c == "start" and i < 3) or (seed == 1 and i == 5) else 0.5}
+                        for c, seeds in (("start", [-1]), ("post", [0, 1])) for seed in seeds for i in range(8)])
+    by_condition = metric_summary(crc, ["crc_distinct_valid"], {"crc": ["crc"]}).set_index("condition")
+    assert by_condition.loc["start", "prompts"] == 5 and by_condition.loc["post", "prompts"] == 7   # its own prompts
+    assert by_condition.loc["post", "mean"] == pytest.approx(0.5)                      # no seed's NaN in the mean
 
 
 def _claim(treatment, control, direction="greater", **extra):
