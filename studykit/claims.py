@@ -251,7 +251,7 @@ def claims_table(claims: list[dict], predictions: pd.DataFrame, evidence: Eviden
         if metric not in predictions.columns:
             rows.append({**row, "verdict": f"not tested: {metric} is not in this evidence"})
             continue
-        items, undefined = _defined_items(predictions, (treatment, control), metric,
+        items, undefined = defined_items(predictions, (treatment, control), metric,
                                           sorted(family_of.index[family_of.isin(kept)]))
         if not items:
             rows.append({**row, "verdict": f"not tested: no item where both arms have {metric}"})
@@ -278,8 +278,7 @@ def claims_table(claims: list[dict], predictions: pd.DataFrame, evidence: Eviden
     return _merge_identical(pd.DataFrame(rows), tests + inseparable)
 
 
-def _defined_items(predictions: pd.DataFrame, arms: tuple[str, ...], metric: str, items: list[str]
-                   ) -> tuple[list[str], int]:
+def defined_items(predictions: pd.DataFrame, arms, metric: str, items: list[str]) -> tuple[list[str], int]:
     """(the items on which ``metric`` has a numeric value in every seed of every arm, how many were left out): a
     per-prompt measurement can be undefined (CRC diversity among valid samples when none is valid), and pairing
     needs both arms."""
@@ -333,7 +332,7 @@ def _arm_checks(entry: dict, arms: tuple[str, str], predictions: pd.DataFrame, e
             continue
         metric = next(m for m in ("lenient", "quality", resolve_metric(entry["test"].get("metric", "lenient"),
                                                                         predictions)) if m in predictions.columns)
-        items, _ = _defined_items(predictions, (arm, placebo), metric, _scored_items(predictions, arm, metric))
+        items, _ = defined_items(predictions, (arm, placebo), metric, _scored_items(predictions, arm, metric))
         if not items:
             withheld.append(f"no {metric} items for the placebo check ({arm})")
             continue
@@ -365,7 +364,7 @@ def _quality_gain_low(predictions: pd.DataFrame, arm: str, start: str | None) ->
     if start is None or metric is None or start not in set(predictions["condition"]):
         return float("nan")
     predictions = predictions.assign(**{metric: pd.to_numeric(predictions[metric], errors="coerce")})
-    items, _ = _defined_items(predictions, (arm, start), metric, _scored_items(predictions, arm, metric))
+    items, _ = defined_items(predictions, (arm, start), metric, _scored_items(predictions, arm, metric))
     if not items:
         return float("nan")
     return float(paired_difference(*paired_scores(predictions, arm, start, metric, items)).ci_low)

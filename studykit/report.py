@@ -7,7 +7,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from .claims import ACCURACY, condition_matrix
+from .claims import ACCURACY, condition_matrix, defined_items
 from .evaluate import answer_baselines
 from .guards import changed_replies
 from .stats import paired_difference, wilson_interval
@@ -99,11 +99,10 @@ def metric_summary(predictions: pd.DataFrame, metrics: list[str],
         frame = predictions[predictions["family"].isin(families)]
         for metric in metrics:
             for condition, part in frame.groupby("condition", sort=False):
-                undefined = set(part.loc[pd.to_numeric(part[metric], errors="coerce").isna(), "id"])
-                measured = part[~part["id"].isin(undefined)]
-                if measured.empty:
+                items, _ = defined_items(part, [condition], metric, sorted(part["id"].unique()))
+                if not items:
                     continue
-                r = condition_accuracy(measured, metric).iloc[0]
+                r = condition_accuracy(part[part["id"].isin(items)], metric).iloc[0]
                 rows.append({"group": group, "metric": metric, "condition": condition, "mean": r[metric],
                              "ci_low": r["ci_low"], "ci_high": r["ci_high"], "prompts": r["items"],
                              "seeds": r["seeds"]})

@@ -265,7 +265,7 @@ def test_a_multi_seed_study_records_its_training_seeds():
     from studykit.runner import used_seeds
 
     cfg = compose([*["study=sft_objectives"], "profile=smoke"])
-    assert used_seeds(cfg) == {"seed": 0, "data.seed": cfg.data.seed, "study.seeds": list(cfg.profile.seeds)}
+    assert used_seeds(cfg) == {"seed": 0, "data.seed": cfg.data.seed, "study.seeds": [0, 1, 2, 3, 4]}   # its own
 
 
 def test_a_sweep_keeps_the_results_and_the_index(results, fake_papermill, capsys):
