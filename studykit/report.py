@@ -81,10 +81,17 @@ def show_claims(table: pd.DataFrame) -> pd.DataFrame:
 def movement_table(margin_rows: list[dict], predictions: pd.DataFrame, start: str) -> pd.DataFrame:
     """One row per (run, seed) of ``margin_rows`` (each ``run``, ``seed`` and its
     :func:`studykit.rewardrank.pair_movement`), with the share of eval replies that differ from those of the run's
-    ``start`` condition of the same seed (:func:`studykit.guards.changed_replies`)."""
+    ``start`` condition of the same seed, or of its one seed when every run starts from one model
+    (:func:`studykit.guards.changed_replies`)."""
     table = pd.DataFrame(margin_rows)
-    table[f"changed replies vs {start}"] = [changed_replies(predictions[predictions["seed"] == seed], run, start)
-                                            for run, seed in zip(table["run"], table["seed"])]
+    origin = predictions[predictions["condition"] == start]
+    one_start = origin["seed"].nunique() == 1
+
+    def changed(run: str, seed: int) -> float:
+        arm = predictions[(predictions["condition"] == run) & (predictions["seed"] == seed)]
+        return changed_replies(pd.concat([arm, origin if one_start else origin[origin["seed"] == seed]]), run, start)
+
+    table[f"changed replies vs {start}"] = [changed(run, seed) for run, seed in zip(table["run"], table["seed"])]
     return table
 
 

@@ -30,6 +30,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
@@ -47,6 +48,7 @@ from .judges import JUDGES, judge_records
 from .models import is_qlora, load_judge, load_model_and_tokenizer
 from .results import log_to_file, output_directory, save_metrics, save_predictions, save_table
 from .testbed import build_testbed
+from .tuning import chosen_setting, dev_choice
 
 # Each line a notebook's session appends here (in the run's output directory) is a stage of the study: the runner
 # prints it as it happens ("run 3 of 12: sft seed 1 — 4.2 min elapsed, about 13 min to go").
@@ -161,6 +163,7 @@ class Study:
         seed_everything(int(cfg.seed))
         self.timings: dict[str, float] = {}
         self._predictions: list[pd.DataFrame] = []
+        self._dev_predictions: list[pd.DataFrame] = []   # runs evaluated on the dev split (Study.tune)
         self._harness: list[pd.DataFrame] = []   # lm-eval per-item scores (Study.harness)
         self._runs: list[dict] = []
         self._planned: int | None = None
@@ -299,15 +302,20 @@ class Study:
 
     @contextmanager
     def run(self, name: str, seed: int, *, recipe: dict, keep_model: bool = False, evaluate: bool = True,
-            eval_records: list[dict] | None = None):
+            eval_records: list[dict] | None = None, split: str = "eval"):
         """One trained run (see :class:`Run`): looked up in the run cache by ``recipe`` (what determines the run:
         the method, its settings, its data and start), the model, ``seed`` and the eval items; trained by the body
         when not found, then evaluated on the eval items, stored (with the weights when ``keep_model``) and
         recorded as condition ``name``, training seed ``seed``.  ``evaluate=False``: not evaluated and no
         predictions recorded (a merge ingredient, or a study that measures its runs itself, into ``run.extra``).
         ``eval_records``: evaluate on these items instead of all eval items (a run whose claims read only some
-        families: the in-domain ones, its trained family)."""
-        records = self.eval_records if eval_records is None else eval_records
+        families: the in-domain ones, its trained family).  ``split="dev"``: evaluated on the dev items (or
+        ``eval_records``) and recorded apart, in :attr:`dev_predictions` (what :meth:`tune` chooses on), never in
+        the predictions the claims read."""
+        if split not in ("eval", "dev"):
+            raise ValueError(f"run {name!r}: split={split!r}; expected 'eval' or 'dev'")
+        records = eval_records if eval_records is not None else self.testbed()[split] if split == "dev" \
+            else self.eval_records
         spec = {"model": self.cfg.model, **({"peft": self.cfg.peft} if self.cfg.get("peft") is not None else {}),
                 "device": self.device.type, "seed": int(seed), "eval": self.cfg.eval,
                 "eval_items": [(r["id"], r["prompt"], r["response"]) for r in records], "recipe": recipe,
@@ -340,7 +348,9 @@ class Study:
                                 checkpoints=run._checkpoints)
                 distributed.barrier()
                 run._entry = cache.runs_root() / key
-        if evaluate:
+        if evaluate and split == "dev":
+            self._dev_predictions.append(predictions_frame(run.predictions, name, seed))
+        elif evaluate:
             self._predictions.append(predictions_frame(run.predictions, name, seed))
             self._record_harness(pd.DataFrame(run.extra.get("harness", []), columns=HARNESS_COLUMNS), name, seed)
         self._runs.append({"run": name, "seed": int(seed), "steps": run.steps, "tokens": run.tokens,
@@ -363,6 +373,30 @@ class Study:
     def predictions(self) -> pd.DataFrame:
         """Every recorded evaluation, one row per (condition, seed, item)."""
         return pd.concat(self._predictions, ignore_index=True)
+
+    @property
+    def dev_predictions(self) -> pd.DataFrame:
+        """Every run evaluated on the dev split (``run(..., split="dev")``), one row per (condition, seed, item)."""
+        return pd.concat(self._dev_predictions, ignore_index=True)
+
+    def tune(self, name: str, grid: dict[str, dict], seed: int, *, recipe: Callable[[dict, bool], dict],
+             train: Callable[[Run, dict, bool], None]) -> tuple[dict, pd.DataFrame]:
+        """Choose arm ``name``'s setting on the dev split (:mod:`studykit.tuning`): for each ``grid`` entry
+        (``{label: settings}``, gentlest first) the arm's run ``<name>@<label>`` and its placebo's
+        ``placebo_<name>@<label>`` on training seed ``seed`` — cache key ``recipe(settings, placebo)``, trained by
+        ``train(run, settings, placebo)`` when not cached — evaluated on the dev items.  Returns the settings whose
+        run beats its placebo on dev by the most, and the table of every setting
+        (:func:`studykit.tuning.dev_choice`)."""
+        candidates = {}
+        for label, settings in grid.items():
+            conditions = (f"{name}@{label}", f"placebo_{name}@{label}")
+            for condition, placebo in zip(conditions, (False, True)):
+                with self.run(condition, seed, recipe=recipe(settings, placebo), split="dev") as run:
+                    if not run.done:
+                        train(run, settings, placebo)
+            candidates[label] = conditions
+        table = dev_choice(self.dev_predictions, candidates, self.score).assign(arm_name=name)
+        return dict(grid[chosen_setting(table)]), table
 
     @property
     def harness_predictions(self) -> pd.DataFrame:
@@ -399,6 +433,8 @@ class Study:
         """Write the recorded predictions, the runs table, ``metrics`` and the timings to the output directory."""
         if self._predictions:
             save_predictions(self.out, self.predictions)
+        if self._dev_predictions:
+            save_table(self.out, "dev_predictions", self.dev_predictions)
         if self._runs:
             save_table(self.out, "runs", self.runs)
         if self._harness:

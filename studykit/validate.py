@@ -491,6 +491,9 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"data.dev_per_family={cfg.data.dev_per_family!r} is not allowed: expected ≥ 1 with "
                               "study.model_strong_candidates (the model-strong family is chosen on dev items, never on "
                               "eval items)")
+    if OmegaConf.select(cfg, "study.learning_rates", default=None) is not None and cfg.data.dev_per_family < 1:
+        raise ConfigError(f"data.dev_per_family={cfg.data.dev_per_family!r} is not allowed: expected ≥ 1 with "
+                          "study.learning_rates (each arm's learning rate is chosen on dev items, never on eval items)")
     heldout = OmegaConf.select(cfg, "study.heldout_pairs_per_family", default=None)
     if heldout is not None and heldout >= cfg.data.preference_per_family:
         raise ConfigError(f"study.heldout_pairs_per_family={heldout!r} is not allowed: expected fewer than "

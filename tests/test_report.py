@@ -53,3 +53,13 @@ def test_movement_table_counts_replies_changed_from_the_start_of_the_same_seed()
     table = movement_table([{"run": "dpo", "seed": 0, "reward_acc": 1.0}, {"run": "dpo", "seed": 1, "reward_acc": 0.5}],
                            pd.DataFrame(rows), start="sft")
     assert table["changed replies vs sft"].tolist() == [0.5, 0.0] and table["reward_acc"].tolist() == [1.0, 0.5]
+
+
+def test_movement_table_compares_every_seed_with_a_one_seed_start():
+    from studykit.report import movement_table
+
+    rows = [{"condition": c, "seed": s, "id": i, "reply": r} for c, s, i, r in [
+        ("sft", 0, "a", "x"), ("sft", 0, "b", "y"),
+        ("dpo", 0, "a", "x"), ("dpo", 0, "b", "q"), ("dpo", 1, "a", "w"), ("dpo", 1, "b", "q")]]
+    table = movement_table([{"run": "dpo", "seed": 0}, {"run": "dpo", "seed": 1}], pd.DataFrame(rows), start="sft")
+    assert table["changed replies vs sft"].tolist() == [0.5, 1.0]

@@ -177,3 +177,40 @@ def test_a_run_evaluated_on_some_items_is_keyed_and_recorded_on_those(session):
         keys.append(run.key)
         assert set(run.predictions["id"]) == {r["id"] for r in (records or session.eval_records)}
     assert keys[0] != keys[1]
+
+
+def test_tune_trains_each_setting_and_its_placebo_on_the_dev_items_and_records_them_apart(session):
+    from studykit.tuning import dev_choice
+
+    model, _ = session.base_model()
+    pool, dev = session.testbed()["pool"], session.testbed()["dev"]
+    grid = {"lr=1e-4": {"learning_rate": 1e-4}, "lr=1e-3": {"learning_rate": 1e-3}}
+    trained = []
+
+    def train(run, settings, placebo):
+        trained.append((run.name, settings["learning_rate"], placebo))
+        records = [{**r, "response": "0"} for r in pool] if placebo else pool   # any signal-free stand-in
+        run.trainer = train_sft(copy_model(model), session.tokenizer, records, session.cfg, run.scratch,
+                                seed=run.seed, **settings)
+
+    recipe = lambda settings, placebo: {**session.sft_recipe(pool, **settings), "placebo": placebo}
+    chosen, table = session.tune("sft", grid, 0, recipe=recipe, train=train)
+    assert trained == [("sft@lr=1e-4", 1e-4, False), ("placebo_sft@lr=1e-4", 1e-4, True),
+                       ("sft@lr=1e-3", 1e-3, False), ("placebo_sft@lr=1e-3", 1e-3, True)]
+    dev_rows = session.dev_predictions
+    assert set(dev_rows["id"]) == {r["id"] for r in dev} and len(dev_rows) == 4 * len(dev)
+    assert not session._predictions   # nothing the claims read
+    expected = dev_choice(dev_rows, {label: (f"sft@{label}", f"placebo_sft@{label}") for label in grid})
+    assert chosen == grid[expected.loc[expected["chosen"], "setting"].iloc[0]]
+    assert table.drop(columns="arm_name").equals(expected) and set(table["arm_name"]) == {"sft"}
+    # asked again, every run comes from the cache; the dev table is saved with the session
+    again, _ = session.tune("sft", grid, 0, recipe=recipe, train=train)
+    assert again == chosen and len(trained) == 4
+    session.save()
+    assert len(pd.read_csv(session.out / "dev_predictions.csv")) == 8 * len(dev)
+
+
+def test_a_run_on_an_unknown_split_is_an_error(session):
+    with pytest.raises(ValueError, match="split='test'"):
+        with session.run("sft", 0, recipe=session.sft_recipe([]), split="test"):
+            pass
