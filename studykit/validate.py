@@ -258,6 +258,8 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "calibration_by_model": (_by_model, "a mapping of model names to {items: int ≥ 1, pool: int ≥ 1, samples: int ≥ 2, "
                                         "budgets: [int ≥ 1, ...], starts: [base, warmup]}"),
     "positive_int_list": (_positive_int_list, "a non-empty list of integers ≥ 1"),
+    "selm_alphas": (lambda v: _positive_list(v) and len(set(v)) == len(v),
+                    "a non-empty list of distinct numbers > 0 (SELM's α, gentlest first)"),
     "anchor_multipliers": (_positive_list,
                            "a non-empty list of numbers > 0 (anchor counts relative to study.nuggets.anchors.n)"),
     "learning_rates": (_learning_rates, "a list of at least two distinct learning rates > 0"),
