@@ -31,6 +31,7 @@ from . import distributed
 from .config import device
 from .logprobs import batch_response_logprobs, collate_left, encode_pair, pad_token_id
 from .registry import PREFERENCE_LOSSES, resolve
+from .rewards import answer_format
 from .trainers import dpo_dataset, finish, log_to_file, peft_config, prepare_trainable, training_args
 
 EXPLORE = "reference_response"
@@ -206,6 +207,36 @@ class _IdCollator:
         batch = self.inner(examples)
         batch["example_id"] = ids
         return batch
+
+
+DELTA_KEEP = ("bare_answers", "different", "all")
+
+
+def delta_pairs(prompts: list[dict], chosen: list[dict], rejected: list[dict], keep: str = "bare_answers"
+                ) -> tuple[list[dict], dict]:
+    """Delta learning's weak pairs (Geng et al., 2025, "The Delta Learning Hypothesis", §3): per prompt, the reply of
+    a stronger weak model as chosen and of a weaker one as rejected.  ``chosen`` / ``rejected``: each model's judged
+    reply per prompt (``reply``, ``lenient``).  ``keep``: which prompts give a pair — ``bare_answers`` (both replies
+    a bare answer in the task's format, :func:`studykit.rewards.answer_format`, and different: a pair that differs
+    in quality, not in style), ``different`` (the replies differ) or ``all``.  Returns the pairs and what the
+    filter kept: how many prompts, bare-answer pairs, pairs kept, and, among them, right-over-wrong and
+    wrong-over-right pairs."""
+    if keep not in DELTA_KEEP:
+        raise ValueError(f"delta_pairs: keep={keep!r}; expected one of {DELTA_KEEP}")
+    if not len(prompts) == len(chosen) == len(rejected):
+        raise ValueError(f"delta_pairs: {len(prompts)} prompts, {len(chosen)} chosen and {len(rejected)} rejected replies")
+    families = [p["family"] for p in prompts]
+    bare = [c and r for c, r in zip(answer_format([c["reply"] for c in chosen], families),
+                                    answer_format([r["reply"] for r in rejected], families))]
+    differ = [c["reply"].strip() != r["reply"].strip() for c, r in zip(chosen, rejected)]
+    kept = [{"bare_answers": b and d, "different": d, "all": True}[keep] for b, d in zip(bare, differ)]
+    pairs = [{**p, "chosen": c["reply"], "rejected": r["reply"]}
+             for p, c, r, k in zip(prompts, chosen, rejected, kept) if k]
+    judged = [(bool(c["lenient"]), bool(r["lenient"])) for c, r, k in zip(chosen, rejected, kept) if k]
+    counts = {"prompts": len(prompts), "both bare and different": sum(b and d for b, d in zip(bare, differ)),
+              f"pairs ({keep})": len(pairs), "chosen right, rejected wrong": sum(c and not r for c, r in judged),
+              "chosen wrong, rejected right": sum(r and not c for c, r in judged)}
+    return pairs, counts
 
 
 def self_contrast_negatives(samples: list[str], similarity: list[float], k: int, share: float = 0.75,

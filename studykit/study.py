@@ -48,7 +48,7 @@ from .judges import JUDGES, judge_records
 from .models import is_qlora, load_judge, load_model_and_tokenizer
 from .results import log_to_file, output_directory, save_metrics, save_predictions, save_table
 from .testbed import build_testbed
-from .tuning import chosen_setting, dev_choice
+from .tuning import chosen_setting, dev_choice, placebo_of
 
 # Each line a notebook's session appends here (in the run's output directory) is a stage of the study: the runner
 # prints it as it happens ("run 3 of 12: sft seed 1 — 4.2 min elapsed, about 13 min to go").
@@ -314,8 +314,15 @@ class Study:
         the predictions the claims read."""
         if split not in ("eval", "dev"):
             raise ValueError(f"run {name!r}: split={split!r}; expected 'eval' or 'dev'")
-        records = eval_records if eval_records is not None else self.testbed()[split] if split == "dev" \
-            else self.eval_records
+        if eval_records is not None:
+            records = eval_records
+        elif split == "dev":
+            records = self.testbed().get("dev") or []
+            if not records:
+                raise ConfigError(f"run {name!r} is evaluated on the dev split, but data.dev_per_family="
+                                  f"{self.cfg.data.get('dev_per_family')!r}: expected ≥ 1")
+        else:
+            records = self.eval_records
         spec = {"model": self.cfg.model, **({"peft": self.cfg.peft} if self.cfg.get("peft") is not None else {}),
                 "device": self.device.type, "seed": int(seed), "eval": self.cfg.eval,
                 "eval_items": [(r["id"], r["prompt"], r["response"]) for r in records], "recipe": recipe,
@@ -389,7 +396,7 @@ class Study:
         (:func:`studykit.tuning.dev_choice`)."""
         candidates = {}
         for label, settings in grid.items():
-            conditions = (f"{name}@{label}", f"placebo_{name}@{label}")
+            conditions = (f"{name}@{label}", placebo_of(f"{name}@{label}"))
             for condition, placebo in zip(conditions, (False, True)):
                 with self.run(condition, seed, recipe=recipe(settings, placebo), split="dev") as run:
                     if not run.done:

@@ -18,6 +18,11 @@ COLUMNS = ["setting", "arm", "placebo", "arm_accuracy", "placebo_accuracy", "gai
            "chosen"]
 
 
+def placebo_of(name: str) -> str:
+    """The condition name of arm ``name``'s placebo."""
+    return f"placebo_{name}"
+
+
 def dev_choice(dev_predictions: pd.DataFrame, candidates: dict[str, tuple[str, str]],
                metric: str = "lenient") -> pd.DataFrame:
     """One row per setting of ``candidates`` (``{setting: (arm condition, placebo condition)}``, in the grid's order)

@@ -241,3 +241,22 @@ def test_every_registered_loss_trains_through_one_entry_point(tiny, smoke_cfg, p
         assert trainer.alpha == 0.01                       # a trainer option, not a DPOConfig field
     if loss == "dft2":
         assert trainer.reference_free and trainer.tau == 0.5
+
+
+def test_delta_pairs_keep_bare_answers_that_differ_and_count_what_they_kept():
+    from studykit.preference import delta_pairs
+
+    prompts = [{"id": i, "family": "basic_arithmetic:1d", "prompt": f"q{i}"} for i in range(4)]
+    chosen = [{"reply": "7", "lenient": True}, {"reply": "3", "lenient": False}, {"reply": "The answer is 5", "lenient": True},
+              {"reply": "4", "lenient": False}]
+    rejected = [{"reply": "6", "lenient": False}, {"reply": "3", "lenient": False}, {"reply": "5", "lenient": True},
+                {"reply": "2", "lenient": True}]
+    pairs, counts = delta_pairs(prompts, chosen, rejected)
+    # prompt 1: the same reply; prompt 2: the chosen reply is not a bare answer
+    assert [(p["id"], p["chosen"], p["rejected"]) for p in pairs] == [(0, "7", "6"), (3, "4", "2")]
+    assert counts == {"prompts": 4, "both bare and different": 2, "pairs (bare_answers)": 2,
+                      "chosen right, rejected wrong": 1, "chosen wrong, rejected right": 1}
+    assert [p["id"] for p in delta_pairs(prompts, chosen, rejected, keep="different")[0]] == [0, 2, 3]
+    assert len(delta_pairs(prompts, chosen, rejected, keep="all")[0]) == 4
+    with pytest.raises(ValueError, match="keep='some'"):
+        delta_pairs(prompts, chosen, rejected, keep="some")

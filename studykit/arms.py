@@ -1,0 +1,110 @@
+"""Preference arms trained from one start, each beside its placebo: the protocol the preference studies share
+(preference_losses, self_contrast, preference_variants, delta_learning).
+
+Each arm's setting (a learning rate, SELM's α) is chosen on the dev items against its placebo
+(:meth:`PreferenceArms.tune`, :meth:`studykit.study.Study.tune`); then every arm and its placebo train on every
+seed at the chosen setting (:meth:`PreferenceArms.run`), and each run's effect on held-out pairs is measured against
+the start (:func:`studykit.rewardrank.pair_movement`).  An arm is
+
+* a preference loss on its pairs (:func:`studykit.preference.train_preference`, reference = the start); its placebo
+  swaps each pair's chosen and rejected by a fair coin (:func:`studykit.placebo.placebo_preference_pairs`);
+* or SFT on its pairs' chosen responses (``loss="sft"``, :func:`studykit.train.train_sft`: delta learning's
+  chosen-only control); its placebo permutes those responses within family
+  (:func:`studykit.placebo.placebo_sft_records`).
+
+A run's cache key is what determines it — loss, pairs, start, settings and the held-out pairs its margins are
+measured on — so studies that ask for the same run (DPO on the testbed pairs from the shared SFT start) share it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .models import copy_model
+from .placebo import placebo_preference_pairs, placebo_sft_records
+from .preference import train_preference
+from .rewardrank import pair_movement, preference_logprobs
+from .train import train_sft
+from .tuning import placebo_of
+
+SFT = "sft"   # an arm trained by SFT on its pairs' chosen responses
+LOGGED = ("rewards/", "loss", "step")   # the trainer log keys kept in a study's train_log table
+
+
+@dataclass(frozen=True)
+class Arm:
+    """``loss``: a loss of :data:`studykit.registry.PREFERENCE_LOSSES` or :data:`SFT`; ``pairs``: its training
+    pairs (prompt, chosen, rejected, family, …); ``options``: fixed trainer settings (β, γ, ``num_train_epochs``, …),
+    beside the chosen ``settings`` of each run."""
+    loss: str
+    pairs: list[dict]
+    options: dict = field(default_factory=dict)
+
+
+class PreferenceArms:
+    """The arms of one study, all trained from ``start`` (a kept :class:`studykit.study.Run`: its model is every run's
+    start and every preference loss's reference), recorded through ``session`` (a :class:`studykit.study.Study`);
+    margins on ``heldout_pairs`` (none: no margins)."""
+
+    def __init__(self, session, start, arms: dict[str, Arm], heldout_pairs: list[dict]):
+        self.session, self.start, self.arms, self.heldout = session, start, arms, heldout_pairs
+        self.reference = self._logprobs(start.model) if heldout_pairs else None
+
+    def _logprobs(self, model) -> dict:
+        return preference_logprobs(model, self.session.tokenizer, self.heldout, chat=self.session.chat,
+                                   batch_size=self.session.cfg.eval.batch_size)
+
+    def data(self, name: str, seed: int, placebo: bool) -> list[dict]:
+        """What arm ``name`` trains on with training seed ``seed``: its pairs (an SFT arm: their chosen responses as
+        records), scrambled by seed when ``placebo``."""
+        arm = self.arms[name]
+        if arm.loss == SFT:
+            records = [{**pair, "response": pair["chosen"]} for pair in arm.pairs]
+            return placebo_sft_records(records, seed) if placebo else records
+        return placebo_preference_pairs(arm.pairs, seed) if placebo else arm.pairs
+
+    def recipe(self, name: str, settings: dict, seed: int, placebo: bool) -> dict:
+        """The cache recipe of arm ``name``'s run (or its placebo's) at ``settings``."""
+        arm, data = self.arms[name], self.data(name, seed, placebo)
+        options = {**arm.options, **settings}
+        if arm.loss == SFT:
+            recipe = self.session.sft_recipe(data, start=self.start.key, **options)
+        else:
+            recipe = self.session.recipe(f"dpo:{arm.loss}", data, start=self.start.key, section="dpo", **options)
+        return {**recipe, "heldout_pairs": self.heldout}
+
+    def train(self, name: str, run, settings: dict, placebo: bool) -> None:
+        """Train arm ``name`` (or its placebo) from the start in ``run``'s body and measure its margins."""
+        arm, data = self.arms[name], self.data(name, run.seed, placebo)
+        options, cfg, tokenizer = {**arm.options, **settings}, self.session.cfg, self.session.tokenizer
+        model = copy_model(self.start.model)
+        if arm.loss == SFT:
+            run.trainer = train_sft(model, tokenizer, data, cfg, run.scratch, **options, seed=run.seed,
+                                    data_seed=run.seed)
+        else:
+            run.trainer = train_preference(model, self.start.model, tokenizer, data, cfg, run.scratch, loss=arm.loss,
+                                           **options, seed=run.seed, data_seed=run.seed)
+        run.extra["margins"] = pair_movement(self._logprobs(run.model), self.reference) if self.heldout else {}
+
+    def tune(self, name: str, grid: dict[str, dict], seed: int):
+        """Arm ``name``'s setting chosen on the dev items against its placebo (:meth:`studykit.study.Study.tune`):
+        (the chosen settings, the table of every setting)."""
+        return self.session.tune(name, grid, seed, recipe=lambda settings, placebo: self.recipe(name, settings, seed,
+                                                                                                 placebo),
+                                 train=lambda run, settings, placebo: self.train(name, run, settings, placebo))
+
+    def run(self, settings: dict[str, dict], seeds: list[int]) -> tuple[list[dict], list[dict]]:
+        """Every arm and its placebo (:func:`placebo_of`) on every seed at its chosen ``settings[arm]``, recorded as
+        conditions of the session.  Returns (margin rows: run, seed and :func:`pair_movement`; train-log rows)."""
+        margins, logs = [], []
+        for seed in seeds:
+            for name in self.arms:
+                for condition, placebo in ((name, False), (placebo_of(name), True)):
+                    with self.session.run(condition, seed, recipe=self.recipe(name, settings[name], seed,
+                                                                              placebo)) as run:
+                        if not run.done:
+                            self.train(name, run, settings[name], placebo)
+                    margins.append({"run": condition, "seed": seed, **run.extra["margins"]})
+                    logs.extend({"run": condition, "seed": seed,
+                                 **{k: v for k, v in row.items() if k.startswith(LOGGED)}}
+                                for row in run.log if "loss" in row)
+        return margins, logs

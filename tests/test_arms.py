@@ -1,0 +1,61 @@
+"""Preference arms beside their placebos: what each arm and placebo trains on, and the run a recipe names (the same
+run in every study that asks for it, so studies share it through the run cache)."""
+from __future__ import annotations
+
+import pytest
+from omegaconf import OmegaConf
+
+from studykit.arms import SFT, Arm, PreferenceArms
+from studykit.config import compose
+from studykit.study import Study
+
+
+@pytest.fixture
+def session(tmp_path, monkeypatch):
+    monkeypatch.setenv("STUDYKIT_CACHE", str(tmp_path / "cache"))
+    config = OmegaConf.to_container(compose(["study=preference_losses", "profile=smoke", "study.heldout_pairs_per_family=1"]), resolve=True)
+    session = Study.open("preference_losses", config, str(tmp_path / "out"))
+    session.start_model, _ = session.base_model()
+    return session
+
+
+class _Start:   # a kept start run: its key and model are all the arms read of it
+    key = "start-key"
+
+    def __init__(self, session):
+        self.model = session.start_model
+
+
+def _pairs(n: int = 6) -> list[dict]:
+    return [{"id": f"p{i}", "family": "lcm" if i % 2 else "leg_counting", "prompt": f"q{i}", "chosen": f"c{i}",
+             "rejected": f"r{i}"} for i in range(n)]
+
+
+def test_an_arm_trains_on_its_pairs_and_its_placebo_on_the_same_texts_scrambled(session):
+    pairs = _pairs()
+    arms = PreferenceArms(session, _Start(session), {"dpo": Arm("sigmoid", pairs), "chosen": Arm(SFT, pairs)}, [])
+    assert arms.data("dpo", 0, placebo=False) == pairs
+    swapped = arms.data("dpo", 0, placebo=True)
+    assert all({p["chosen"], p["rejected"]} == {q["chosen"], q["rejected"]} for p, q in zip(pairs, swapped))
+    assert any(p["chosen"] != q["chosen"] for p, q in zip(pairs, swapped))
+    records = arms.data("chosen", 0, placebo=False)
+    assert [r["response"] for r in records] == [p["chosen"] for p in pairs]
+    permuted = arms.data("chosen", 3, placebo=True)
+    for family in ("lcm", "leg_counting"):   # responses permuted within each family
+        assert sorted(r["response"] for r in permuted if r["family"] == family) == \
+            sorted(r["response"] for r in records if r["family"] == family)
+
+
+def test_a_recipe_is_the_same_in_every_study_and_changes_with_what_determines_the_run(session):
+    pairs, heldout = _pairs(), _pairs(2)
+    one = PreferenceArms(session, _Start(session), {"dpo": Arm("sigmoid", pairs)}, heldout)
+    other = PreferenceArms(session, _Start(session), {"also_dpo": Arm("sigmoid", pairs)}, heldout)   # another study's name
+    recipe = one.recipe("dpo", {"learning_rate": 1e-5}, 0, placebo=False)
+    assert recipe == other.recipe("also_dpo", {"learning_rate": 1e-5}, 0, placebo=False)
+    assert recipe["start"] == "start-key" and recipe["heldout_pairs"] == heldout
+    assert recipe["dpo"]["learning_rate"] == 1e-5 and recipe["method"] == "dpo:sigmoid"
+    assert recipe != one.recipe("dpo", {"learning_rate": 1e-4}, 0, placebo=False)
+    assert recipe != one.recipe("dpo", {"learning_rate": 1e-5}, 0, placebo=True)
+    sft = PreferenceArms(session, _Start(session), {"chosen": Arm(SFT, pairs, {"num_train_epochs": 1})}, heldout)
+    sft_recipe = sft.recipe("chosen", {}, 0, placebo=False)
+    assert sft_recipe["method"] == "sft" and sft_recipe["train"]["num_train_epochs"] == 1
