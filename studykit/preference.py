@@ -32,6 +32,7 @@ from .config import device
 from .logprobs import batch_response_logprobs, collate_left, encode_pair, pad_token_id
 from .registry import PREFERENCE_LOSSES, resolve
 from .rewards import answer_format
+from .validate import DELTA_KEEP
 from .trainers import dpo_dataset, finish, log_to_file, peft_config, prepare_trainable, training_args
 
 EXPLORE = "reference_response"
@@ -207,9 +208,6 @@ class _IdCollator:
         batch = self.inner(examples)
         batch["example_id"] = ids
         return batch
-
-
-DELTA_KEEP = ("bare_answers", "different", "all")
 
 
 def delta_pairs(prompts: list[dict], chosen: list[dict], rejected: list[dict], keep: str = "bare_answers"

@@ -232,6 +232,8 @@ def _subset_conditions(v) -> bool:
 
 
 # The vocabulary of checks: name → (check, what it allows).  A study's ``schema`` names its keys' checks from here.
+DELTA_KEEP = ("bare_answers", "different", "all")   # which prompts give a delta-learning pair (preference.delta_pairs)
+
 CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "any": (anything, "anything"),
     "bool": (boolean, "true or false"),
@@ -266,7 +268,7 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "shares": (_shares, "a non-empty list of distinct shares in [0, 1]"),
     "stage_steps": (_stage_steps, "a mapping {sft, dpo, grpo} of integers ≥ 1"),
     "nuggets_mode": (one_of("faithful", "clean"), "faithful or clean"),
-    "delta_pairs": (one_of("bare_answers", "different", "all"), "bare_answers, different or all"),
+    "delta_pairs": (one_of(*DELTA_KEEP), "bare_answers, different or all"),
     "scoring_precision": (one_of(*SCORING_PRECISIONS), "float32 (TF32 off) or bfloat16 (autocast)"),
     "anchor_method": (one_of("kmeans", "random"), "kmeans or random"),
     "anchor_embedding": (one_of("model", "minilm"), "model or minilm"),
