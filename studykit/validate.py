@@ -499,6 +499,12 @@ def validate(cfg: DictConfig) -> None:
     if OmegaConf.select(cfg, "study.learning_rates", default=None) is not None and cfg.data.dev_per_family < 1:
         raise ConfigError(f"data.dev_per_family={cfg.data.dev_per_family!r} is not allowed: expected ≥ 1 with "
                           "study.learning_rates (each arm's learning rate is chosen on dev items, never on eval items)")
+    if OmegaConf.select(cfg, "study.learning_rates", default=None) is not None:
+        tuning_seed = OmegaConf.select(cfg, "study.tuning_seed", default=None)
+        if not _int(tuning_seed) or tuning_seed in list(cfg.study.seeds):
+            raise ConfigError(f"study.tuning_seed={tuning_seed!r} is not allowed: expected an integer not in "
+                              f"study.seeds={list(cfg.study.seeds)!r} with study.learning_rates (a setting chosen on "
+                              "one run must not be scored again through that same run on eval)")
     heldout = OmegaConf.select(cfg, "study.heldout_pairs_per_family", default=None)
     if heldout is not None and heldout >= cfg.data.preference_per_family:
         raise ConfigError(f"study.heldout_pairs_per_family={heldout!r} is not allowed: expected fewer than "

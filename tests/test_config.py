@@ -103,6 +103,8 @@ def test_every_study_has_a_notebook():
      "integers ≥ 1"),
     (["study=preference_variants", "study.selm_alphas=[0.1,-1]"], "study.selm_alphas", "distinct numbers > 0"),
     (["study=preference_losses", "data.dev_per_family=0"], "data.dev_per_family", "≥ 1 with study.learning_rates"),
+    (["study=self_contrast", "study.tuning_seed=2"], "study.tuning_seed", r"not in study.seeds=\[0, 1, 2, 3, 4\]"),
+    (["study=preference_variants", "study.tuning_seed=1.5"], "study.tuning_seed", "an integer ≥ 0"),
     (["study=delta_learning", "study.delta.keep=some"], "study.delta.keep", "bare_answers, different or all"),
     (["study=budget", "study.sft_shares=[0.0,1.5]"], "study.sft_shares", r"distinct shares in \[0, 1\]"),
     (["study=budget", "study.budget=1"], "study.budget", "an integer ≥ 2"),
