@@ -22,6 +22,8 @@ methods, training and evidence
     group) and its variants
   nuggets, rewardrank, selectors, transforms, diversity, merging – the methods' scoring and data
   calibration – which testbed families let each method act on a model (gold skew, accuracy, RL signal share)
+  tuning    – a setting (lr, α) chosen on the dev split: the one whose run beats its placebo by the most
+  arms      – arms trained from one start beside their placebos (preference losses, SFT, RL methods), tuned on dev
   evaluate  – generation, per-item judged predictions, accuracy with chance / majority baselines
   judges    – judges of open-ended replies (registry JUDGES: reward model, MT-Bench pairwise / single), cached;
     AlpacaEval's length-controlled win rate

@@ -1,46 +1,57 @@
-"""Preference arms trained from one start, each beside its placebo: the protocol the preference studies share
-(preference_losses, self_contrast, preference_variants, delta_learning).
+"""Arms trained from one start, each beside its placebo: the protocol the preference studies (preference_losses,
+self_contrast, preference_variants, delta_learning) and the RL studies share.
 
 Each arm's setting (a learning rate, SELM's α) is chosen on the dev items against its placebo
-(:meth:`PreferenceArms.tune`, :meth:`studykit.study.Study.tune`); then every arm and its placebo train on every
-seed at the chosen setting (:meth:`PreferenceArms.run`), and each run's effect on held-out pairs is measured against
-the start (:func:`studykit.rewardrank.pair_movement`).  An arm is
+(:meth:`Arms.tune`, :meth:`studykit.study.Study.tune`); then every arm and its placebo train on every seed at the
+chosen setting (:meth:`Arms.run`), and each run's effect on held-out pairs is measured against the start
+(:func:`studykit.rewardrank.pair_movement`; none without held-out pairs).  An arm is
 
 * a preference loss on its pairs (:func:`studykit.preference.train_preference`, reference = the start); its placebo
   swaps each pair's chosen and rejected by a fair coin (:func:`studykit.placebo.placebo_preference_pairs`);
-* or SFT on its pairs' chosen responses (``loss="sft"``, :func:`studykit.train.train_sft`: delta learning's
-  chosen-only control); its placebo permutes those responses within family
-  (:func:`studykit.placebo.placebo_sft_records`).
+* or SFT on its data's responses (``loss="sft"``, :func:`studykit.train.train_sft`: a pair's chosen response, a
+  record's gold ``response`` — delta learning's chosen-only control, the RL studies' continued-SFT control); its
+  placebo permutes those responses within family (:func:`studykit.placebo.placebo_sft_records`);
+* or an RL method on its records' prompts (``loss="grpo:<method>"``, a method of
+  :data:`studykit.registry.RL_METHODS`, :func:`studykit.rl.train_grpo`); its placebo permutes every reward across
+  the batch's completions and the demonstrations within family (``placebo=True``, seeded by the run), and each run's
+  per-step RL signal share is kept (:meth:`Arms.signal`).
 
-A run's cache key is what determines it — loss, pairs, start, settings and the held-out pairs its margins are
-measured on — so studies that ask for the same run (DPO on the testbed pairs from the shared SFT start) share it.
+A run's cache key is what determines it — loss, data, start, settings, the held-out pairs its margins are measured
+on, and (RL) the reward settings and whether it is a placebo — so studies that ask for the same run (DPO on the
+testbed pairs from the shared SFT start) share it.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import pandas as pd
+from omegaconf import OmegaConf
+
 from .models import copy_model
 from .placebo import placebo_preference_pairs, placebo_sft_records
 from .preference import train_preference
 from .rewardrank import pair_movement, preference_logprobs
+from .rl import signal_log, train_grpo
 from .train import train_sft
 from .tuning import placebo_of
 
-SFT = "sft"   # an arm trained by SFT on its pairs' chosen responses
-LOGGED = ("rewards/", "loss", "step")   # the trainer log keys kept in a study's train_log table
+SFT = "sft"   # an arm trained by SFT on its data's responses
+RL = "grpo:"  # the prefix of an RL arm's loss: grpo:<a method of studykit.registry.RL_METHODS>
+LOGGED = ("reward", "loss", "step", "frac_reward_zero_std")   # the trainer log keys kept in a train_log table
 
 
 @dataclass(frozen=True)
 class Arm:
-    """``loss``: a loss of :data:`studykit.registry.PREFERENCE_LOSSES` or :data:`SFT`; ``pairs``: its training
-    pairs (prompt, chosen, rejected, family, …); ``options``: fixed trainer settings (β, γ, ``num_train_epochs``, …),
-    beside the chosen ``settings`` of each run."""
+    """``loss``: a loss of :data:`studykit.registry.PREFERENCE_LOSSES`, :data:`SFT` or ``grpo:<method>``
+    (:data:`RL`); ``data``: its training pairs (prompt, chosen, rejected, family, …) or records (prompt, response,
+    entry, family, …); ``options``: fixed trainer settings (β, γ, ``num_train_epochs``, ``max_steps``, …), beside
+    the chosen ``settings`` of each run."""
     loss: str
-    pairs: list[dict]
+    data: list[dict]
     options: dict = field(default_factory=dict)
 
 
-class PreferenceArms:
+class Arms:
     """The arms of one study, all trained from ``start`` (a kept :class:`studykit.study.Run`: its model is every run's
     start and every preference loss's reference), recorded through ``session`` (a :class:`studykit.study.Study`);
     margins on ``heldout_pairs`` (none: no margins)."""
@@ -54,13 +65,16 @@ class PreferenceArms:
                                    batch_size=self.session.cfg.eval.batch_size)
 
     def data(self, name: str, seed: int, placebo: bool) -> list[dict]:
-        """What arm ``name`` trains on with training seed ``seed``: its pairs (an SFT arm: their chosen responses as
-        records), scrambled by seed when ``placebo``."""
+        """What arm ``name`` trains on with training seed ``seed``: its pairs, scrambled by seed when ``placebo``; an
+        SFT arm: records of its pairs' chosen (else its records' gold) responses, permuted when ``placebo``; an RL
+        arm: its records (its placebo scrambles rewards and demonstrations in the trainer)."""
         arm = self.arms[name]
         if arm.loss == SFT:
-            records = [{**pair, "response": pair["chosen"]} for pair in arm.pairs]
+            records = [{**r, "response": r["chosen"]} if "chosen" in r else r for r in arm.data]
             return placebo_sft_records(records, seed) if placebo else records
-        return placebo_preference_pairs(arm.pairs, seed) if placebo else arm.pairs
+        if arm.loss.startswith(RL):
+            return arm.data
+        return placebo_preference_pairs(arm.data, seed) if placebo else arm.data
 
     def recipe(self, name: str, settings: dict, seed: int, placebo: bool) -> dict:
         """The cache recipe of arm ``name``'s run (or its placebo's) at ``settings``."""
@@ -68,29 +82,37 @@ class PreferenceArms:
         options = {**arm.options, **settings}
         if arm.loss == SFT:
             recipe = self.session.sft_recipe(data, start=self.start.key, **options)
+        elif arm.loss.startswith(RL):
+            recipe = {**self.session.recipe(arm.loss, data, start=self.start.key, section="grpo", **options),
+                      "rl": OmegaConf.to_container(self.session.cfg.rl, resolve=True), "placebo": placebo}
         else:
             recipe = self.session.recipe(f"dpo:{arm.loss}", data, start=self.start.key, section="dpo", **options)
         return {**recipe, "heldout_pairs": self.heldout}
 
     def train(self, name: str, run, settings: dict, placebo: bool) -> None:
-        """Train arm ``name`` (or its placebo) from the start in ``run``'s body and measure its margins."""
+        """Train arm ``name`` (or its placebo) from the start in ``run``'s body and measure its margins (with
+        held-out pairs)."""
         arm, data = self.arms[name], self.data(name, run.seed, placebo)
         options, cfg, tokenizer = {**arm.options, **settings}, self.session.cfg, self.session.tokenizer
         model = copy_model(self.start.model)
         if arm.loss == SFT:
             run.trainer = train_sft(model, tokenizer, data, cfg, run.scratch, **options, seed=run.seed,
                                     data_seed=run.seed)
+        elif arm.loss.startswith(RL):
+            run.trainer = train_grpo(model, tokenizer, data, cfg, run.scratch, method=arm.loss.removeprefix(RL),
+                                     placebo=placebo, **options, seed=run.seed, data_seed=run.seed)
         else:
             run.trainer = train_preference(model, self.start.model, tokenizer, data, cfg, run.scratch, loss=arm.loss,
                                            **options, seed=run.seed, data_seed=run.seed)
         run.extra["margins"] = pair_movement(self._logprobs(run.model), self.reference) if self.heldout else {}
 
-    def tune(self, name: str, grid: dict[str, dict], seed: int):
-        """Arm ``name``'s setting chosen on the dev items against its placebo (:meth:`studykit.study.Study.tune`):
-        (the chosen settings, the table of every setting)."""
+    def tune(self, name: str, grid: dict[str, dict], seed: int, against: str | None = None):
+        """Arm ``name``'s setting chosen on the dev items against its placebo, or against the dev condition
+        ``against`` (:meth:`studykit.study.Study.tune`): (the chosen settings, the table of every setting)."""
         return self.session.tune(name, grid, seed, recipe=lambda settings, placebo: self.recipe(name, settings, seed,
                                                                                                  placebo),
-                                 train=lambda run, settings, placebo: self.train(name, run, settings, placebo))
+                                 train=lambda run, settings, placebo: self.train(name, run, settings, placebo),
+                                 against=against)
 
     def run(self, settings: dict[str, dict], seeds: list[int]) -> tuple[list[dict], list[dict]]:
         """Every arm and its placebo (:func:`placebo_of`) on every seed at its chosen ``settings[arm]``, recorded as
@@ -108,3 +130,14 @@ class PreferenceArms:
                                  **{k: v for k, v in row.items() if k.startswith(LOGGED)}}
                                 for row in run.log if "loss" in row)
         return margins, logs
+
+    @staticmethod
+    def signal(logs: list[dict]) -> pd.DataFrame:
+        """The RL runs' per-step signal share (:func:`studykit.rl.signal_log`) from :meth:`run`'s train-log rows:
+        ``condition, seed, step, signal_share`` (the ``rl_signal`` of the claims' guards); empty without RL runs."""
+        frame = pd.DataFrame(logs)
+        if "frac_reward_zero_std" not in frame:
+            return pd.DataFrame(columns=["condition", "seed", "step", "signal_share"])
+        frame = frame.dropna(subset=["frac_reward_zero_std"])
+        return pd.DataFrame([row for (run, seed), part in frame.groupby(["run", "seed"], sort=False)
+                             for row in signal_log(part.to_dict("records"), run, seed)])

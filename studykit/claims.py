@@ -163,17 +163,22 @@ def condition_matrix(predictions: pd.DataFrame, condition: str, metric: str, ite
     return table[items] if metric == "reply" else table[items].astype(float)
 
 
-def paired_scores(predictions: pd.DataFrame, treatment: str, control: str, metric: str, items: list[str]
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """Two conditions' (seeds × items) values of ``metric`` on ``items``, aligned by :func:`paired_matrices`."""
+def paired_scores(predictions: pd.DataFrame, treatment: str, control: str, metric: str, items: list[str],
+                  shared_starts: frozenset = frozenset()) -> tuple[np.ndarray, np.ndarray]:
+    """Two conditions' (seeds × items) values of ``metric`` on ``items``, aligned by :func:`paired_matrices`
+    (``shared_starts``: the conditions that are a start the arms train from, :meth:`Evidence.shared_starts`)."""
     return paired_matrices(condition_matrix(predictions, treatment, metric, items),
-                           condition_matrix(predictions, control, metric, items))
+                           condition_matrix(predictions, control, metric, items),
+                           shared=(treatment in shared_starts, control in shared_starts))
 
 
-def paired_matrices(t: pd.DataFrame, c: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """Align two conditions' (seeds × items) tables on their common training seeds; a condition whose only seed is
-    :data:`UNTRAINED` is compared with every seed of the other."""
-    if list(t.index) == [UNTRAINED] or list(c.index) == [UNTRAINED]:
+def paired_matrices(t: pd.DataFrame, c: pd.DataFrame, shared: tuple[bool, bool] = (False, False)
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Align two conditions' (seeds × items) tables on their common training seeds.  A condition whose only seed is
+    :data:`UNTRAINED`, or a start recorded on one seed (``shared``: one run that every seed of the other trained
+    from, e.g. the preference studies' SFT start), is compared with every seed of the other."""
+    single = [list(m.index) == [UNTRAINED] or (start and len(m.index) == 1) for m, start in zip((t, c), shared)]
+    if any(single):
         return t.to_numpy(), c.to_numpy()
     common = sorted(set(t.index) & set(c.index))
     if not common:
@@ -195,6 +200,10 @@ class Evidence:
     placebos: dict = field(default_factory=dict)
     regime: dict = field(default_factory=dict)
     rl_signal: pd.DataFrame | None = None
+
+    def shared_starts(self) -> frozenset:
+        """The declared starts: one recorded on a single seed is one run every seed of its arms trained from."""
+        return frozenset(self.starts.values())
 
     def trained_conditions(self, predictions: pd.DataFrame) -> set[str]:
         """The declared trained conditions, or (undeclared) every condition with a training seed."""
@@ -256,10 +265,10 @@ def claims_table(claims: list[dict], predictions: pd.DataFrame, evidence: Eviden
         if not items:
             rows.append({**row, "verdict": f"not tested: no item where both arms have {metric}"})
             continue
-        t, c = paired_scores(predictions, treatment, control, metric, items)
+        t, c = paired_scores(predictions, treatment, control, metric, items, evidence.shared_starts())
         replies = (None, None)
         if "reply" in predictions.columns and predictions.loc[predictions["id"].isin(items), "reply"].notna().all():
-            replies = paired_scores(predictions, treatment, control, "reply", items)
+            replies = paired_scores(predictions, treatment, control, "reply", items, evidence.shared_starts())
         same, flags = guards.identity(t, c, *replies)
         seeds = max(t.shape[0], c.shape[0])
         if entry.get("headline") and seeds < HEADLINE_SEEDS:
@@ -367,7 +376,7 @@ def _quality_gain_low(predictions: pd.DataFrame, arm: str, start: str | None) ->
     items, _ = defined_items(predictions, (arm, start), metric, _scored_items(predictions, arm, metric))
     if not items:
         return float("nan")
-    return float(paired_difference(*paired_scores(predictions, arm, start, metric, items)).ci_low)
+    return float(paired_difference(*paired_scores(predictions, arm, start, metric, items, frozenset({start}))).ci_low)
 
 
 def _scored_items(predictions: pd.DataFrame, arm: str, metric: str) -> list[str]:

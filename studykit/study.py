@@ -387,21 +387,23 @@ class Study:
         return pd.concat(self._dev_predictions, ignore_index=True)
 
     def tune(self, name: str, grid: dict[str, dict], seed: int, *, recipe: Callable[[dict, bool], dict],
-             train: Callable[[Run, dict, bool], None]) -> tuple[dict, pd.DataFrame]:
+             train: Callable[[Run, dict, bool], None], against: str | None = None) -> tuple[dict, pd.DataFrame]:
         """Choose arm ``name``'s setting on the dev split (:mod:`studykit.tuning`): for each ``grid`` entry
         (``{label: settings}``, gentlest first) the arm's run ``<name>@<label>`` and its placebo's
         ``placebo_<name>@<label>`` on training seed ``seed`` — cache key ``recipe(settings, placebo)``, trained by
         ``train(run, settings, placebo)`` when not cached — evaluated on the dev items.  Returns the settings whose
         run beats its placebo on dev by the most, and the table of every setting
-        (:func:`studykit.tuning.dev_choice`)."""
+        (:func:`studykit.tuning.dev_choice`).  ``against``: a condition already run on the dev items at ``seed``
+        that every setting is compared with instead of a placebo of its own (no placebo runs) — for a coefficient
+        whose term a placebo would keep (SELM's α: choose it against DPO, the loss without the term)."""
         candidates = {}
         for label, settings in grid.items():
             conditions = (f"{name}@{label}", placebo_of(f"{name}@{label}"))
-            for condition, placebo in zip(conditions, (False, True)):
+            for condition, placebo in zip(conditions[:1] if against else conditions, (False, True)):
                 with self.run(condition, seed, recipe=recipe(settings, placebo), split="dev") as run:
                     if not run.done:
                         train(run, settings, placebo)
-            candidates[label] = conditions
+            candidates[label] = (conditions[0], against) if against else conditions
         table = dev_choice(self.dev_predictions, candidates, self.score).assign(arm_name=name)
         return dict(grid[chosen_setting(table)]), table
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
-from studykit.arms import SFT, Arm, PreferenceArms
+from studykit.arms import SFT, Arm, Arms
 from studykit.config import compose
 from studykit.study import Study
 
@@ -33,7 +33,7 @@ def _pairs(n: int = 6) -> list[dict]:
 
 def test_an_arm_trains_on_its_pairs_and_its_placebo_on_the_same_texts_scrambled(session):
     pairs = _pairs()
-    arms = PreferenceArms(session, _Start(session), {"dpo": Arm("sigmoid", pairs), "chosen": Arm(SFT, pairs)}, [])
+    arms = Arms(session, _Start(session), {"dpo": Arm("sigmoid", pairs), "chosen": Arm(SFT, pairs)}, [])
     assert arms.data("dpo", 0, placebo=False) == pairs
     swapped = arms.data("dpo", 0, placebo=True)
     assert all({p["chosen"], p["rejected"]} == {q["chosen"], q["rejected"]} for p, q in zip(pairs, swapped))
@@ -48,14 +48,43 @@ def test_an_arm_trains_on_its_pairs_and_its_placebo_on_the_same_texts_scrambled(
 
 def test_a_recipe_is_the_same_in_every_study_and_changes_with_what_determines_the_run(session):
     pairs, heldout = _pairs(), _pairs(2)
-    one = PreferenceArms(session, _Start(session), {"dpo": Arm("sigmoid", pairs)}, heldout)
-    other = PreferenceArms(session, _Start(session), {"also_dpo": Arm("sigmoid", pairs)}, heldout)   # another study's name
+    one = Arms(session, _Start(session), {"dpo": Arm("sigmoid", pairs)}, heldout)
+    other = Arms(session, _Start(session), {"also_dpo": Arm("sigmoid", pairs)}, heldout)   # another study's name
     recipe = one.recipe("dpo", {"learning_rate": 1e-5}, 0, placebo=False)
     assert recipe == other.recipe("also_dpo", {"learning_rate": 1e-5}, 0, placebo=False)
     assert recipe["start"] == "start-key" and recipe["heldout_pairs"] == heldout
     assert recipe["dpo"]["learning_rate"] == 1e-5 and recipe["method"] == "dpo:sigmoid"
     assert recipe != one.recipe("dpo", {"learning_rate": 1e-4}, 0, placebo=False)
     assert recipe != one.recipe("dpo", {"learning_rate": 1e-5}, 0, placebo=True)
-    sft = PreferenceArms(session, _Start(session), {"chosen": Arm(SFT, pairs, {"num_train_epochs": 1})}, heldout)
+    sft = Arms(session, _Start(session), {"chosen": Arm(SFT, pairs, {"num_train_epochs": 1})}, heldout)
     sft_recipe = sft.recipe("chosen", {}, 0, placebo=False)
     assert sft_recipe["method"] == "sft" and sft_recipe["train"]["num_train_epochs"] == 1
+
+
+def _records(n: int = 4) -> list[dict]:
+    return [{"id": f"r{i}", "family": "lcm", "prompt": f"q{i}", "response": f"{i}", "entry": {}} for i in range(n)]
+
+
+def test_an_rl_arm_trains_on_its_prompts_and_its_placebo_is_named_by_the_recipe(session):
+    records = _records()
+    arms = Arms(session, _Start(session), {"grpo": Arm("grpo:grpo", records, {"max_steps": 3}),
+                                           "more_sft": Arm(SFT, records)}, [])
+    assert arms.data("grpo", 0, placebo=True) == records   # the trainer scrambles rewards and demonstrations
+    assert [r["response"] for r in arms.data("more_sft", 0, placebo=False)] == ["0", "1", "2", "3"]  # gold responses
+    recipe = arms.recipe("grpo", {"learning_rate": 1e-5}, 0, placebo=False)
+    assert recipe["method"] == "grpo:grpo" and recipe["start"] == "start-key" and recipe["placebo"] is False
+    assert recipe["grpo"]["learning_rate"] == 1e-5 and recipe["grpo"]["max_steps"] == 3
+    assert recipe["rl"] == OmegaConf.to_container(session.cfg.rl, resolve=True)
+    assert recipe != arms.recipe("grpo", {"learning_rate": 1e-5}, 0, placebo=True)
+
+
+def test_the_signal_share_of_each_rl_run_and_seed_comes_from_its_log():
+    logs = [{"run": "grpo", "seed": 0, "step": 1, "loss": 0.1, "frac_reward_zero_std": 0.25},
+            {"run": "grpo", "seed": 0, "step": 2, "loss": 0.1, "frac_reward_zero_std": 1.0},
+            {"run": "more_sft", "seed": 0, "step": 1, "loss": 2.0},
+            {"run": "grpo", "seed": 1, "step": 1, "loss": 0.1, "frac_reward_zero_std": 0.5}]
+    signal = Arms.signal(logs)
+    assert signal.to_dict("records") == [{"condition": "grpo", "seed": 0, "step": 1, "signal_share": 0.75},
+                                         {"condition": "grpo", "seed": 0, "step": 2, "signal_share": 0.0},
+                                         {"condition": "grpo", "seed": 1, "step": 1, "signal_share": 0.5}]
+    assert Arms.signal(logs[2:3]).empty

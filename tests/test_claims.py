@@ -119,6 +119,21 @@ def test_an_untrained_condition_is_compared_with_every_seed_and_seeds_are_matche
     assert row["verdict"].tolist() == ["supported", "supported"]
 
 
+def test_a_shared_start_recorded_on_one_seed_is_compared_with_every_seed_of_its_arm():
+    # The preference studies train every seed's arm from one SFT run, recorded on seed 0: the arm's five seeds are all
+    # compared with it (as with an untrained base); a control that is not a declared start keeps seed matching.
+    families = ["x"] * 10 + ["y"] * 10
+    arm = np.tile(np.r_[np.ones(12), np.zeros(8)], (5, 1))
+    start = np.r_[np.ones(4), np.zeros(16)]
+    frame = predictions({"arm": arm, "sft": start}, families)
+    claim = {**CLAIMS[0], "test": {"treatment": "arm", "control": "sft", "direction": "greater"}}
+    shared = claims_table([claim], frame, Evidence(trained=[], starts={"arm": "sft"})).iloc[0]
+    matched = claims_table([claim], frame, NO_TRAINING).iloc[0]
+    assert (shared["seeds"], matched["seeds"]) == (5, 1)
+    assert shared["difference"] == pytest.approx(0.4) == matched["difference"]
+    assert paired_difference(arm, start).ci_low == pytest.approx(shared["ci_low"])
+
+
 def test_auroc_claims_compare_two_scores_on_the_same_items():
     from studykit.claims import auroc_claims_table
 

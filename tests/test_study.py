@@ -208,6 +208,11 @@ def test_tune_trains_each_setting_and_its_placebo_on_the_dev_items_and_records_t
     assert again == chosen and len(trained) == 4
     session.save()
     assert len(pd.read_csv(session.out / "dev_predictions.csv")) == 8 * len(dev)
+    # against a condition already run on dev (SELM's α against DPO): no placebo runs, each setting compared with it
+    chosen, table = session.tune("other", {"lr=5e-4": {"learning_rate": 5e-4}}, 0, recipe=recipe, train=train,
+                                 against="sft@lr=1e-4")
+    assert trained[4:] == [("other@lr=5e-4", 5e-4, False)] and chosen == {"learning_rate": 5e-4}
+    assert table[["arm", "placebo"]].values.tolist() == [["other@lr=5e-4", "sft@lr=1e-4"]]
 
 
 def test_a_run_on_an_unknown_split_is_an_error(session):
