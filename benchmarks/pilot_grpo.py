@@ -25,15 +25,14 @@ from studykit.study import Study
 from studykit.train import train_sft
 from studykit.tuning import dev_choice, placebo_of
 
-STUDY = ["data=calibrated_rl", "study.in_domain=[lcm,word_sequence_reversal]", "data.pool_per_family=24",
-         "data.preference_per_family=24", "data.dev_per_family=24", "data.eval_per_family=12"]
+STUDY = ["data.dev_per_family=24", "data.eval_per_family=12"]   # rl_post_training's data, with more dev items
 TUNING_SEED = 100
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of study=rl_post_training (after the pilot's)")
-    parser.add_argument("--settings", nargs="+", default=["36:2e-5", "36:1e-4"], help="GRPO max_steps:learning_rate")
+    parser.add_argument("--settings", nargs="+", default=["24:2e-5", "24:1e-4"], help="GRPO max_steps:learning_rate")
     args = parser.parse_args()
     session = Study.open("rl_post_training", None, tempfile.mkdtemp(prefix="grpo-pilot-"), STUDY + args.overrides)
     cfg, splits = session.cfg, session.testbed()

@@ -265,6 +265,8 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "anchor_multipliers": (_positive_list,
                            "a non-empty list of numbers > 0 (anchor counts relative to study.nuggets.anchors.n)"),
     "learning_rates": (_learning_rates, "a list of at least two distinct learning rates > 0"),
+    "null_or_learning_rates": (lambda v: v is None or _learning_rates(v),
+                               "null (nothing chosen on dev) or a list of at least two distinct learning rates > 0"),
     "shares": (_shares, "a non-empty list of distinct shares in [0, 1]"),
     "stage_steps": (_stage_steps, "a mapping {sft, dpo, grpo} of integers ≥ 1"),
     "nuggets_mode": (one_of("faithful", "clean"), "faithful or clean"),

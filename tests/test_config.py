@@ -164,8 +164,10 @@ def test_every_study_composes_with_its_smoke_overrides(study):
 @pytest.mark.parametrize("overrides, key, allowed", [
     (["study=self_contrast", "study.samples=1"], "study.samples", "an integer ≥ 2"),
     (["study=rewardrank", "study.self_sampled.samples=1"], "study.self_sampled.samples", "0 .none. or an integer ≥ 2"),
-    (["study=rl_post_training", "study.gold_when_unsolved=maybe"], "study.gold_when_unsolved", "true or false"),
-    (["study=rl_post_training", "study.teacher_share=1"], "study.teacher_share", r"a fraction in \(0, 1\)"),
+    (["study=rl_post_training", "study.grpo_steps=0"], "study.grpo_steps", "an integer ≥ 1"),
+    (["study=rl_post_training", "study.learning_rates=[1e-5]"], "study.learning_rates",
+     "null .nothing chosen on dev. or a list of at least two distinct learning rates"),
+    (["study=rl_post_training", "study.tuning_seed=0"], "study.tuning_seed", r"not in study.seeds=\[0, 1, 2, 3, 4\]"),
 ])
 def test_a_schema_check_catches_a_bad_value(overrides, key, allowed):
     with pytest.raises(ConfigError, match=rf"^{key}=.* is not allowed: expected {allowed}"):
