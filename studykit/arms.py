@@ -15,6 +15,9 @@ chosen setting (:meth:`Arms.run`), and each run's effect on held-out pairs is me
   :data:`studykit.registry.RL_METHODS`, :func:`studykit.rl.train_grpo`); its placebo permutes every reward across
   the batch's completions and the demonstrations within family (``placebo=True``, seeded by the run), and each run's
   per-step RL signal share is kept (:meth:`Arms.signal`).
+* or SFT then an RL method in one run (``loss="sft+grpo:<method>"``, HPT's SFT → GRPO baseline): SFT on the
+  records' gold responses for ``options["sft_steps"]`` steps (the ``train`` section), then the RL method from that
+  model on the same prompts; its placebo scrambles both stages as above.
 
 A run's cache key is what determines it — loss, data, start, settings, the held-out pairs its margins are measured
 on, and (RL) the reward settings and whether it is a placebo — so studies that ask for the same run (DPO on the
@@ -37,7 +40,8 @@ from .tuning import placebo_of
 
 SFT = "sft"   # an arm trained by SFT on its data's responses
 RL = "grpo:"  # the prefix of an RL arm's loss: grpo:<a method of studykit.registry.RL_METHODS>
-LOGGED = ("reward", "loss", "step", "frac_reward_zero_std")   # the trainer log keys kept in a train_log table
+STAGED = "sft+"  # the prefix of an SFT-then-RL arm's loss: sft+grpo:<method>
+LOGGED = ("reward", "loss", "step", "frac_reward_zero_std", "hpt/")   # trainer log keys kept in a train_log table
 
 
 @dataclass(frozen=True)
@@ -72,7 +76,7 @@ class Arms:
         if arm.loss == SFT:
             records = [{**r, "response": r["chosen"]} if "chosen" in r else r for r in arm.data]
             return placebo_sft_records(records, seed) if placebo else records
-        if arm.loss.startswith(RL):
+        if arm.loss.startswith((RL, STAGED)):
             return arm.data
         return placebo_preference_pairs(arm.data, seed) if placebo else arm.data
 
@@ -82,9 +86,11 @@ class Arms:
         options = {**arm.options, **settings}
         if arm.loss == SFT:
             recipe = self.session.sft_recipe(data, start=self.start.key, **options)
-        elif arm.loss.startswith(RL):
+        elif arm.loss.startswith((RL, STAGED)):
             recipe = {**self.session.recipe(arm.loss, data, start=self.start.key, section="grpo", **options),
                       "rl": OmegaConf.to_container(self.session.cfg.rl, resolve=True), "placebo": placebo}
+            if arm.loss.startswith(STAGED):   # the SFT stage trains with the train section
+                recipe["train"] = OmegaConf.to_container(self.session.cfg.train, resolve=True)
         else:
             recipe = self.session.recipe(f"dpo:{arm.loss}", data, start=self.start.key, section="dpo", **options)
         return {**recipe, "heldout_pairs": self.heldout}
@@ -98,8 +104,14 @@ class Arms:
         if arm.loss == SFT:
             run.trainer = train_sft(model, tokenizer, data, cfg, run.scratch, **options, seed=run.seed,
                                     data_seed=run.seed)
-        elif arm.loss.startswith(RL):
-            run.trainer = train_grpo(model, tokenizer, data, cfg, run.scratch, method=arm.loss.removeprefix(RL),
+        elif arm.loss.startswith((RL, STAGED)):
+            if arm.loss.startswith(STAGED):   # SFT on the gold responses (permuted for the placebo), then RL
+                sft_steps, records = options.pop("sft_steps"), data
+                records = placebo_sft_records(records, run.seed) if placebo else records
+                model = train_sft(model, tokenizer, records, cfg, run.scratch / "sft", max_steps=int(sft_steps),
+                                  seed=run.seed, data_seed=run.seed).model
+                run.extra["sft_steps"] = int(sft_steps)
+            run.trainer = train_grpo(model, tokenizer, data, cfg, run.scratch, method=arm.loss.split(RL)[-1],
                                      placebo=placebo, **options, seed=run.seed, data_seed=run.seed)
         else:
             run.trainer = train_preference(model, self.start.model, tokenizer, data, cfg, run.scratch, loss=arm.loss,

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from .errors import ConfigError
 from .objectives import OBJECTIVES
-from .registry import (DATA_FORMATS, EVAL_JUDGES, PAIRWISE_JUDGES, PEFT_METHODS, PREFERENCE_LOSSES, RL_METHODS,
+from .registry import (DATA_FORMATS, EVAL_JUDGES, PAIRWISE_JUDGES, PEFT_METHODS, PREFERENCE_LOSSES,
                        SCORING_PRECISIONS, SUBSET_RULES, VERIFIABLE_FORMATS)
 from .rewards import REWARDS
 from .testbed import NOISE_KINDS, task_of
@@ -194,10 +194,6 @@ def _aliases(v) -> bool:
     return _mapping(v) and all(isinstance(x, str) for x in v.values())
 
 
-def _rl_methods(v) -> bool:
-    return _mapping(v) and len(v) > 0 and all(m in RL_METHODS for m in v.values())
-
-
 def _preference_loss(v) -> bool:
     return v in PREFERENCE_LOSSES
 
@@ -290,7 +286,6 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "preference_loss": (_preference_loss, "one of studykit.registry.PREFERENCE_LOSSES"),
     "preference_losses": (_preference_losses,
                           "a mapping of run names to {loss: <one of studykit.registry.PREFERENCE_LOSSES>, ...}"),
-    "rl_methods": (_rl_methods, "a mapping of run names to registered RL methods (studykit.registry.RL_METHODS)"),
 }
 
 
@@ -471,10 +466,6 @@ def validate(cfg: DictConfig) -> None:
     if sft_steps is not None and not (_int(sft_steps) and 1 <= sft_steps < (steps or 0)):
         raise ConfigError(f"study.sft_steps={sft_steps!r} is not allowed: expected an integer from 1 to "
                           f"study.steps − 1 = {(steps or 0) - 1} (SFT → GRPO takes both stages within study.steps)")
-    methods, curve_runs = (OmegaConf.select(cfg, f"study.{k}", default=None) for k in ("methods", "curve_runs"))
-    if curve_runs is not None and not (isinstance(curve_runs, ListConfig) and set(curve_runs) <= set(methods or {})):
-        raise ConfigError(f"study.curve_runs={OmegaConf.to_container(curve_runs) if isinstance(curve_runs, ListConfig) else curve_runs!r} "
-                          f"is not allowed: expected a list of run names of study.methods ({', '.join(methods or {})})")
     tasks = [OmegaConf.select(cfg, f"study.{k}", default=None) for k in ("first_task", "second_task")]
     if tasks != [None, None] and (len(set(tasks)) != 2 or not set(tasks) < set(cfg.data.families)):
         raise ConfigError(f"study.first_task={tasks[0]!r} (with study.second_task={tasks[1]!r}) is not allowed: expected "

@@ -76,6 +76,21 @@ def test_an_rl_arm_trains_on_its_prompts_and_its_placebo_is_named_by_the_recipe(
     assert recipe["grpo"]["learning_rate"] == 1e-5 and recipe["grpo"]["max_steps"] == 3
     assert recipe["rl"] == OmegaConf.to_container(session.cfg.rl, resolve=True)
     assert recipe != arms.recipe("grpo", {"learning_rate": 1e-5}, 0, placebo=True)
+    staged = Arms(session, _Start(session), {"sft_grpo": Arm("sft+grpo:grpo", records, {"sft_steps": 1, "max_steps": 2})},
+                  []).recipe("sft_grpo", {"learning_rate": 1e-5}, 0, placebo=False)
+    assert staged["method"] == "sft+grpo:grpo" and staged["grpo"]["sft_steps"] == 1
+    assert staged["train"] == OmegaConf.to_container(session.cfg.train, resolve=True)   # the SFT stage's settings
+    assert staged["data"] == recipe["data"] and staged != recipe
+
+
+def test_an_sft_then_grpo_arm_trains_both_stages_in_one_run(session):
+    records = [{**r, "response": r["answer"]} for r in session.testbed()["pool"][:4]]
+    arms = Arms(session, _Start(session), {"sft_grpo": Arm("sft+grpo:grpo", records, {"sft_steps": 1, "max_steps": 1})},
+                [])
+    with session.run("sft_grpo", 0, recipe=arms.recipe("sft_grpo", {}, 0, placebo=True), evaluate=False) as run:
+        arms.train("sft_grpo", run, {}, placebo=True)
+    assert run.extra["sft_steps"] == 1 and run.steps == 1                    # one SFT step, then one GRPO step
+    assert any("frac_reward_zero_std" in row for row in run.log)             # the run's log is the GRPO stage's
 
 
 def test_the_signal_share_of_each_rl_run_and_seed_comes_from_its_log():
