@@ -108,9 +108,11 @@ class Arms:
             if arm.loss.startswith(STAGED):   # SFT on the gold responses (permuted for the placebo), then RL
                 sft_steps, records = options.pop("sft_steps"), data
                 records = placebo_sft_records(records, run.seed) if placebo else records
-                model = train_sft(model, tokenizer, records, cfg, run.scratch / "sft", max_steps=int(sft_steps),
-                                  seed=run.seed, data_seed=run.seed).model
-                run.extra["sft_steps"] = int(sft_steps)
+                stage = train_sft(model, tokenizer, records, cfg, run.scratch / "sft", max_steps=int(sft_steps),
+                                  seed=run.seed, data_seed=run.seed)
+                model = stage.model
+                run.extra.update(sft_steps=int(sft_steps), steps=int(sft_steps) + int(options["max_steps"]),
+                                 stage_seconds=float(stage.state.log_history[-1].get("train_runtime", 0.0)))
             run.trainer = train_grpo(model, tokenizer, data, cfg, run.scratch, method=arm.loss.split(RL)[-1],
                                      placebo=placebo, **options, seed=run.seed, data_seed=run.seed)
         else:

@@ -109,8 +109,9 @@ class Run:
 
     @property
     def train_seconds(self) -> float:
-        """Seconds the trainer spent training (its logged ``train_runtime``; NaN for a run without a trainer)."""
-        return _last_logged(self.log, "train_runtime")
+        """Seconds the trainer spent training (its logged ``train_runtime``, plus an earlier stage's
+        ``extra["stage_seconds"]`` in a two-stage run; NaN for a run without a trainer)."""
+        return _last_logged(self.log, "train_runtime") + self.extra.get("stage_seconds", 0.0)
 
     def save_checkpoint(self, step: int, model) -> None:
         """Store ``model`` (a model, or a saved checkpoint's directory: a trainer's ``checkpoint-<step>``) with this

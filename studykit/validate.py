@@ -492,6 +492,12 @@ def validate(cfg: DictConfig) -> None:
     if OmegaConf.select(cfg, "study.learning_rates", default=None) is not None and cfg.data.dev_per_family < 1:
         raise ConfigError(f"data.dev_per_family={cfg.data.dev_per_family!r} is not allowed: expected ≥ 1 with "
                           "study.learning_rates (each arm's learning rate is chosen on dev items, never on eval items)")
+    own_notebook = OmegaConf.select(cfg, "study.notebook", default=None) == f"{OmegaConf.select(cfg, 'study.name')}.ipynb"
+    if "learning_rates" in (OmegaConf.select(cfg, "study", default=None) or {}) and cfg.study.learning_rates is None \
+            and own_notebook:
+        raise ConfigError(f"study.learning_rates=None is not allowed: expected a list of at least two learning rates "
+                          f"for notebooks/{cfg.study.notebook} (null only under a profile that runs another notebook, "
+                          "e.g. paper_math)")
     if OmegaConf.select(cfg, "study.learning_rates", default=None) is not None:
         tuning_seed = OmegaConf.select(cfg, "study.tuning_seed", default=None)
         if not _int(tuning_seed) or tuning_seed in list(cfg.study.seeds):

@@ -89,7 +89,8 @@ def test_an_sft_then_grpo_arm_trains_both_stages_in_one_run(session):
                 [])
     with session.run("sft_grpo", 0, recipe=arms.recipe("sft_grpo", {}, 0, placebo=True), evaluate=False) as run:
         arms.train("sft_grpo", run, {}, placebo=True)
-    assert run.extra["sft_steps"] == 1 and run.steps == 1                    # one SFT step, then one GRPO step
+    assert run.extra["sft_steps"] == 1 and run.steps == 2                    # one SFT step, then one GRPO step
+    assert run.train_seconds > run.extra["stage_seconds"] > 0                # both stages' seconds
     assert any("frac_reward_zero_std" in row for row in run.log)             # the run's log is the GRPO stage's
 
 
