@@ -166,7 +166,8 @@ def test_every_study_composes_with_its_smoke_overrides(study):
      "null .nothing chosen on dev. or a list of at least two distinct learning rates"),
     (["study=rl_post_training", "study.learning_rates=null"], "study.learning_rates",
      "a list of at least two learning rates for notebooks/rl_post_training.ipynb"),
-    (["study=rl_post_training", "study.tuning_seed=0"], "study.tuning_seed", r"not in study.seeds=\[0, 1, 2, 3, 4\]"),
+    (["study=rl_post_training", "study.tuning_seed=0"], "study.tuning_seed",
+     r"an integer not in study.seeds=\[0, 1, 2, 3, 4\]"),
 ])
 def test_a_schema_check_catches_a_bad_value(overrides, key, allowed):
     with pytest.raises(ConfigError, match=rf"^{key}=.* is not allowed: expected {allowed}"):
