@@ -46,10 +46,10 @@ LOGGED = ("reward", "loss", "step", "frac_reward_zero_std", "hpt/")   # trainer 
 
 @dataclass(frozen=True)
 class Arm:
-    """``loss``: a loss of :data:`studykit.registry.PREFERENCE_LOSSES`, :data:`SFT` or ``grpo:<method>``
-    (:data:`RL`); ``data``: its training pairs (prompt, chosen, rejected, family, …) or records (prompt, response,
-    entry, family, …); ``options``: fixed trainer settings (β, γ, ``num_train_epochs``, ``max_steps``, …), beside
-    the chosen ``settings`` of each run."""
+    """``loss``: a loss of :data:`studykit.registry.PREFERENCE_LOSSES`, :data:`SFT`, ``grpo:<method>`` (:data:`RL`)
+    or ``sft+grpo:<method>`` (:data:`STAGED`); ``data``: its training pairs (prompt, chosen, rejected, family, …) or
+    records (prompt, response, entry, family, …); ``options``: fixed trainer settings (β, γ, ``num_train_epochs``,
+    ``max_steps``, ``sft_steps``, …), beside the chosen ``settings`` of each run."""
     loss: str
     data: list[dict]
     options: dict = field(default_factory=dict)

@@ -376,7 +376,8 @@ def _quality_gain_low(predictions: pd.DataFrame, arm: str, start: str | None) ->
     items, _ = defined_items(predictions, (arm, start), metric, _scored_items(predictions, arm, metric))
     if not items:
         return float("nan")
-    return float(paired_difference(*paired_scores(predictions, arm, start, metric, items, frozenset({start}))).ci_low)
+    arm_scores, start_scores = paired_scores(predictions, arm, start, metric, items, frozenset({start}))
+    return float(paired_difference(arm_scores, start_scores).ci_low)
 
 
 def _scored_items(predictions: pd.DataFrame, arm: str, metric: str) -> list[str]:

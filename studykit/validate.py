@@ -492,7 +492,8 @@ def validate(cfg: DictConfig) -> None:
     if OmegaConf.select(cfg, "study.learning_rates", default=None) is not None and cfg.data.dev_per_family < 1:
         raise ConfigError(f"data.dev_per_family={cfg.data.dev_per_family!r} is not allowed: expected ≥ 1 with "
                           "study.learning_rates (each arm's learning rate is chosen on dev items, never on eval items)")
-    own_notebook = OmegaConf.select(cfg, "study.notebook", default=None) == f"{OmegaConf.select(cfg, 'study.name')}.ipynb"
+    notebook, name = (OmegaConf.select(cfg, f"study.{k}", default=None) for k in ("notebook", "name"))
+    own_notebook = notebook == f"{name}.ipynb"
     if "learning_rates" in (OmegaConf.select(cfg, "study", default=None) or {}) and cfg.study.learning_rates is None \
             and own_notebook:
         raise ConfigError(f"study.learning_rates=None is not allowed: expected a list of at least two learning rates "
