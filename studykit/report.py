@@ -9,7 +9,7 @@ import pandas as pd
 
 from .claims import ACCURACY, condition_matrix, defined_items
 from .evaluate import answer_baselines
-from .guards import changed_replies
+from .guards import UNTRAINED, changed_replies
 from .stats import paired_difference, wilson_interval
 
 # Every study notebook imports this module: its protocol and claims tables show whole values (pandas would cut
@@ -93,6 +93,33 @@ def movement_table(margin_rows: list[dict], predictions: pd.DataFrame, start: st
 
     table[f"changed replies vs {start}"] = [changed(run, seed) for run, seed in zip(table["run"], table["seed"])]
     return table
+
+
+def rl_run_summary(train_log: pd.DataFrame, rl_signal: pd.DataFrame) -> pd.DataFrame:
+    """Per RL run (the train-log rows of :meth:`studykit.arms.Arms.run`), mean over seeds: the share of prompt groups
+    with a learning signal (``rl_signal``, mean over steps), HPT's share of groups trained with SFT where logged, and
+    the mean training reward over the first and the last quarter of the run's RL steps."""
+    reward = train_log.dropna(subset=["reward"]) if "reward" in train_log else pd.DataFrame(columns=["run", "step"])
+    hpt = "hpt/sft_group_fraction" in train_log
+    rows = []
+    for run, part in reward.groupby("run", sort=False):
+        last = int(part["step"].max())
+        quarter = max(1, last // 4)
+        rows.append({"run": run, "signal share": rl_signal.loc[rl_signal["condition"] == run, "signal_share"].mean(),
+                     **({"SFT groups (HPT)": part["hpt/sft_group_fraction"].mean()} if hpt else {}),
+                     "reward, first quarter": part.loc[part["step"] <= quarter, "reward"].mean(),
+                     "reward, last quarter": part.loc[part["step"] > last - quarter, "reward"].mean()})
+    return pd.DataFrame(rows, columns=["run", "signal share", *(["SFT groups (HPT)"] if hpt else []),
+                                       "reward, first quarter", "reward, last quarter"])
+
+
+def sample_replies(predictions: pd.DataFrame, seed: int, per_family: int = 2) -> pd.DataFrame:
+    """What each condition answers: the replies of training seed ``seed`` (and of the untrained conditions) to the
+    first ``per_family`` eval items of each family, one column per condition."""
+    shown = predictions[predictions["seed"].isin([seed, UNTRAINED])]
+    items = shown.groupby("family", sort=False)["id"].unique().map(lambda ids: list(ids[:per_family])).sum()
+    shown = shown[shown["id"].isin(items)]
+    return shown.pivot_table(index=["family", "id"], columns="condition", values="reply", aggfunc="first")
 
 
 def metric_summary(predictions: pd.DataFrame, metrics: list[str],

@@ -63,3 +63,24 @@ def test_movement_table_compares_every_seed_with_a_one_seed_start():
         ("dpo", 0, "a", "x"), ("dpo", 0, "b", "q"), ("dpo", 1, "a", "w"), ("dpo", 1, "b", "q")]]
     table = movement_table([{"run": "dpo", "seed": 0}, {"run": "dpo", "seed": 1}], pd.DataFrame(rows), start="sft")
     assert table["changed replies vs sft"].tolist() == [0.5, 1.0]
+
+
+def test_the_rl_run_summary_reads_each_runs_signal_and_its_first_and_last_quarter_of_reward():
+    from studykit.report import rl_run_summary
+
+    log = pd.DataFrame([{"run": "grpo", "seed": s, "step": k, "loss": 0.0, "reward": float(k >= 7)}
+                        for s in (0, 1) for k in range(1, 9)] + [{"run": "sft", "seed": 0, "step": 4, "loss": 1.0}])
+    signal = pd.DataFrame({"condition": ["grpo"] * 2, "seed": [0, 1], "step": [1, 1], "signal_share": [0.25, 0.75]})
+    table = rl_run_summary(log, signal)
+    assert table.to_dict("records") == [{"run": "grpo", "signal share": 0.5, "reward, first quarter": 0.0,
+                                         "reward, last quarter": 1.0}]    # steps 1–2 and 7–8; no HPT column
+
+
+def test_sample_replies_shows_every_condition_on_the_same_first_items_of_each_family():
+    from studykit.report import sample_replies
+
+    rows = [{"condition": c, "seed": s, "family": f, "id": f"{f}/{i}", "reply": f"{c}{s}{i}"}
+            for c, s in (("base", -1), ("arm", 0), ("arm", 1)) for f in ("x", "y") for i in range(3)]
+    table = sample_replies(pd.DataFrame(rows), 0)
+    assert list(table.index) == [("x", "x/0"), ("x", "x/1"), ("y", "y/0"), ("y", "y/1")]
+    assert table.loc[("y", "y/1")].to_dict() == {"arm": "arm01", "base": "base-11"}
