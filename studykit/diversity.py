@@ -128,6 +128,7 @@ def measure_diversity(model, tokenizer, groups: dict[str, tuple[list[dict], int]
     ``temperature``, drawn from the random stream of ``seed`` → JSON values: ``per_prompt`` (the rows of
     :func:`diversity_per_prompt` with their ``group``), ``across`` (one row of :func:`diversity_across_prompts` per
     group), ``replies`` (per prompt, in group order) and ``seconds`` (sampling and measuring)."""
+    model.eval()   # sampled inside a run's body, before the session puts the trained model in eval mode
     seed_everything(seed)
     start = time.perf_counter()
     records, replies, across = [], [], []
