@@ -182,10 +182,6 @@ def _shares(v) -> bool:
             and len({round(100 * x) for x in v}) == len(v))
 
 
-def _stage_steps(v) -> bool:
-    return _mapping(v) and set(v) == {"sft", "dpo", "grpo"} and all(positive_int(x) for x in v.values())
-
-
 def _transforms(v) -> bool:
     return _list(v) and set(v) <= {"grape", "ssr", "s3ft"}
 
@@ -264,7 +260,6 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "null_or_learning_rates": (lambda v: v is None or _learning_rates(v),
                                "null (nothing chosen on dev) or a list of at least two distinct learning rates > 0"),
     "shares": (_shares, "a non-empty list of distinct shares in [0, 1]"),
-    "stage_steps": (_stage_steps, "a mapping {sft, dpo, grpo} of integers ≥ 1"),
     "nuggets_mode": (one_of("faithful", "clean"), "faithful or clean"),
     "delta_pairs": (one_of(*DELTA_KEEP), "bare_answers, different or all"),
     "scoring_precision": (one_of(*SCORING_PRECISIONS), "float32 (TF32 off) or bfloat16 (autocast)"),

@@ -87,7 +87,7 @@ def test_every_study_has_a_notebook():
     (["study=rl_forgetting", "study.control_steps=0"], "study.control_steps", "an integer ≥ 1"),
     (["study=diversity", "study.samples=1"], "study.samples", "an integer ≥ 2"),
     (["study=diversity", "study.open_ended=80"], "study.open_ended", "from 1 to 40"),
-    (["study=diversity", "study.stage_steps={sft:12,dpo:0,grpo:8}"], "study.stage_steps", "integers ≥ 1"),
+    (["study=diversity", "study.learning_rates=[0.0]"], "study.learning_rates", "learning rates"),
     (["study=merging", "study.ingredient_lrs=[1e-4,1e-4]"], "study.ingredient_lrs", "two distinct learning rates"),
     (["study=merging", "train.learning_rate=2e-4"], "train.learning_rate", "one of study.ingredient_lrs"),
     (["study=merging", "study.dtm_portions=1"], "study.dtm_portions", "an integer ≥ 2"),
