@@ -24,7 +24,7 @@ entry::
 
 ``test.families`` names a family group of the study's evidence (``in_domain``, ``ood``; ``all`` by default).
 ``test.metric`` is a per-item column of the predictions: ``strict`` / ``lenient`` correctness, a per-prompt
-measurement of :data:`PER_PROMPT`, or a judge's column of :data:`JUDGED` (:mod:`studykit.judges`: ``win`` against
+measurement of :data:`PER_PROMPT`, a per-item log-likelihood of :data:`LIKELIHOOD`, or a judge's column of :data:`JUDGED` (:mod:`studykit.judges`: ``win`` against
 reference replies, ``mt_bench_score``); ``score`` is whichever per-item score the evaluation gave (``eval.judge``:
 lenient accuracy from the verifier, a judge's column otherwise), for a claim a study tests at any scale.  ``metric: auroc`` tests a scorer instead of a trained model
 (:func:`auroc_claims_table`).  An entry with ``not_tested: <why>`` instead of ``test`` is listed with that reason.
@@ -51,9 +51,10 @@ BIBLIOGRAPHY = ROOT / "references.bib"
 ACCURACY = ("strict", "lenient")
 PER_PROMPT = ("ead", "ead_unigram", "embedding_diversity", "vendi", "quality", "crc_valid", "crc_distinct",
               "crc_distinct_valid")
+LIKELIHOOD = ("gold_logprob",)   # per item: the gold answer's mean token log-prob (studykit.evaluate.gold_logprobs)
 JUDGED = {"win": "win rate vs reference", "mt_bench_score": "MT-Bench score"}   # studykit.judges' columns
 SCORE = "score"   # the evaluation's own per-item score: lenient accuracy under the verifier, else the judge's column
-METRICS = (*ACCURACY, *PER_PROMPT, *JUDGED, SCORE, "auroc")
+METRICS = (*ACCURACY, *PER_PROMPT, *LIKELIHOOD, *JUDGED, SCORE, "auroc")
 TOP_KEYS = ("claims", "interpretation")
 REQUIRED = ("id", "paper", "source", "claim", "kind")
 TEST_KEYS = {"treatment", "control", "metric", "direction", "families"}
@@ -329,9 +330,11 @@ def _add_test(rows: list, tests: list, row: dict, entry: dict, test: dict, t: np
 def _arm_checks(entry: dict, arms: tuple[str, str], predictions: pd.DataFrame, evidence: Evidence,
                 trained: set[str]) -> tuple[str, str | None]:
     """(what the placebo and precondition guards measured, the reason the verdict is withheld or None).  An arm and
-    its placebo are paired on the items where both have the placebo metric (accuracy, else quality): an arm's CRC
-    prompts have no accuracy, an open-ended prompt no quality."""
+    its placebo are paired on the items where both have the placebo metric: the first of accuracy, quality and the
+    claim's own metric that the arm has (an arm's CRC prompts have no accuracy, an open-ended prompt no quality, a
+    model-weak arm of prob_objectives only the gold log-likelihood)."""
     notes, withheld = [], []
+    claimed = resolve_metric(entry["test"].get("metric", "lenient"), predictions)
     for arm in arms:
         if arm not in trained:
             continue
@@ -339,9 +342,10 @@ def _arm_checks(entry: dict, arms: tuple[str, str], predictions: pd.DataFrame, e
         if placebo is None or placebo not in set(predictions["condition"]):
             withheld.append(f"no placebo yet ({arm})")
             continue
-        metric = next(m for m in ("lenient", "quality", resolve_metric(entry["test"].get("metric", "lenient"),
-                                                                        predictions)) if m in predictions.columns)
-        items, _ = defined_items(predictions, (arm, placebo), metric, _scored_items(predictions, arm, metric))
+        metric = next((m for m in ("lenient", "quality", claimed) if m in predictions.columns
+                       and _scored_items(predictions, arm, m)), claimed)
+        items, _ = defined_items(predictions, (arm, placebo), metric, _scored_items(predictions, arm, metric)
+                                 if metric in predictions.columns else [])
         if not items:
             withheld.append(f"no {metric} items for the placebo check ({arm})")
             continue
@@ -514,7 +518,8 @@ def resolve_metric(metric: str, predictions: pd.DataFrame) -> str:
 def metric_label(metric: str) -> str:
     """How a claims table names a metric: "lenient accuracy", a judge's column ("win rate vs reference"), or the
     per-prompt measurement's own name."""
-    return f"{metric} accuracy" if metric in ACCURACY else JUDGED.get(metric, metric.replace("_", " "))
+    return (f"{metric} accuracy" if metric in ACCURACY else "gold log-likelihood (mean per token)"
+            if metric in LIKELIHOOD else JUDGED.get(metric, metric.replace("_", " ")))
 
 
 def _auc(labels, scores) -> float:

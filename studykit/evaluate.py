@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from .answers import judge
 from .models import require_gpu_extra
-from .logprobs import format_prompt
+from .logprobs import format_prompt, sequence_logprobs
 
 METRICS = ("strict", "lenient")
 SKEWED = 0.5  # a family whose majority answer alone scores at least this is flagged
@@ -146,19 +146,15 @@ def answer_baselines(records: list[dict]) -> pd.DataFrame:
     return pd.concat([table, pd.DataFrame([mean])], ignore_index=True)
 
 
-def strength_above_majority(predictions: pd.DataFrame, records: list[dict], metric: str = "lenient") -> pd.DataFrame:
-    """Per family of ``records``: accuracy (mean over items and over the seeds in ``predictions``), the majority-answer
-    baseline of the same items (:func:`answer_baselines`) and ``above_majority`` = accuracy − majority; strongest
-    family first.  How prob_objectives chooses its model-strong family on dev items (a family the model solves by
-    always giving the common answer is not one it is strong at)."""
-    baselines = answer_baselines(records).set_index("family")["majority"].drop("mean")
-    accuracy = predictions[predictions["family"].isin(baselines.index)].groupby("family")[metric].mean()
-    missing = sorted(set(baselines.index) - set(accuracy.index))
-    if missing:
-        raise ValueError(f"strength_above_majority: no predictions for the families {missing}")
-    table = pd.DataFrame({"accuracy": accuracy, "majority": baselines})
-    table["above_majority"] = table["accuracy"] - table["majority"]
-    return table.sort_values("above_majority", ascending=False, kind="stable").rename_axis("family").reset_index()
+def gold_logprobs(model, tokenizer, records: list[dict], *, chat: bool, batch_size: int = 16) -> pd.DataFrame:
+    """Per record: ``id``, ``family`` and ``gold_logprob``, the mean per-token log-probability of its gold
+    ``response`` (end of turn included) given its prompt (:func:`studykit.logprobs.sequence_logprobs`).  How likely
+    the model finds answers it was not trained on: "Beyond Log Likelihood"'s measure of a model's prior on a task
+    (arXiv 2510.00526), and prob_objectives' held-out metric where every arm's greedy accuracy is 0."""
+    scored = sequence_logprobs(model, tokenizer, [r["prompt"] for r in records], [r["response"] for r in records],
+                               chat=chat, batch_size=batch_size)
+    return pd.DataFrame({"id": [r["id"] for r in records], "family": [r["family"] for r in records],
+                         "gold_logprob": scored["mean"]})
 
 
 def accuracy_table(predictions: dict[str, pd.DataFrame], records: list[dict]) -> pd.DataFrame:

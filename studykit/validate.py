@@ -474,21 +474,19 @@ def validate(cfg: DictConfig) -> None:
     if rates is not None and float(cfg.train.learning_rate) not in map(float, rates):
         raise ConfigError(f"train.learning_rate={cfg.train.learning_rate!r} is not allowed: expected one of "
                           f"study.ingredient_lrs={list(rates)!r} (that ingredient is the all-data model)")
-    weak = OmegaConf.select(cfg, "study.model_weak", default=None)
-    if weak is not None and weak not in cfg.data.families:
-        raise ConfigError(f"study.model_weak={weak!r} is not allowed: expected a family of data.families "
-                          f"({', '.join(cfg.data.families)})")
-    candidates = OmegaConf.select(cfg, "study.model_strong_candidates", default=None)
-    if candidates is not None:
-        listed = OmegaConf.to_container(candidates) if isinstance(candidates, ListConfig) else candidates
-        if not (isinstance(listed, list) and listed and set(listed) <= set(cfg.data.families) - {weak}):
-            raise ConfigError(f"study.model_strong_candidates={listed!r} is not allowed: expected a non-empty list of "
-                              f"families of data.families other than study.model_weak={weak!r} "
-                              f"({', '.join(cfg.data.families)})")
-        if cfg.data.dev_per_family < 1:
-            raise ConfigError(f"data.dev_per_family={cfg.data.dev_per_family!r} is not allowed: expected ≥ 1 with "
-                              "study.model_strong_candidates (the model-strong family is chosen on dev items, never on "
-                              "eval items)")
+    groups = {key: OmegaConf.select(cfg, f"study.model_{key}", default=None) for key in ("strong", "weak")}
+    if any(v is not None for v in groups.values()):
+        families = list(cfg.data.families)
+        for key, listed in groups.items():
+            listed = OmegaConf.to_container(listed) if isinstance(listed, ListConfig) else listed
+            if not (isinstance(listed, list) and len(listed) >= 2 and len(set(listed)) == len(listed)
+                    and set(listed) <= set(families)):
+                raise ConfigError(f"study.model_{key}={listed!r} is not allowed: expected ≥ 2 distinct families of "
+                                  f"data.families ({', '.join(families)}): a verdict one family carries is fragile")
+            groups[key] = listed
+        if set(groups["strong"]) & set(groups["weak"]) or not set(families) - set(groups["weak"]):
+            raise ConfigError(f"study.model_weak={groups['weak']!r} is not allowed: expected families disjoint from "
+                              f"study.model_strong={groups['strong']!r}, some of data.families left for the warm-up")
     if OmegaConf.select(cfg, "study.learning_rates", default=None) is not None and cfg.data.dev_per_family < 1:
         raise ConfigError(f"data.dev_per_family={cfg.data.dev_per_family!r} is not allowed: expected ≥ 1 with "
                           "study.learning_rates (each arm's learning rate is chosen on dev items, never on eval items)")

@@ -105,11 +105,11 @@ def test_every_study_has_a_notebook():
     (["study=delta_learning", "study.delta.keep=some"], "study.delta.keep", "bare_answers, different or all"),
     (["study=budget", "study.sft_shares=[0.0,1.5]"], "study.sft_shares", r"distinct shares in \[0, 1\]"),
     (["study=budget", "study.budget=1"], "study.budget", "an integer ≥ 2"),
-    (["study=prob_objectives", "study.model_strong_candidates=[chain_sum,figlet_font]"],
-     "study.model_strong_candidates", "other than study.model_weak"),
-    (["study=prob_objectives", "study.model_strong_candidates=[]"], "study.model_strong_candidates", "non-empty list"),
-    (["study=prob_objectives", "study.model_weak=gsm8k"], "study.model_weak", "a family of data.families"),
-    (["study=prob_objectives", "data.dev_per_family=0"], "data.dev_per_family", "≥ 1 with study.model_strong_candidates"),
+    (["study=prob_objectives", "study.model_strong=[word_sequence_reversal]"], "study.model_strong",
+     "≥ 2 distinct families"),
+    (["study=prob_objectives", "study.model_weak=[figlet_font,gsm8k]"], "study.model_weak", "families of data.families"),
+    (["study=prob_objectives", "study.model_weak=[figlet_font,word_sequence_reversal]"], "study.model_weak",
+     "disjoint from study.model_strong"),
     (["study=prob_objectives", "study.objectives.p.objective=focal"], "study.objectives", "a registered objective"),
 ])
 def test_bad_values_are_one_clear_error_naming_key_value_and_what_is_allowed(overrides, key, allowed):

@@ -160,3 +160,15 @@ def test_plain_prompts_score_the_tokens_trl_trains_on_and_generation_continues(g
         assert prompt_ids + response_ids == row["input_ids"]
         assert [t for t in row["labels"] if t != -100] == response_ids          # the loss covers the response
         assert tok(prompt_text)["input_ids"] == prompt_ids
+
+
+def test_gold_logprobs_is_the_mean_token_logprob_of_each_records_gold_response(tiny):
+    from studykit.evaluate import gold_logprobs
+
+    model, tokenizer = tiny
+    records = [{"id": f"f/{i}", "family": "f" if i else "g", "prompt": p, "response": r}
+               for i, (p, r) in enumerate(zip(PROMPTS, RESPONSES))]
+    table = gold_logprobs(model, tokenizer, records, chat=True, batch_size=2)
+    assert table["id"].tolist() == [r["id"] for r in records] and table["family"].iloc[0] == "g"
+    np.testing.assert_allclose(table["gold_logprob"], sequence_logprobs(model, tokenizer, PROMPTS, RESPONSES,
+                                                                        chat=True)["mean"], rtol=1e-5)
