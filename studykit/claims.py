@@ -344,8 +344,9 @@ def _arm_checks(entry: dict, arms: tuple[str, str], predictions: pd.DataFrame, e
             continue
         metric = next((m for m in ("lenient", "quality", claimed) if m in predictions.columns
                        and _scored_items(predictions, arm, m)), claimed)
-        items, _ = defined_items(predictions, (arm, placebo), metric, _scored_items(predictions, arm, metric)
-                                 if metric in predictions.columns else [])
+        scored = (set(_scored_items(predictions, arm, metric)) & set(_scored_items(predictions, placebo, metric))
+                  if metric in predictions.columns else set())
+        items, _ = defined_items(predictions, (arm, placebo), metric, sorted(scored))
         if not items:
             withheld.append(f"no {metric} items for the placebo check ({arm})")
             continue

@@ -1,6 +1,8 @@
 """The claims YAML → guarded verdict table (studykit.claims, studykit.guards), on hand-built cases."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -195,7 +197,8 @@ def test_items_where_a_per_prompt_metric_is_undefined_are_left_out_and_the_place
     assert row["guards"].startswith("post − placebo +")    # paired on the 60 accuracy items, not the CRC prompts
     no_accuracy = frame[~((frame["condition"] == "post") & frame["id"].str.startswith("item"))]
     withheld = claims_table(entry, no_accuracy, evidence).iloc[0]
-    assert withheld["verdict"] == "not tested: no lenient items for the placebo check (post)"
+    # no accuracy left for post: its placebo check falls back to the claim's metric, which its placebo lacks
+    assert withheld["verdict"] == "not tested: no crc_distinct_valid items for the placebo check (post)"
     missing = claims_table(entry, frame.drop(columns="crc_distinct_valid"), evidence).iloc[0]
     assert missing["verdict"] == "not tested: crc_distinct_valid is not in this evidence"
 
@@ -405,3 +408,27 @@ def test_paper_effect_must_be_a_number(tmp_path):
     entry = {"id": "a", "kind": "kit", "paper_effect": "big"}
     with pytest.raises(ClaimsError, match="paper_effect must be a non-zero number"):
         _check_guards("x.yaml: claim 'a'", entry)
+
+
+def test_an_arm_without_accuracy_is_checked_against_its_placebo_on_the_claims_own_metric():
+    """prob_objectives' model-weak arms have only the gold log-likelihood: their placebo check reads it (the arm
+    learned the unseen answers beyond the placebo), beside accuracy rows of other arms in the same table."""
+    rng = np.random.default_rng(5)
+    accuracy = predictions({"warmup": (rng.random((2, 40)) < 0.4).astype(float)}, ["x"] * 20 + ["y"] * 20)
+    rows = []
+    for condition, shift in (("nll", -1.0), ("p", -2.0), ("placebo_nll", -2.5), ("placebo_p", -2.6)):
+        for seed in range(3):
+            for i in range(40):
+                rows.append({"condition": condition, "seed": seed, "id": f"w{i}", "family": "fig" if i < 20 else "sb",
+                             "gold_logprob": shift + 0.01 * i + 0.02 * seed + rng.normal(0, 0.05)})
+    frame = pd.concat([accuracy, pd.DataFrame(rows)], ignore_index=True)
+    entry = [{"id": "weak", "paper": "studykit", "kind": "paper", "source": "s", "claim": "c",
+              "test": {"treatment": "p", "control": "nll", "metric": "gold_logprob", "direction": "less",
+                       "families": "weak"}}]
+    evidence = Evidence(family_groups={"weak": ["fig", "sb"]}, trained=["nll", "p"],
+                        placebos={"nll": "placebo_nll", "p": "placebo_p"})
+    row = claims_table(entry, frame, evidence).iloc[0]
+    assert re.match(r"p − placebo_p \+0\.(59|60|61)\d \[", row["guards"])            # paired on the 40 weak items
+    assert re.search(r"nll − placebo_nll \+1\.(49|50|51)\d \[", row["guards"])
+    assert row["metric"] == "gold log-likelihood (mean per token)"
+    assert row["difference"] == pytest.approx(-1.0, abs=0.02) and row["verdict"] == "supported"
