@@ -177,11 +177,6 @@ def _learning_rates(v) -> bool:
     return _list(v) and len(v) >= 2 and all(positive(x) for x in v) and len(set(v)) == len(v)
 
 
-def _shares(v) -> bool:
-    return (_list(v) and len(v) > 0 and all(unit_interval(x) for x in v)
-            and len({round(100 * x) for x in v}) == len(v))
-
-
 def _stage_steps(v) -> bool:
     return _mapping(v) and set(v) == {"sft", "dpo", "grpo"} and all(positive_int(x) for x in v.values())
 
@@ -263,7 +258,6 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "learning_rates": (_learning_rates, "a list of at least two distinct learning rates > 0"),
     "null_or_learning_rates": (lambda v: v is None or _learning_rates(v),
                                "null (nothing chosen on dev) or a list of at least two distinct learning rates > 0"),
-    "shares": (_shares, "a non-empty list of distinct shares in [0, 1]"),
     "stage_steps": (_stage_steps, "a mapping {sft, dpo, grpo} of integers ≥ 1"),
     "nuggets_mode": (one_of("faithful", "clean"), "faithful or clean"),
     "delta_pairs": (one_of(*DELTA_KEEP), "bare_answers, different or all"),
