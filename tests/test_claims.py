@@ -197,8 +197,7 @@ def test_items_where_a_per_prompt_metric_is_undefined_are_left_out_and_the_place
     assert row["guards"].startswith("post − placebo +")    # paired on the 60 accuracy items, not the CRC prompts
     no_accuracy = frame[~((frame["condition"] == "post") & frame["id"].str.startswith("item"))]
     withheld = claims_table(entry, no_accuracy, evidence).iloc[0]
-    # no accuracy left for post: its placebo check falls back to the claim's metric, which its placebo lacks
-    assert withheld["verdict"] == "not tested: no crc_distinct_valid items for the placebo check (post)"
+    assert withheld["verdict"] == "not tested: no lenient items for the placebo check (post)"
     missing = claims_table(entry, frame.drop(columns="crc_distinct_valid"), evidence).iloc[0]
     assert missing["verdict"] == "not tested: crc_distinct_valid is not in this evidence"
 
@@ -410,25 +409,36 @@ def test_paper_effect_must_be_a_number(tmp_path):
         _check_guards("x.yaml: claim 'a'", entry)
 
 
-def test_an_arm_without_accuracy_is_checked_against_its_placebo_on_the_claims_own_metric():
-    """prob_objectives' model-weak arms have only the gold log-likelihood: their placebo check reads it (the arm
-    learned the unseen answers beyond the placebo), beside accuracy rows of other arms in the same table."""
+def test_an_arm_scored_only_teacher_forced_is_checked_on_that_metric_and_an_inert_arm_is_shown_not_required():
+    """prob_objectives' model-weak arms have only teacher-forced scores: their placebo check reads the claim's
+    metric, beside accuracy rows of other arms in the same table; the arm the paper expects not to learn (−p on an
+    unseen task) may stay at its placebo without withholding the verdict — the other arm may not."""
     rng = np.random.default_rng(5)
     accuracy = predictions({"warmup": (rng.random((2, 40)) < 0.4).astype(float)}, ["x"] * 20 + ["y"] * 20)
     rows = []
-    for condition, shift in (("nll", -1.0), ("p", -2.0), ("placebo_nll", -2.5), ("placebo_p", -2.6)):
+    for condition, level in (("nll", 0.6), ("p", 0.1), ("placebo_nll", 0.1), ("placebo_p", 0.1)):
         for seed in range(3):
             for i in range(40):
                 rows.append({"condition": condition, "seed": seed, "id": f"w{i}", "family": "fig" if i < 20 else "sb",
-                             "gold_logprob": shift + 0.01 * i + 0.02 * seed + rng.normal(0, 0.05)})
+                             "gold_token_accuracy": float(np.clip(level + rng.normal(0, 0.1), 0, 1))})
     frame = pd.concat([accuracy, pd.DataFrame(rows)], ignore_index=True)
-    entry = [{"id": "weak", "paper": "studykit", "kind": "paper", "source": "s", "claim": "c",
-              "test": {"treatment": "p", "control": "nll", "metric": "gold_logprob", "direction": "less",
-                       "families": "weak"}}]
+    entry = {"id": "weak", "paper": "studykit", "kind": "kit", "source": "s", "claim": "c",
+             "test": {"treatment": "p", "control": "nll", "metric": "gold_token_accuracy", "direction": "less",
+                      "families": "weak"}}
     evidence = Evidence(family_groups={"weak": ["fig", "sb"]}, trained=["nll", "p"],
                         placebos={"nll": "placebo_nll", "p": "placebo_p"})
-    row = claims_table(entry, frame, evidence).iloc[0]
-    assert re.match(r"p − placebo_p \+0\.(59|60|61)\d \[", row["guards"])            # paired on the 40 weak items
-    assert re.search(r"nll − placebo_nll \+1\.(49|50|51)\d \[", row["guards"])
-    assert row["metric"] == "gold log-likelihood (mean per token)"
-    assert row["difference"] == pytest.approx(-1.0, abs=0.02) and row["verdict"] == "supported"
+    withheld = claims_table([entry], frame, evidence).iloc[0]
+    assert withheld["verdict"].startswith("not tested: indistinguishable from placebo (p − placebo_p")
+    row = claims_table([{**entry, "inert_arm": "p"}], frame, evidence).iloc[0]
+    assert re.search(r"p − placebo_p [+-]0\.0\d\d \[.*\] \(expected inert: not required\)", row["guards"])
+    assert re.search(r"nll − placebo_nll \+0\.[45]\d\d \[", row["guards"])
+    assert row["metric"] == "gold token accuracy (teacher-forced)"
+    assert row["difference"] == pytest.approx(-0.5, abs=0.03) and row["verdict"] == "supported"
+    flat = frame.assign(gold_token_accuracy=np.where(frame["condition"] == "nll", frame["gold_token_accuracy"] - 0.5,
+                                                     frame["gold_token_accuracy"]))
+    assert claims_table([{**entry, "inert_arm": "p"}], flat, evidence).iloc[0]["verdict"].startswith(
+        "not tested: indistinguishable from placebo (nll − placebo_nll")   # the winning arm must still have learned
+    from studykit.claims import _check_guards
+
+    with pytest.raises(ClaimsError, match="inert_arm 'q' is not the test's treatment or control"):
+        _check_guards("here", {**entry, "inert_arm": "q"})
