@@ -56,6 +56,8 @@ FAMILY_FORMATS = {
     "word_sorting": "word_list",
     "caesar_cipher": "sentence",
     "sentence_reordering": "sentence",
+    "fraction_simplification": "phrase",   # "3/7"
+    "calendar_arithmetic": "phrase",       # a weekday, a date or a count of days
 }
 
 

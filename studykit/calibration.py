@@ -30,7 +30,7 @@ from omegaconf import OmegaConf
 from scipy.stats import entropy
 
 from .answers import judge
-from .config import seed_everything
+from .config import ROOT, seed_everything
 from .errors import DataError
 from .evaluate import generate_ids
 from .testbed import build_testbed, is_correct
@@ -260,3 +260,14 @@ def calibration_page(cfg, table: pd.DataFrame, selection: pd.DataFrame, chosen: 
               f"{', '.join(selection.loc[selection[kind], 'family']) or 'none'}" for kind in kinds]
     lines += ["", "## The numbers the criteria read", "", selection.round(3).to_markdown(index=False), ""]
     return "\n".join(lines)
+
+
+def committed_selection(profile: str) -> pd.DataFrame:
+    """The committed calibration's per-family table with each criterion's verdict (the repository's
+    ``results/calibration/<profile>/selection.csv``, an input, wherever a run writes its outputs): what a study
+    reads to say which families its model qualifies on."""
+    path = ROOT / "results" / "calibration" / profile / "selection.csv"
+    if not path.is_file():
+        raise DataError(f"{path}: no committed calibration for profile {profile!r}; expected the selection table of "
+                        f"`studykit run calibration profile={profile}`")
+    return pd.read_csv(path)

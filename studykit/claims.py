@@ -21,10 +21,13 @@ entry::
                                         # the test's metric); a comparison whose MDE exceeds it and that does not
                                         # resolve reads "not testable at this scale (paper effect x vs MDE y)"
       test: {treatment: dft, control: sft, metric: lenient, direction: greater, families: in_domain}
+      # inert_arm: p_weak               # optional: the test's arm the paper expects not to learn (prob_objectives:
+                                        # −p on a task the model's prior does not cover); its placebo check is
+                                        # shown, not required — the other arm must still beat its placebo
 
 ``test.families`` names a family group of the study's evidence (``in_domain``, ``ood``; ``all`` by default).
 ``test.metric`` is a per-item column of the predictions: ``strict`` / ``lenient`` correctness, a per-prompt
-measurement of :data:`PER_PROMPT`, or a judge's column of :data:`JUDGED` (:mod:`studykit.judges`: ``win`` against
+measurement of :data:`PER_PROMPT`, a teacher-forced score of the gold answer (:data:`TEACHER_FORCED`), or a judge's column of :data:`JUDGED` (:mod:`studykit.judges`: ``win`` against
 reference replies, ``mt_bench_score``); ``score`` is whichever per-item score the evaluation gave (``eval.judge``:
 lenient accuracy from the verifier, a judge's column otherwise), for a claim a study tests at any scale.  ``metric: auroc`` tests a scorer instead of a trained model
 (:func:`auroc_claims_table`).  An entry with ``not_tested: <why>`` instead of ``test`` is listed with that reason.
@@ -51,9 +54,13 @@ BIBLIOGRAPHY = ROOT / "references.bib"
 ACCURACY = ("strict", "lenient")
 PER_PROMPT = ("ead", "ead_unigram", "embedding_diversity", "vendi", "quality", "crc_valid", "crc_distinct",
               "crc_distinct_valid")
+TEACHER_FORCED = ("gold_token_accuracy", "gold_logprob")   # per item, the gold answer teacher-forced
+                                                            # (studykit.evaluate.gold_token_scores)
+TEACHER_FORCED_LABELS = {"gold_token_accuracy": "gold token accuracy (teacher-forced)",
+                         "gold_logprob": "gold log-likelihood (mean per token)"}
 JUDGED = {"win": "win rate vs reference", "mt_bench_score": "MT-Bench score"}   # studykit.judges' columns
 SCORE = "score"   # the evaluation's own per-item score: lenient accuracy under the verifier, else the judge's column
-METRICS = (*ACCURACY, *PER_PROMPT, *JUDGED, SCORE, "auroc")
+METRICS = (*ACCURACY, *PER_PROMPT, *TEACHER_FORCED, *JUDGED, SCORE, "auroc")
 TOP_KEYS = ("claims", "interpretation")
 REQUIRED = ("id", "paper", "source", "claim", "kind")
 TEST_KEYS = {"treatment", "control", "metric", "direction", "families"}
@@ -135,6 +142,9 @@ def _check_guards(where: str, entry: dict) -> None:
                           f"got {requires!r}")
     if not isinstance(entry.get("headline", False), bool):
         raise ClaimsError(f"{where}: headline must be true or false, got {entry['headline']!r}")
+    inert = entry.get("inert_arm")
+    if inert is not None and inert not in (entry.get("test") or {}).values():
+        raise ClaimsError(f"{where}: inert_arm '{inert}' is not the test's treatment or control")
     effect = entry.get("paper_effect")
     if effect is not None and (isinstance(effect, bool) or not isinstance(effect, (int, float)) or effect == 0):
         raise ClaimsError(f"{where}: paper_effect must be a non-zero number (the paper's effect on the test's "
@@ -329,9 +339,13 @@ def _add_test(rows: list, tests: list, row: dict, entry: dict, test: dict, t: np
 def _arm_checks(entry: dict, arms: tuple[str, str], predictions: pd.DataFrame, evidence: Evidence,
                 trained: set[str]) -> tuple[str, str | None]:
     """(what the placebo and precondition guards measured, the reason the verdict is withheld or None).  An arm and
-    its placebo are paired on the items where both have the placebo metric (accuracy, else quality): an arm's CRC
-    prompts have no accuracy, an open-ended prompt no quality."""
+    its placebo are paired on the items both have the placebo metric for: accuracy, else quality (an arm's CRC
+    prompts have no accuracy, an open-ended prompt no quality), else — for an arm scored only teacher-forced, as
+    prob_objectives' model-weak arms — the claim's :data:`TEACHER_FORCED` metric.  The claim's ``inert_arm`` (the
+    arm its paper expects not to learn) is compared with its placebo and the result shown, not required."""
     notes, withheld = [], []
+    claimed = resolve_metric(entry["test"].get("metric", "lenient"), predictions)
+    fallback = ("lenient", "quality", *([claimed] if claimed in TEACHER_FORCED else []))
     for arm in arms:
         if arm not in trained:
             continue
@@ -339,16 +353,19 @@ def _arm_checks(entry: dict, arms: tuple[str, str], predictions: pd.DataFrame, e
         if placebo is None or placebo not in set(predictions["condition"]):
             withheld.append(f"no placebo yet ({arm})")
             continue
-        metric = next(m for m in ("lenient", "quality", resolve_metric(entry["test"].get("metric", "lenient"),
-                                                                        predictions)) if m in predictions.columns)
-        items, _ = defined_items(predictions, (arm, placebo), metric, _scored_items(predictions, arm, metric))
+        metric = next((m for m in fallback if m in predictions.columns and _scored_items(predictions, arm, m)),
+                      "lenient")
+        scored = (set(_scored_items(predictions, arm, metric)) & set(_scored_items(predictions, placebo, metric))
+                  if metric in predictions.columns else set())
+        items, _ = defined_items(predictions, (arm, placebo), metric, sorted(scored))
         if not items:
             withheld.append(f"no {metric} items for the placebo check ({arm})")
             continue
         a, p = paired_scores(predictions, arm, placebo, metric, items)
         beats, text = guards.placebo_check(a, p)
-        notes.append(f"{arm} − {placebo} {text}")
-        if not beats:
+        inert = arm == entry.get("inert_arm")
+        notes.append(f"{arm} − {placebo} {text}" + (" (expected inert: not required)" if inert else ""))
+        if not beats and not inert:
             withheld.append(f"indistinguishable from placebo ({arm} − {placebo} {text})")
     for name, minimum in entry.get("requires", {}).items():
         for arm in (a for a in arms if a in trained):
@@ -514,7 +531,8 @@ def resolve_metric(metric: str, predictions: pd.DataFrame) -> str:
 def metric_label(metric: str) -> str:
     """How a claims table names a metric: "lenient accuracy", a judge's column ("win rate vs reference"), or the
     per-prompt measurement's own name."""
-    return f"{metric} accuracy" if metric in ACCURACY else JUDGED.get(metric, metric.replace("_", " "))
+    return (f"{metric} accuracy" if metric in ACCURACY else TEACHER_FORCED_LABELS[metric]
+            if metric in TEACHER_FORCED else JUDGED.get(metric, metric.replace("_", " ")))
 
 
 def _auc(labels, scores) -> float:

@@ -30,11 +30,13 @@ from typing import Callable
 
 import random
 import string
+import time
 
 import numpy as np
 import pandas as pd
 
 from .answers import judge
+from .config import seed_everything
 from .evaluate import generate
 
 NGRAM_ORDERS = (1, 2, 3, 4, 5)
@@ -117,6 +119,30 @@ def diversity_per_prompt(records: list[dict], replies: list[list[str]], embed: C
                      "quality": float(np.mean([judge(record, text).lenient for text in group]))
                      if "entry" in record else float("nan")})
     return pd.DataFrame(rows)
+
+
+def measure_diversity(model, tokenizer, groups: dict[str, tuple[list[dict], int]], samples: int, *,
+                      temperature: float, embed: Callable[[list[str]], np.ndarray], vocab_size: int, chat: bool,
+                      batch_size: int, seed: int) -> dict:
+    """``samples`` replies per prompt of each group (``{group: (records, max_new_tokens)}``) from ``model`` at
+    ``temperature``, drawn from the random stream of ``seed`` → JSON values: ``per_prompt`` (the rows of
+    :func:`diversity_per_prompt` with their ``group``), ``across`` (one row of :func:`diversity_across_prompts` per
+    group), ``replies`` (per prompt, in group order) and ``seconds`` (sampling and measuring)."""
+    model.eval()   # sampled inside a run's body, before the session puts the trained model in eval mode
+    seed_everything(seed)
+    start = time.perf_counter()
+    records, replies, across = [], [], []
+    for group, (items, max_new_tokens) in groups.items():
+        sampled = sample_replies(model, tokenizer, [r["prompt"] for r in items], samples, chat=chat,
+                                 max_new_tokens=max_new_tokens, temperature=temperature, batch_size=batch_size,
+                                 progress=False)
+        records += [{**r, "group": group} for r in items]
+        replies += sampled
+        across.append({"group": group, **diversity_across_prompts(sampled, embed, vocab_size)})
+    table = diversity_per_prompt(records, replies, embed, vocab_size)
+    table.insert(2, "group", [r["group"] for r in records])
+    return {"per_prompt": table.to_dict(orient="records"), "across": across, "replies": replies,
+            "seconds": time.perf_counter() - start}
 
 
 def diversity_across_prompts(replies: list[list[str]], embed: Callable[[list[str]], np.ndarray],

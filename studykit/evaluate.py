@@ -8,13 +8,15 @@ from __future__ import annotations
 
 from collections import Counter
 
+import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
 from .answers import judge
 from .models import require_gpu_extra
-from .logprobs import format_prompt
+from .logprobs import (collate_left, encode_pair, format_pair, format_prompt, pad_token_id, response_logits,
+                       token_logprobs)
 
 METRICS = ("strict", "lenient")
 SKEWED = 0.5  # a family whose majority answer alone scores at least this is flagged
@@ -146,19 +148,31 @@ def answer_baselines(records: list[dict]) -> pd.DataFrame:
     return pd.concat([table, pd.DataFrame([mean])], ignore_index=True)
 
 
-def strength_above_majority(predictions: pd.DataFrame, records: list[dict], metric: str = "lenient") -> pd.DataFrame:
-    """Per family of ``records``: accuracy (mean over items and over the seeds in ``predictions``), the majority-answer
-    baseline of the same items (:func:`answer_baselines`) and ``above_majority`` = accuracy − majority; strongest
-    family first.  How prob_objectives chooses its model-strong family on dev items (a family the model solves by
-    always giving the common answer is not one it is strong at)."""
-    baselines = answer_baselines(records).set_index("family")["majority"].drop("mean")
-    accuracy = predictions[predictions["family"].isin(baselines.index)].groupby("family")[metric].mean()
-    missing = sorted(set(baselines.index) - set(accuracy.index))
-    if missing:
-        raise ValueError(f"strength_above_majority: no predictions for the families {missing}")
-    table = pd.DataFrame({"accuracy": accuracy, "majority": baselines})
-    table["above_majority"] = table["accuracy"] - table["majority"]
-    return table.sort_values("above_majority", ascending=False, kind="stable").rename_axis("family").reset_index()
+@torch.no_grad()
+def gold_token_scores(model, tokenizer, records: list[dict], *, chat: bool, batch_size: int = 16) -> pd.DataFrame:
+    """Per record: ``id``, ``family``, ``gold_token_accuracy`` — the share of its gold answer's tokens (the end of
+    turn left out) that are the model's argmax given the prompt and the gold tokens before it: teacher-forced
+    greedy agreement — and ``gold_logprob``, their mean log-probability.  How much of an unseen task a model has
+    learned where its greedy accuracy is 0 (prob_objectives' model-weak families; "Beyond Log Likelihood", arXiv
+    2510.00526, judges figfont by accuracy).  Token accuracy favours neither NLL, whose loss is the
+    log-probability, nor −p, whose loss is the probability; the log-probability is the prior the paper's
+    model-capability continuum is about."""
+    model.eval()   # scored inside a run's body, before the session puts the trained model in eval mode
+    pad = pad_token_id(tokenizer)
+    pairs = [encode_pair(tokenizer, *format_pair(tokenizer, r["prompt"], r["response"], chat, add_eos=False))
+             for r in records]
+    accuracy, logprob = np.zeros(len(pairs)), np.zeros(len(pairs))
+    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]), reverse=True)
+    for start in range(0, len(order), batch_size):
+        index = order[start:start + batch_size]
+        batch = collate_left([pairs[i] for i in index], pad)
+        logits = response_logits(model, batch)
+        targets, mask = batch["response_ids"].to(logits.device), batch["response_mask"].to(logits.device)
+        tokens = mask.sum(-1)
+        accuracy[index] = (((logits.argmax(-1) == targets) & mask).sum(-1) / tokens).cpu().numpy()
+        logprob[index] = (token_logprobs(logits, targets).masked_fill(~mask, 0.0).sum(-1) / tokens).cpu().numpy()
+    return pd.DataFrame({"id": [r["id"] for r in records], "family": [r["family"] for r in records],
+                         "gold_token_accuracy": accuracy, "gold_logprob": logprob})
 
 
 def accuracy_table(predictions: dict[str, pd.DataFrame], records: list[dict]) -> pd.DataFrame:

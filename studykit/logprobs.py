@@ -95,6 +95,14 @@ def batch_response_logprobs(model, batch: dict[str, torch.Tensor], prefix=None) 
     ``(past_key_values, prefix_attention_mask (B, P), prefix_lengths (B,))``.  Rows are then laid out as
     [prefix | left pad | prompt | response], the pads masked out and positions continuing from the prefix.
     """
+    logits = response_logits(model, batch, prefix)
+    logp = token_logprobs(logits, batch["response_ids"].to(logits.device))
+    return logp.masked_fill(~batch["response_mask"].to(logits.device), 0.0)
+
+
+def response_logits(model, batch: dict[str, torch.Tensor], prefix=None) -> torch.Tensor:
+    """The logits that predict each response token of one collated batch (:func:`batch_response_logprobs`):
+    shape (B, max_response_len, vocabulary), the LM head run over the response positions only."""
     device = next(model.parameters()).device
     resp_width = batch["response_ids"].shape[1]
     attention_mask, position_ids, cache = batch["attention_mask"], batch["position_ids"], None
@@ -105,8 +113,7 @@ def batch_response_logprobs(model, batch: dict[str, torch.Tensor], prefix=None) 
     out = model(input_ids=batch["input_ids"].to(device), attention_mask=attention_mask.to(device),
                 position_ids=position_ids.to(device), past_key_values=cache, use_cache=cache is not None,
                 logits_to_keep=resp_width + 1)
-    logp = token_logprobs(out.logits[:, :-1], batch["response_ids"].to(device))
-    return logp.masked_fill(~batch["response_mask"].to(device), 0.0)
+    return out.logits[:, :-1]
 
 
 def prefix_cache(model, prefixes: list[list[int]], pad_id: int):

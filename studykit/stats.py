@@ -105,6 +105,8 @@ def seed_item_variance(diff: np.ndarray) -> tuple[float, float]:
     n_seeds, n_items = diff.shape
     if n_seeds == 1:
         return (float(np.var(diff[0], ddof=1)) / n_items if n_items > 1 else 0.0), float(max(n_items - 1, 1))
+    if n_items == 1:   # one item (a family of one prompt): its seeds are the only replicates
+        return float(np.var(diff[:, 0], ddof=1)) / n_seeds, float(n_seeds - 1)
     seed_means, item_means, grand = diff.mean(axis=1), diff.mean(axis=0), diff.mean()
     ms_seed = n_items * float(np.var(seed_means, ddof=1))
     ms_item = n_seeds * float(np.var(item_means, ddof=1))

@@ -45,9 +45,10 @@ from .evaluate import judge_replies, replies
 from .guards import UNTRAINED
 from .harness import COLUMNS as HARNESS_COLUMNS, harness_items
 from .judges import JUDGES, judge_records
-from .models import is_qlora, load_judge, load_model_and_tokenizer
+from .models import copy_model, is_qlora, load_judge, load_model_and_tokenizer
 from .results import log_to_file, output_directory, save_metrics, save_predictions, save_table
 from .testbed import build_testbed
+from .train import train_sft
 from .tuning import chosen_setting, dev_choice, placebo_of
 
 # Each line a notebook's session appends here (in the run's output directory) is a stage of the study: the runner
@@ -296,6 +297,18 @@ class Study:
     def sft_recipe(self, records: list[dict], start: str = "base", **train) -> dict:
         """:meth:`recipe` of an SFT run on ``records`` with the ``train`` section and ``train`` overrides."""
         return self.recipe("sft", records, start=start, section="train", **train)
+
+    def sft_start(self, name: str, records: list[dict], seed: int, model, **train) -> Run:
+        """The one SFT start every arm of a study trains from: run ``name`` on training seed ``seed``, a copy of
+        ``model`` (the base model the notebook holds) trained on ``records`` by :func:`studykit.train.train_sft` with
+        the ``train`` section and ``train`` overrides, kept (its weights stored with it: ``run.model`` is every arm's
+        start).  Its recipe is :meth:`sft_recipe`'s, so the studies that ask for the same one share it through the
+        run cache."""
+        with self.run(name, seed, recipe=self.sft_recipe(records, **train), keep_model=True) as run:
+            if not run.done:
+                run.trainer = train_sft(copy_model(model), self.tokenizer, records, self.cfg, run.scratch, seed=seed,
+                                        data_seed=seed, **train)
+        return run
 
     def plan(self, n_runs: int) -> None:
         """Say how many runs the study will train (progress lines then read "run k of n" with an estimate)."""

@@ -177,15 +177,6 @@ def _learning_rates(v) -> bool:
     return _list(v) and len(v) >= 2 and all(positive(x) for x in v) and len(set(v)) == len(v)
 
 
-def _shares(v) -> bool:
-    return (_list(v) and len(v) > 0 and all(unit_interval(x) for x in v)
-            and len({round(100 * x) for x in v}) == len(v))
-
-
-def _stage_steps(v) -> bool:
-    return _mapping(v) and set(v) == {"sft", "dpo", "grpo"} and all(positive_int(x) for x in v.values())
-
-
 def _transforms(v) -> bool:
     return _list(v) and set(v) <= {"grape", "ssr", "s3ft"}
 
@@ -263,8 +254,6 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "learning_rates": (_learning_rates, "a list of at least two distinct learning rates > 0"),
     "null_or_learning_rates": (lambda v: v is None or _learning_rates(v),
                                "null (nothing chosen on dev) or a list of at least two distinct learning rates > 0"),
-    "shares": (_shares, "a non-empty list of distinct shares in [0, 1]"),
-    "stage_steps": (_stage_steps, "a mapping {sft, dpo, grpo} of integers ≥ 1"),
     "nuggets_mode": (one_of("faithful", "clean"), "faithful or clean"),
     "delta_pairs": (one_of(*DELTA_KEEP), "bare_answers, different or all"),
     "scoring_precision": (one_of(*SCORING_PRECISIONS), "float32 (TF32 off) or bfloat16 (autocast)"),
@@ -474,21 +463,19 @@ def validate(cfg: DictConfig) -> None:
     if rates is not None and float(cfg.train.learning_rate) not in map(float, rates):
         raise ConfigError(f"train.learning_rate={cfg.train.learning_rate!r} is not allowed: expected one of "
                           f"study.ingredient_lrs={list(rates)!r} (that ingredient is the all-data model)")
-    weak = OmegaConf.select(cfg, "study.model_weak", default=None)
-    if weak is not None and weak not in cfg.data.families:
-        raise ConfigError(f"study.model_weak={weak!r} is not allowed: expected a family of data.families "
-                          f"({', '.join(cfg.data.families)})")
-    candidates = OmegaConf.select(cfg, "study.model_strong_candidates", default=None)
-    if candidates is not None:
-        listed = OmegaConf.to_container(candidates) if isinstance(candidates, ListConfig) else candidates
-        if not (isinstance(listed, list) and listed and set(listed) <= set(cfg.data.families) - {weak}):
-            raise ConfigError(f"study.model_strong_candidates={listed!r} is not allowed: expected a non-empty list of "
-                              f"families of data.families other than study.model_weak={weak!r} "
-                              f"({', '.join(cfg.data.families)})")
-        if cfg.data.dev_per_family < 1:
-            raise ConfigError(f"data.dev_per_family={cfg.data.dev_per_family!r} is not allowed: expected ≥ 1 with "
-                              "study.model_strong_candidates (the model-strong family is chosen on dev items, never on "
-                              "eval items)")
+    groups = {key: OmegaConf.select(cfg, f"study.model_{key}", default=None) for key in ("strong", "weak")}
+    if any(v is not None for v in groups.values()):
+        families = list(cfg.data.families)
+        for key, listed in groups.items():
+            listed = OmegaConf.to_container(listed) if isinstance(listed, ListConfig) else listed
+            if not (isinstance(listed, list) and len(listed) >= 2 and len(set(listed)) == len(listed)
+                    and set(listed) <= set(families)):
+                raise ConfigError(f"study.model_{key}={listed!r} is not allowed: expected ≥ 2 distinct families of "
+                                  f"data.families ({', '.join(families)}): a verdict one family carries is fragile")
+            groups[key] = listed
+        if set(groups["strong"]) & set(groups["weak"]) or not set(families) - set(groups["weak"]):
+            raise ConfigError(f"study.model_weak={groups['weak']!r} is not allowed: expected families disjoint from "
+                              f"study.model_strong={groups['strong']!r}, some of data.families left for the warm-up")
     if OmegaConf.select(cfg, "study.learning_rates", default=None) is not None and cfg.data.dev_per_family < 1:
         raise ConfigError(f"data.dev_per_family={cfg.data.dev_per_family!r} is not allowed: expected ≥ 1 with "
                           "study.learning_rates (each arm's learning rate is chosen on dev items, never on eval items)")

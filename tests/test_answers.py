@@ -121,22 +121,6 @@ def test_answer_baselines_chance_majority_and_the_skew_flag():
     assert table.loc["mean", "majority"] == pytest.approx(0.5)
 
 
-def test_strength_above_majority_ranks_families_by_accuracy_over_the_common_answer():
-    from studykit.evaluate import strength_above_majority
-
-    records = ([{"family": "syllogism", "answer": "Yes"}] * 3 + [{"family": "syllogism", "answer": "No"}]
-               + [{"family": "chain_sum", "answer": str(i)} for i in range(4)])
-    # syllogism right on 3 of 4 (= its majority share) on both seeds; chain_sum right on 2 of 4, then 1 of 4
-    predictions = pd.DataFrame({"family": ["syllogism"] * 8 + ["chain_sum"] * 8, "seed": ([0] * 4 + [1] * 4) * 2,
-                                "lenient": [1, 1, 1, 0] * 2 + [1, 1, 0, 0, 1, 0, 0, 0]})
-    table = strength_above_majority(predictions, records).set_index("family")
-    assert list(table.index) == ["chain_sum", "syllogism"]                        # 0.375 − 0.25 beats 0.75 − 0.75
-    assert table.loc["chain_sum", "above_majority"] == pytest.approx(0.125)
-    assert table.loc["syllogism", "above_majority"] == pytest.approx(0.0)
-    with pytest.raises(ValueError, match="no predictions for the families \\['chain_sum'\\]"):
-        strength_above_majority(predictions[predictions["family"] == "syllogism"], records)
-
-
 def test_accuracy_table_shows_what_a_constant_answer_scores_beside_each_model():
     from studykit.evaluate import accuracy_table
 

@@ -1,6 +1,8 @@
 """The claims YAML → guarded verdict table (studykit.claims, studykit.guards), on hand-built cases."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -405,3 +407,38 @@ def test_paper_effect_must_be_a_number(tmp_path):
     entry = {"id": "a", "kind": "kit", "paper_effect": "big"}
     with pytest.raises(ClaimsError, match="paper_effect must be a non-zero number"):
         _check_guards("x.yaml: claim 'a'", entry)
+
+
+def test_an_arm_scored_only_teacher_forced_is_checked_on_that_metric_and_an_inert_arm_is_shown_not_required():
+    """prob_objectives' model-weak arms have only teacher-forced scores: their placebo check reads the claim's
+    metric, beside accuracy rows of other arms in the same table; the arm the paper expects not to learn (−p on an
+    unseen task) may stay at its placebo without withholding the verdict — the other arm may not."""
+    rng = np.random.default_rng(5)
+    accuracy = predictions({"warmup": (rng.random((2, 40)) < 0.4).astype(float)}, ["x"] * 20 + ["y"] * 20)
+    rows = []
+    for condition, level in (("nll", 0.6), ("p", 0.1), ("placebo_nll", 0.1), ("placebo_p", 0.1)):
+        for seed in range(3):
+            for i in range(40):
+                rows.append({"condition": condition, "seed": seed, "id": f"w{i}", "family": "fig" if i < 20 else "sb",
+                             "gold_token_accuracy": float(np.clip(level + rng.normal(0, 0.1), 0, 1))})
+    frame = pd.concat([accuracy, pd.DataFrame(rows)], ignore_index=True)
+    entry = {"id": "weak", "paper": "studykit", "kind": "kit", "source": "s", "claim": "c",
+             "test": {"treatment": "p", "control": "nll", "metric": "gold_token_accuracy", "direction": "less",
+                      "families": "weak"}}
+    evidence = Evidence(family_groups={"weak": ["fig", "sb"]}, trained=["nll", "p"],
+                        placebos={"nll": "placebo_nll", "p": "placebo_p"})
+    withheld = claims_table([entry], frame, evidence).iloc[0]
+    assert withheld["verdict"].startswith("not tested: indistinguishable from placebo (p − placebo_p")
+    row = claims_table([{**entry, "inert_arm": "p"}], frame, evidence).iloc[0]
+    assert re.search(r"p − placebo_p [+-]0\.0\d\d \[.*\] \(expected inert: not required\)", row["guards"])
+    assert re.search(r"nll − placebo_nll \+0\.[45]\d\d \[", row["guards"])
+    assert row["metric"] == "gold token accuracy (teacher-forced)"
+    assert row["difference"] == pytest.approx(-0.5, abs=0.03) and row["verdict"].startswith("kit: treatment lower")
+    flat = frame.assign(gold_token_accuracy=np.where(frame["condition"] == "nll", frame["gold_token_accuracy"] - 0.5,
+                                                     frame["gold_token_accuracy"]))
+    assert claims_table([{**entry, "inert_arm": "p"}], flat, evidence).iloc[0]["verdict"].startswith(
+        "not tested: indistinguishable from placebo (nll − placebo_nll")   # the winning arm must still have learned
+    from studykit.claims import _check_guards
+
+    with pytest.raises(ClaimsError, match="inert_arm 'q' is not the test's treatment or control"):
+        _check_guards("here", {**entry, "inert_arm": "q"})

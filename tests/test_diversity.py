@@ -112,3 +112,24 @@ def test_one_word_replies_have_only_a_unigram_ead_term_reported_beside_the_mean(
     across = diversity.diversity_across_prompts(replies, embed, vocab_size=50)
     assert across["ead_unigram"] == diversity.ead(["yes", "yes"], 1, 50) and across["ead"] == pytest.approx(
         across["ead_unigram"] / 5)
+
+
+def test_measure_diversity_samples_each_group_at_its_budget_and_tags_its_rows(monkeypatch):
+    budgets = []
+
+    def sampled(model, tokenizer, prompts, samples, *, max_new_tokens, **_):
+        budgets.append((len(prompts), max_new_tokens))
+        return [[f"{p} reply {j}" for j in range(samples)] for p in prompts]
+
+    monkeypatch.setattr(diversity, "sample_replies", sampled)
+    groups = {"verifiable": ([{"id": "a", "family": "f", "prompt": "x"}], 16),
+              "open_ended": ([{"id": "b", "family": "g", "prompt": "y"}, {"id": "c", "family": "g", "prompt": "z"}], 40)}
+    measured = diversity.measure_diversity(SimpleNamespace(eval=lambda: None), None, groups, 3, temperature=1.0, embed=lambda t: np.eye(len(t)),
+                                           vocab_size=100, chat=True, batch_size=4, seed=0)
+    assert budgets == [(1, 16), (2, 40)]
+    rows = measured["per_prompt"]
+    assert [(r["id"], r["group"]) for r in rows] == [("a", "verifiable"), ("b", "open_ended"), ("c", "open_ended")]
+    assert all(r["embedding_diversity"] == pytest.approx(1.0) for r in rows)   # orthogonal embeddings
+    assert all(np.isnan(r["quality"]) for r in rows)                            # no verifier entry: no quality
+    assert measured["replies"][2] == ["z reply 0", "z reply 1", "z reply 2"]
+    assert [a["group"] for a in measured["across"]] == ["verifiable", "open_ended"]

@@ -160,3 +160,21 @@ def test_plain_prompts_score_the_tokens_trl_trains_on_and_generation_continues(g
         assert prompt_ids + response_ids == row["input_ids"]
         assert [t for t in row["labels"] if t != -100] == response_ids          # the loss covers the response
         assert tok(prompt_text)["input_ids"] == prompt_ids
+
+
+def test_gold_token_scores_are_teacher_forced_argmax_agreement_and_mean_logprob_over_the_answer_tokens(tiny):
+    from studykit.evaluate import gold_token_scores
+
+    model, tokenizer = tiny
+    records = [{"id": f"r{i}", "family": "f", "prompt": p, "response": r} for i, (p, r) in enumerate(zip(PROMPTS, RESPONSES))]
+    table = gold_token_scores(model, tokenizer, records, chat=True, batch_size=2)
+    for record, row in zip(records, table.to_dict(orient="records")):   # one unpadded forward per record
+        prompt_ids, answer_ids = encode_pair(tokenizer, *format_pair(tokenizer, record["prompt"], record["response"],
+                                                                     True, add_eos=False))
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([prompt_ids + answer_ids])).logits[0, len(prompt_ids) - 1:-1]
+        targets = torch.tensor(answer_ids)
+        assert row["id"] == record["id"]
+        assert row["gold_token_accuracy"] == pytest.approx((logits.argmax(-1) == targets).float().mean().item())
+        assert row["gold_logprob"] == pytest.approx(torch.log_softmax(logits, -1)[range(len(answer_ids)), targets]
+                                                    .mean().item(), abs=1e-4)

@@ -61,6 +61,16 @@ def test_paired_difference_single_seed_is_the_paired_t_interval():
     assert result.n_seeds == 1 and result.n_items == 400 and result.per_seed == (pytest.approx(result.estimate),)
 
 
+def test_paired_difference_on_one_item_is_the_one_sample_t_interval_over_seeds():
+    """A family of one prompt (an open-ended category) tested per family: its seeds are the only replicates."""
+    t, c = np.array([[0.61], [0.55], [0.70]]), np.array([[0.40], [0.42], [0.38]])
+    result = paired_difference(t, c)
+    reference = scipy_stats.ttest_1samp((t - c)[:, 0], 0.0)
+    assert result.df == 2 and result.p_value == pytest.approx(reference.pvalue)
+    low, high = reference.confidence_interval(0.95)
+    assert (result.ci_low, result.ci_high) == (pytest.approx(low), pytest.approx(high))
+
+
 def test_seed_item_variance_uses_statsmodels_two_way_anova_mean_squares():
     import pandas as pd
     import statsmodels.formula.api as smf

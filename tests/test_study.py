@@ -73,16 +73,16 @@ def test_a_run_that_trains_nothing_is_an_error(session):
             pass
 
 
-def test_kept_weights_come_back_from_the_cache(session):
+def test_the_sft_start_is_kept_and_is_the_run_of_its_sft_recipe(session):
     model, _ = session.base_model()
     pool = session.testbed()["pool"]
-    for expected_done in (False, True):
-        with session.run("sft", 0, recipe=session.sft_recipe(pool), keep_model=True) as run:
-            if not run.done:
-                run.trainer = train_sft(copy_model(model), session.tokenizer, pool, session.cfg, run.scratch, seed=0)
-        assert run.done is expected_done
-    trained_weight = next(run.model.parameters())
+    first, again = (session.sft_start("sft", pool, 0, model, max_steps=3) for _ in range(2))
+    assert not first.done and again.done and first.steps == again.steps == 3   # the overrides train it
+    trained_weight = next(again.model.parameters())   # the kept weights, from the cache
     assert not (trained_weight == next(model.parameters())).all()
+    # its cache entry is the run of sft_recipe: shared with every study that asks for it, by hand or not
+    with session.run("sft", 0, recipe=session.sft_recipe(pool, max_steps=3), keep_model=True) as run:
+        assert run.done and run.key == first.key
 
 
 def test_a_run_without_evaluation_is_stored_and_listed_but_records_no_predictions(session):
