@@ -21,9 +21,12 @@ entry::
                                         # the test's metric); a comparison whose MDE exceeds it and that does not
                                         # resolve reads "not testable at this scale (paper effect x vs MDE y)"
       test: {treatment: dft, control: sft, metric: lenient, direction: greater, families: in_domain}
-      # inert_arm: p_weak               # optional: the test's arm the paper expects not to learn (prob_objectives:
-                                        # −p on a task the model's prior does not cover); its placebo check is
-                                        # shown, not required — the other arm must still beat its placebo
+
+An optional ``inert_arm: {arm, witness}`` names the arm a claim's paper expects *not* to learn — it must be the arm
+the test says is lower (prob_objectives: −p on families the model's prior does not cover, where NLL wins) — and a
+*witness*, the same method trained where it is expected to act (−p on the model-strong families).  The inert arm's
+placebo comparison is shown, not required; the witness must beat its own placebo (so a broken method cannot pass
+for an inert one), and the other arm must still beat its placebo.
 
 ``test.families`` names a family group of the study's evidence (``in_domain``, ``ood``; ``all`` by default).
 ``test.metric`` is a per-item column of the predictions: ``strict`` / ``lenient`` correctness, a per-prompt
@@ -143,8 +146,13 @@ def _check_guards(where: str, entry: dict) -> None:
     if not isinstance(entry.get("headline", False), bool):
         raise ClaimsError(f"{where}: headline must be true or false, got {entry['headline']!r}")
     inert = entry.get("inert_arm")
-    if inert is not None and inert not in (entry.get("test") or {}).values():
-        raise ClaimsError(f"{where}: inert_arm '{inert}' is not the test's treatment or control")
+    if inert is not None:
+        test = entry.get("test") or {}
+        lower = test.get("treatment") if test.get("direction") == "less" else test.get("control")
+        if (not isinstance(inert, dict) or set(inert) != {"arm", "witness"} or inert["arm"] != lower
+                or inert["witness"] in (test.get("treatment"), test.get("control"))):
+            raise ClaimsError(f"{where}: inert_arm must be {{arm: {lower} (the arm the test says is lower), witness: "
+                              f"<the same method trained where it should act>}}, got {inert!r}")
     effect = entry.get("paper_effect")
     if effect is not None and (isinstance(effect, bool) or not isinstance(effect, (int, float)) or effect == 0):
         raise ClaimsError(f"{where}: paper_effect must be a non-zero number (the paper's effect on the test's "
@@ -227,7 +235,8 @@ def claims_table(claims: list[dict], predictions: pd.DataFrame, evidence: Eviden
     difference over the families that are left, its 95% t interval (seeds and items random), the per-seed
     differences, the MDE, the raw and Holm-adjusted p-values, the guards' findings and the verdict.
 
-    A comparison carries a verdict only when: each trained arm beats its placebo; the claim's ``requires:``
+    A comparison carries a verdict only when: each trained arm beats its placebo (a claim's ``inert_arm`` excepted,
+    when its witness does); the claim's ``requires:``
     preconditions hold; a headline claim has ≥ :data:`HEADLINE_SEEDS` training seeds; families where an arm is
     degenerate are left out (none left: not tested), and so are items where the metric is undefined for an arm
     (counted in the flags); the arms are separable; no two families show significant
@@ -342,11 +351,16 @@ def _arm_checks(entry: dict, arms: tuple[str, str], predictions: pd.DataFrame, e
     its placebo are paired on the items both have the placebo metric for: accuracy, else quality (an arm's CRC
     prompts have no accuracy, an open-ended prompt no quality), else — for an arm scored only teacher-forced, as
     prob_objectives' model-weak arms — the claim's :data:`TEACHER_FORCED` metric.  The claim's ``inert_arm`` (the
-    arm its paper expects not to learn) is compared with its placebo and the result shown, not required."""
+    arm its paper expects not to learn) is compared with its placebo and the result shown, not required; its
+    witness (the same method where it should act) must beat its own placebo."""
     notes, withheld = [], []
     claimed = resolve_metric(entry["test"].get("metric", "lenient"), predictions)
     fallback = ("lenient", "quality", *([claimed] if claimed in TEACHER_FORCED else []))
-    for arm in arms:
+    inert = entry.get("inert_arm") or {}
+    inert_arm, witness = (evidence.aliases.get(inert[k], inert[k]) if k in inert else None for k in ("arm", "witness"))
+    if witness is not None and witness not in trained:
+        withheld.append(f"the inert arm's witness {witness} is not a trained condition of this evidence")
+    for arm in (*arms, *([witness] if witness in trained else [])):
         if arm not in trained:
             continue
         placebo = evidence.placebos.get(arm)
@@ -363,8 +377,9 @@ def _arm_checks(entry: dict, arms: tuple[str, str], predictions: pd.DataFrame, e
             continue
         a, p = paired_scores(predictions, arm, placebo, metric, items)
         beats, text = guards.placebo_check(a, p)
-        inert = arm == entry.get("inert_arm")
-        notes.append(f"{arm} − {placebo} {text}" + (" (expected inert: not required)" if inert else ""))
+        inert = arm == inert_arm and arm in arms
+        notes.append(f"{arm} − {placebo} {text}" + (" (expected inert: not required)" if inert else
+                                                    " (the inert arm's witness)" if arm == witness else ""))
         if not beats and not inert:
             withheld.append(f"indistinguishable from placebo ({arm} − {placebo} {text})")
     for name, minimum in entry.get("requires", {}).items():

@@ -411,10 +411,13 @@ def test_paper_effect_must_be_a_number(tmp_path):
 
 def test_an_arm_scored_only_teacher_forced_is_checked_on_that_metric_and_an_inert_arm_is_shown_not_required():
     """prob_objectives' model-weak arms have only teacher-forced scores: their placebo check reads the claim's
-    metric, beside accuracy rows of other arms in the same table; the arm the paper expects not to learn (−p on an
-    unseen task) may stay at its placebo without withholding the verdict — the other arm may not."""
+    metric, beside accuracy rows of other arms in the same table.  The arm the paper expects not to learn (−p on an
+    unseen task) may stay at its placebo without withholding the verdict when its witness (−p where it should act)
+    beats its own placebo; the other arm must still beat its placebo, and so must the witness."""
     rng = np.random.default_rng(5)
-    accuracy = predictions({"warmup": (rng.random((2, 40)) < 0.4).astype(float)}, ["x"] * 20 + ["y"] * 20)
+    strong = rng.random((3, 40)) < 0.3
+    accuracy = predictions({"p_strong": np.maximum(strong, rng.random((3, 40)) < 0.4), "placebo_p_strong": strong},
+                           ["x"] * 20 + ["y"] * 20)
     rows = []
     for condition, level in (("nll", 0.6), ("p", 0.1), ("placebo_nll", 0.1), ("placebo_p", 0.1)):
         for seed in range(3):
@@ -425,20 +428,26 @@ def test_an_arm_scored_only_teacher_forced_is_checked_on_that_metric_and_an_iner
     entry = {"id": "weak", "paper": "studykit", "kind": "kit", "source": "s", "claim": "c",
              "test": {"treatment": "p", "control": "nll", "metric": "gold_token_accuracy", "direction": "less",
                       "families": "weak"}}
-    evidence = Evidence(family_groups={"weak": ["fig", "sb"]}, trained=["nll", "p"],
-                        placebos={"nll": "placebo_nll", "p": "placebo_p"})
+    placebos = {arm: f"placebo_{arm}" for arm in ("nll", "p", "p_strong")}
+    evidence = Evidence(family_groups={"weak": ["fig", "sb"]}, trained=["nll", "p", "p_strong"], placebos=placebos)
     withheld = claims_table([entry], frame, evidence).iloc[0]
     assert withheld["verdict"].startswith("not tested: indistinguishable from placebo (p − placebo_p")
-    row = claims_table([{**entry, "inert_arm": "p"}], frame, evidence).iloc[0]
+    inert = {**entry, "inert_arm": {"arm": "p", "witness": "p_strong"}}
+    row = claims_table([inert], frame, evidence).iloc[0]
     assert re.search(r"p − placebo_p [+-]0\.0\d\d \[.*\] \(expected inert: not required\)", row["guards"])
     assert re.search(r"nll − placebo_nll \+0\.[45]\d\d \[", row["guards"])
+    assert re.search(r"p_strong − placebo_p_strong \+0\.\d+ \[.*\] \(the inert arm's witness\)", row["guards"])
     assert row["metric"] == "gold token accuracy (teacher-forced)"
     assert row["difference"] == pytest.approx(-0.5, abs=0.03) and row["verdict"].startswith("kit: treatment lower")
     flat = frame.assign(gold_token_accuracy=np.where(frame["condition"] == "nll", frame["gold_token_accuracy"] - 0.5,
                                                      frame["gold_token_accuracy"]))
-    assert claims_table([{**entry, "inert_arm": "p"}], flat, evidence).iloc[0]["verdict"].startswith(
+    assert claims_table([inert], flat, evidence).iloc[0]["verdict"].startswith(
         "not tested: indistinguishable from placebo (nll − placebo_nll")   # the winning arm must still have learned
+    broken = frame.assign(lenient=np.where(frame["condition"] == "p_strong", frame["lenient"] * 0, frame["lenient"]))
+    assert claims_table([inert], broken, evidence).iloc[0]["verdict"].startswith(
+        "not tested: indistinguishable from placebo (p_strong − placebo_p_strong")   # a broken method is no inert arm
     from studykit.claims import _check_guards
 
-    with pytest.raises(ClaimsError, match="inert_arm 'q' is not the test's treatment or control"):
-        _check_guards("here", {**entry, "inert_arm": "q"})
+    for wrong in ({"arm": "nll", "witness": "p_strong"}, {"arm": "p", "witness": "nll"}, "p"):
+        with pytest.raises(ClaimsError, match=r"inert_arm must be \{arm: p \(the arm the test says is lower\)"):
+            _check_guards("here", {**entry, "inert_arm": wrong})
