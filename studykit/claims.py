@@ -30,7 +30,8 @@ for an inert one), and the other arm must still beat its placebo.
 
 ``test.families`` names a family group of the study's evidence (``in_domain``, ``ood``; ``all`` by default).
 ``test.metric`` is a per-item column of the predictions: ``strict`` / ``lenient`` correctness, a per-prompt
-measurement of :data:`PER_PROMPT`, a teacher-forced score of the gold answer (:data:`TEACHER_FORCED`), or a judge's column of :data:`JUDGED` (:mod:`studykit.judges`: ``win`` against
+measurement of :data:`PER_PROMPT`, a teacher-forced score of the gold answer (:data:`TEACHER_FORCED`), or a
+judge's column of :data:`JUDGED` (:mod:`studykit.judges`: ``win`` against
 reference replies, ``mt_bench_score``); ``score`` is whichever per-item score the evaluation gave (``eval.judge``:
 lenient accuracy from the verifier, a judge's column otherwise), for a claim a study tests at any scale.  ``metric: auroc`` tests a scorer instead of a trained model
 (:func:`auroc_claims_table`).  An entry with ``not_tested: <why>`` instead of ``test`` is listed with that reason.

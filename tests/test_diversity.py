@@ -123,8 +123,10 @@ def test_measure_diversity_samples_each_group_at_its_budget_and_tags_its_rows(mo
 
     monkeypatch.setattr(diversity, "sample_replies", sampled)
     groups = {"verifiable": ([{"id": "a", "family": "f", "prompt": "x"}], 16),
-              "open_ended": ([{"id": "b", "family": "g", "prompt": "y"}, {"id": "c", "family": "g", "prompt": "z"}], 40)}
-    measured = diversity.measure_diversity(SimpleNamespace(eval=lambda: None), None, groups, 3, temperature=1.0, embed=lambda t: np.eye(len(t)),
+              "open_ended": ([{"id": "b", "family": "g", "prompt": "y"},
+                              {"id": "c", "family": "g", "prompt": "z"}], 40)}
+    model = SimpleNamespace(eval=lambda: None)
+    measured = diversity.measure_diversity(model, None, groups, 3, temperature=1.0, embed=lambda t: np.eye(len(t)),
                                            vocab_size=100, chat=True, batch_size=4, seed=0)
     assert budgets == [(1, 16), (2, 40)]
     rows = measured["per_prompt"]

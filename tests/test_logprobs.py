@@ -166,7 +166,8 @@ def test_gold_token_scores_are_teacher_forced_argmax_agreement_and_mean_logprob_
     from studykit.evaluate import gold_token_scores
 
     model, tokenizer = tiny
-    records = [{"id": f"r{i}", "family": "f", "prompt": p, "response": r} for i, (p, r) in enumerate(zip(PROMPTS, RESPONSES))]
+    records = [{"id": f"r{i}", "family": "f", "prompt": p, "response": r}
+               for i, (p, r) in enumerate(zip(PROMPTS, RESPONSES))]
     table = gold_token_scores(model, tokenizer, records, chat=True, batch_size=2)
     for record, row in zip(records, table.to_dict(orient="records")):   # one unpadded forward per record
         prompt_ids, answer_ids = encode_pair(tokenizer, *format_pair(tokenizer, record["prompt"], record["response"],
