@@ -350,13 +350,14 @@ def _arm_checks(entry: dict, arms: tuple[str, str], predictions: pd.DataFrame, e
                 trained: set[str]) -> tuple[str, str | None]:
     """(what the placebo and precondition guards measured, the reason the verdict is withheld or None).  An arm and
     its placebo are paired on the items both have the placebo metric for: accuracy, else quality (an arm's CRC
-    prompts have no accuracy, an open-ended prompt no quality), else — for an arm scored only teacher-forced, as
+    prompts have no accuracy, an open-ended prompt no quality), else a judge's score (a paper profile's only one),
+    else — for an arm scored only teacher-forced, as
     prob_objectives' model-weak arms — the claim's :data:`TEACHER_FORCED` metric.  The claim's ``inert_arm`` (the
     arm its paper expects not to learn) is compared with its placebo and the result shown, not required; its
     witness (the same method where it should act) must beat its own placebo."""
     notes, withheld = [], []
     claimed = resolve_metric(entry["test"].get("metric", "lenient"), predictions)
-    fallback = ("lenient", "quality", *([claimed] if claimed in TEACHER_FORCED else []))
+    fallback = ("lenient", "quality", *guards.JUDGED, *([claimed] if claimed in TEACHER_FORCED else []))
     inert = entry.get("inert_arm") or {}
     inert_arm, witness = (evidence.aliases.get(inert[k], inert[k]) if k in inert else None for k in ("arm", "witness"))
     if witness is not None and witness not in trained:
@@ -368,13 +369,12 @@ def _arm_checks(entry: dict, arms: tuple[str, str], predictions: pd.DataFrame, e
         if placebo is None or placebo not in set(predictions["condition"]):
             withheld.append(f"no placebo yet ({arm})")
             continue
-        metric = next((m for m in fallback if m in predictions.columns and _scored_items(predictions, arm, m)),
-                      "lenient")
+        metric = next((m for m in fallback if m in predictions.columns and _scored_items(predictions, arm, m)), None)
         scored = (set(_scored_items(predictions, arm, metric)) & set(_scored_items(predictions, placebo, metric))
-                  if metric in predictions.columns else set())
-        items, _ = defined_items(predictions, (arm, placebo), metric, sorted(scored))
+                  if metric else set())
+        items = defined_items(predictions, (arm, placebo), metric, sorted(scored))[0] if scored else []
         if not items:
-            withheld.append(f"no {metric} items for the placebo check ({arm})")
+            withheld.append(f"no {metric or 'accuracy, quality or judged'} items for the placebo check ({arm})")
             continue
         a, p = paired_scores(predictions, arm, placebo, metric, items)
         beats, text = guards.placebo_check(a, p)

@@ -10,7 +10,8 @@ from studykit.models import load_model_and_tokenizer, load_tokenizer
 
 @pytest.fixture(scope="session")
 def smoke_cfg():
-    return compose(["profile=smoke"])
+    """The smoke profile on the full testbed (every family generator), not the calibrated subset quickstart uses."""
+    return compose(["profile=smoke", "data=testbed"])
 
 
 @pytest.fixture(scope="session")
@@ -21,7 +22,7 @@ def tiny(smoke_cfg):
 
 @pytest.fixture(scope="session")
 def embedded_cfg():
-    return compose(["profile=embedded"])
+    return compose(["profile=embedded", "data=testbed"])
 
 
 @pytest.fixture(scope="session")

@@ -197,7 +197,7 @@ def test_items_where_a_per_prompt_metric_is_undefined_are_left_out_and_the_place
     assert row["guards"].startswith("post − placebo +")    # paired on the 60 accuracy items, not the CRC prompts
     no_accuracy = frame[~((frame["condition"] == "post") & frame["id"].str.startswith("item"))]
     withheld = claims_table(entry, no_accuracy, evidence).iloc[0]
-    assert withheld["verdict"] == "not tested: no lenient items for the placebo check (post)"
+    assert withheld["verdict"] == "not tested: no accuracy, quality or judged items for the placebo check (post)"
     missing = claims_table(entry, frame.drop(columns="crc_distinct_valid"), evidence).iloc[0]
     assert missing["verdict"] == "not tested: crc_distinct_valid is not in this evidence"
 
@@ -289,6 +289,25 @@ def test_an_arm_no_better_than_its_placebo_is_not_tested_and_no_placebo_is_said(
     frame = predictions({"t": learned, "c": control, "t_placebo": placebo}, families)
     beats = claims_table(claim, frame, Evidence(trained=["t"], placebos={"t": "t_placebo"})).iloc[0]
     assert beats["verdict"] == "supported" and beats["guards"].startswith("t − t_placebo +0.")
+
+
+def test_a_judged_arm_is_checked_against_its_placebo_on_the_judges_score():
+    """A paper profile scores replies by a judge only (a ``win`` column, no verifier): the placebo check reads it."""
+    families = ["x"] * 40 + ["y"] * 40
+    rng = np.random.default_rng(4)
+    control = (rng.random((3, 80)) < 0.3).astype(float)
+    placebo = np.maximum(control, rng.random((3, 80)) < 0.35)
+    learned = np.maximum(placebo, rng.random((3, 80)) < 0.6)
+    frame = predictions({"t": learned, "c": control, "t_placebo": placebo}, families)
+    judged = frame.drop(columns=["strict", "lenient"]).assign(win=frame["lenient"].astype(float))
+    claim = [{**_claim("t", "c"), "test": {"treatment": "t", "control": "c", "direction": "greater",
+                                           "metric": "score"}}]
+    row = claims_table(claim, judged, Evidence(trained=["t"], placebos={"t": "t_placebo"})).iloc[0]
+    assert row["guards"].startswith("t − t_placebo +0.") and row["verdict"] == "supported"
+    same = predictions({"t": placebo, "c": control, "t_placebo": placebo}, families)
+    flat = same.drop(columns=["strict", "lenient"]).assign(win=same["lenient"].astype(float))
+    assert claims_table(claim, flat, Evidence(trained=["t"], placebos={"t": "t_placebo"})).iloc[0][
+        "verdict"].startswith("not tested: indistinguishable from placebo (t − t_placebo")
 
 
 def test_an_unmet_rl_precondition_names_the_measured_value():

@@ -51,10 +51,10 @@ def test_a_gpu_device_without_a_gpu_fails_before_any_work(results, no_notebook, 
 
 @pytest.mark.parametrize("overrides, key", [
     # a family with 200 distinct questions cannot give 1000 eval items
-    (["data.families={chain_sum: {min_terms: 2, max_terms: 2, min_digits: 1, max_digits: 1}}",
+    (["data=testbed", "data.families={chain_sum: {min_terms: 2, max_terms: 2, min_digits: 1, max_digits: 1}}",
       "data.eval_per_family=1000"], "data.eval_per_family=1000"),
     # Yes/No answers cannot fill 4 eval items with no answer above 10% of them
-    (["data.max_answer_share=0.1"], "data.eval_per_family=4"),
+    (["data=testbed", "data.max_answer_share=0.1"], "data.eval_per_family=4"),
 ])
 def test_an_eval_split_the_generator_cannot_supply_fails_before_any_work(results, no_notebook, capsys, overrides,
                                                                           key):

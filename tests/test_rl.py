@@ -263,7 +263,7 @@ def test_the_instance_filter_drops_exactly_the_prompts_whose_rollouts_all_fail(t
     from studykit.testbed import build_testbed
 
     model, tokenizer = tiny
-    pool = build_testbed(__import__("studykit").compose(["profile=smoke"]).data)["pool"][:6]
+    pool = build_testbed(__import__("studykit").compose(["profile=smoke", "data=testbed"]).data)["pool"][:6]
     solved_once = {pool[1]["id"], pool[4]["id"]}
 
     def fake_generate(model, tokenizer, prompts, **kwargs):  # 3 rollouts per prompt; only the second can be right
@@ -346,7 +346,7 @@ def test_hpt_pools_the_demonstrations_tokens_when_every_group_switches(tiny, poo
     from studykit.config import compose
 
     model, tokenizer = tiny
-    cfg = compose(["profile=smoke"])
+    cfg = compose(["profile=smoke", "data=testbed"])
     monkeypatch.setitem(REWARDS, "verifier", _pattern_reward([0.0, 0.0, 0.0, 0.0]))
     trainer = rl.build_grpo_trainer(copy.deepcopy(model), tokenizer, pool, cfg, tmp_path, method="hpt")
     trainer.model.train()

@@ -108,6 +108,6 @@ def test_a_split_the_generator_cannot_supply_names_the_key_value_and_supply(over
     from studykit.config import compose
     from studykit.errors import DataError
 
-    cfg = compose(["profile=smoke", *overrides])
+    cfg = compose(["profile=smoke", "data=testbed", *overrides])
     with pytest.raises(DataError, match=message):
         build_testbed(cfg.data)
