@@ -10,7 +10,7 @@ eval items are never generated.  Prints the dev choice table (:func:`studykit.tu
 accuracy, its placebo's, the paired gain with its 95% interval), the share of dev replies each run changed from the
 SFT start, dev accuracy per family, and two dev replies per family of each run.
 
-    python benchmarks/pilot_dpo.py [--settings 1:2e-5:0.1 3:2e-5:0.1 3:5e-6:0.1] [hydra overrides]
+    python benchmarks/pilot_dpo.py [hydra overrides] [--settings 1:2e-5:0.1 3:2e-5:0.1 3:5e-6:0.1]
 
 A setting is epochs:learning_rate:beta.  Runs go through the run cache: the SFT start is preference_losses' own, and a
 second invocation reuses every setting it already trained.
@@ -32,6 +32,10 @@ def main() -> None:
     parser.add_argument("--settings", nargs="+", default=["1:2e-5:0.1", "3:2e-5:0.1", "3:5e-6:0.1"],
                         help="DPO budgets as epochs:learning_rate:beta")
     args = parser.parse_args()
+    bad = [s for s in args.settings if len(s.split(":")) != 3]
+    if bad:
+        parser.error(f"--settings {' '.join(bad)}: expected epochs:learning_rate:beta (Hydra overrides go before "
+                     "--settings)")
     session = Study.open("preference_losses", None, tempfile.mkdtemp(prefix="dpo-pilot-"), args.overrides)
     cfg, splits = session.cfg, session.testbed()
     held = int(cfg.study.heldout_pairs_per_family)

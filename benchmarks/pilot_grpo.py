@@ -8,7 +8,7 @@ dev accuracy of GRPO and of its placebo, the paired gain with its 95% interval (
 the mean RL signal share (share of prompt groups with reward variance), the mean reward over the first and the last
 quarter of the steps, seconds per step, and one dev reply per family of each arm.
 
-    python benchmarks/pilot_grpo.py [--settings 36:2e-5 36:1e-4] [hydra overrides]
+    python benchmarks/pilot_grpo.py [hydra overrides] [--settings 36:2e-5 36:1e-4]
 
 Runs go through the run cache (a second invocation reuses the warm-up and every setting it already trained).
 """
@@ -34,6 +34,10 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of study=rl_post_training (after the pilot's)")
     parser.add_argument("--settings", nargs="+", default=["24:2e-5", "24:1e-4"], help="GRPO max_steps:learning_rate")
     args = parser.parse_args()
+    bad = [s for s in args.settings if len(s.split(":")) != 2]
+    if bad:
+        parser.error(f"--settings {' '.join(bad)}: expected max_steps:learning_rate (Hydra overrides go before "
+                     "--settings)")
     session = Study.open("rl_post_training", None, tempfile.mkdtemp(prefix="grpo-pilot-"), STUDY + args.overrides)
     cfg, splits = session.cfg, session.testbed()
     prompts = [{**r, "response": r["chosen"]} for r in splits["preference"]]
