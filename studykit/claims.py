@@ -351,8 +351,8 @@ def _arm_checks(entry: dict, arms: tuple[str, str], predictions: pd.DataFrame, e
     """(what the placebo and precondition guards measured, the reason the verdict is withheld or None).  An arm and
     its placebo are paired on the items both have the placebo metric for: accuracy, else quality (an arm's CRC
     prompts have no accuracy, an open-ended prompt no quality), else a judge's score (a paper profile's only one),
-    else — for an arm scored only teacher-forced, as
-    prob_objectives' model-weak arms — the claim's :data:`TEACHER_FORCED` metric.  The claim's ``inert_arm`` (the
+    else — for an arm scored only teacher-forced, as prob_objectives' model-weak arms — the claim's
+    :data:`TEACHER_FORCED` metric.  The claim's ``inert_arm`` (the
     arm its paper expects not to learn) is compared with its placebo and the result shown, not required; its
     witness (the same method where it should act) must beat its own placebo."""
     notes, withheld = [], []
