@@ -298,14 +298,16 @@ def test_a_judged_arm_is_checked_against_its_placebo_on_the_judges_score():
     control = (rng.random((3, 80)) < 0.3).astype(float)
     placebo = np.maximum(control, rng.random((3, 80)) < 0.35)
     learned = np.maximum(placebo, rng.random((3, 80)) < 0.6)
-    frame = predictions({"t": learned, "c": control, "t_placebo": placebo}, families)
-    judged = frame.drop(columns=["strict", "lenient"]).assign(win=frame["lenient"].astype(float))
+    def judged(conditions):   # the verifier's columns replaced by a judge's win column
+        frame = predictions(conditions, families)
+        return frame.drop(columns=["strict", "lenient"]).assign(win=frame["lenient"].astype(float))
+
     claim = [{**_claim("t", "c"), "test": {"treatment": "t", "control": "c", "direction": "greater",
                                            "metric": "score"}}]
-    row = claims_table(claim, judged, Evidence(trained=["t"], placebos={"t": "t_placebo"})).iloc[0]
+    row = claims_table(claim, judged({"t": learned, "c": control, "t_placebo": placebo}),
+                       Evidence(trained=["t"], placebos={"t": "t_placebo"})).iloc[0]
     assert row["guards"].startswith("t − t_placebo +0.") and row["verdict"] == "supported"
-    same = predictions({"t": placebo, "c": control, "t_placebo": placebo}, families)
-    flat = same.drop(columns=["strict", "lenient"]).assign(win=same["lenient"].astype(float))
+    flat = judged({"t": placebo, "c": control, "t_placebo": placebo})
     assert claims_table(claim, flat, Evidence(trained=["t"], placebos={"t": "t_placebo"})).iloc[0][
         "verdict"].startswith("not tested: indistinguishable from placebo (t − t_placebo")
 

@@ -257,13 +257,12 @@ def test_evaluate_every_evaluates_in_eval_mode_at_every_nth_step_before_the_last
         EvaluateEvery(lambda m: None, every=0)
 
 
-def test_the_instance_filter_drops_exactly_the_prompts_whose_rollouts_all_fail(tiny, monkeypatch):
+def test_the_instance_filter_drops_exactly_the_prompts_whose_rollouts_all_fail(tiny, pool, monkeypatch):
     """RIF-RFT's filter: a prompt stays when at least one of its rollouts is verified correct."""
     import studykit.transforms as transforms
-    from studykit.testbed import build_testbed
 
     model, tokenizer = tiny
-    pool = build_testbed(__import__("studykit").compose(["profile=smoke", "data=testbed"]).data)["pool"][:6]
+    pool = pool[:6]
     solved_once = {pool[1]["id"], pool[4]["id"]}
 
     def fake_generate(model, tokenizer, prompts, **kwargs):  # 3 rollouts per prompt; only the second can be right
@@ -340,13 +339,11 @@ def test_one_prefill_per_group_generates_trls_rollouts(tiny, smoke_cfg, pool, tm
     assert "generate" not in trainer.model.__dict__                       # the model's own generate again
 
 
-def test_hpt_pools_the_demonstrations_tokens_when_every_group_switches(tiny, pool, tmp_path, monkeypatch):
+def test_hpt_pools_the_demonstrations_tokens_when_every_group_switches(tiny, pool, smoke_cfg, tmp_path, monkeypatch):
     """No group solves a rollout: no RL term, and the SFT term is the token-mean NLL over both demonstrations'
     pooled tokens (the official compute_sft_pure_loss), not the mean of their per-demonstration means."""
-    from studykit.config import compose
-
     model, tokenizer = tiny
-    cfg = compose(["profile=smoke", "data=testbed"])
+    cfg = smoke_cfg
     monkeypatch.setitem(REWARDS, "verifier", _pattern_reward([0.0, 0.0, 0.0, 0.0]))
     trainer = rl.build_grpo_trainer(copy.deepcopy(model), tokenizer, pool, cfg, tmp_path, method="hpt")
     trainer.model.train()
